@@ -1,0 +1,53 @@
+"""The system prompt: who the assistant is (workspace files), what it remembers, which skills it
+has, and the facts of this moment (time, channel, workspace)."""
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+
+from lib.agent import skills
+from lib.agent.memory import Memory
+
+BOOTSTRAP = ("AGENTS.md", "SOUL.md", "USER.md", "TOOLS.md")
+
+
+def now(tz: str = ""):
+    if tz:
+        from zoneinfo import ZoneInfo
+        return datetime.now(ZoneInfo(tz))
+    return datetime.now().astimezone()
+
+
+def system_prompt(config, channel: str, chat_id: str) -> str:
+    ws = config.workspace
+    moment = now(config.agents.defaults.timezone)
+    parts = [
+        "You are nanoclaw, a personal AI assistant running on the owner's own computer. "
+        "You can read and write files, run shell commands, search and fetch the web, send "
+        "messages and follow skills. Be brief; answer in the user's language.",
+        "## Now\n"
+        f"- Time: {moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or time.strftime('%Z')}\n"
+        f"- Channel: {channel}, chat id: {chat_id}\n"
+        f"- Workspace: {ws} (relative paths start here)\n"
+        f"- Memory: {ws / 'memory' / 'MEMORY.md'} (facts; always below) and "
+        f"{ws / 'memory' / 'HISTORY.md'} (older conversation summaries; grep it)\n"
+        f"- System: {platform.system()} {platform.machine()}, Python {platform.python_version()}",
+    ]
+    for name in BOOTSTRAP:
+        text = _read(ws / name)
+        if text:
+            parts.append(f"## {name}\n{text}")
+    memory = Memory(ws).read()
+    if memory:
+        parts.append(f"## Long-term memory (memory/MEMORY.md)\n{memory}")
+    section = skills.prompt_section(skills.discover(ws))
+    if section:
+        parts.append(f"## Skills\n{section}")
+    return "\n\n".join(parts)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""

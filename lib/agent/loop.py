@@ -1,0 +1,102 @@
+"""The agent loop: ask the model, run the tools it asks for, feed the results back, repeat.
+
+`run_turn` is linear and saves every message as soon as it exists. `Agent.respond` wraps it with
+what one incoming message needs: commands, the session, the system prompt and memory upkeep.
+"""
+import base64
+import logging
+import mimetypes
+from pathlib import Path
+
+from lib.agent.context import system_prompt
+from lib.agent.memory import Memory
+from lib.sessions import Session, now_iso
+from lib.tools import Context, Registry, default_registry
+
+log = logging.getLogger(__name__)
+HELP = ("Commands:\n/new — start a new conversation (a summary of this one goes to memory)\n"
+        "/help — this list\nAnything else goes to the assistant.")
+
+
+def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterations: int,
+             on_message=lambda m: None) -> list:
+    """Returns the new messages; `messages` (the request so far) grows with them."""
+    new = []
+
+    def add(msg):
+        msg["timestamp"] = now_iso()
+        messages.append(msg)
+        new.append(msg)
+        on_message(msg)
+
+    for _ in range(max_iterations):
+        reply = provider.complete(messages, tools.schemas())
+        add(reply.message())
+        if not reply.tool_calls:
+            return new
+        for call in reply.tool_calls:
+            log.info("tool %s %s", call["name"], call["arguments"][:200])
+            result = tools.call(call["name"], call["arguments"], ctx)
+            add({"role": "tool", "tool_call_id": call["id"], "name": call["name"], "content": result})
+    add({"role": "assistant", "content": f"I stopped after {max_iterations} rounds of tool use "
+         "without finishing (agents.defaults.max_tool_iterations). Say 'continue' to let me go on."})
+    return new
+
+
+def make_provider(config):
+    from lib.providers.client import Provider
+    from lib.providers.registry import resolve
+    d = config.agents.defaults
+    return Provider(resolve(config), max_tokens=d.max_tokens, temperature=d.temperature)
+
+
+class Agent:
+    def __init__(self, config, provider=None, tools: Registry | None = None):
+        self.config = config
+        self.provider = provider or make_provider(config)
+        self.tools = tools or default_registry()
+        self.memory = Memory(config.workspace)
+
+    def respond(self, channel: str, chat_id: str, text: str, *, media=(), msg_id=None,
+                send=None, services=None, session: Session | None = None) -> str:
+        session = session or Session(self.config.home, channel, chat_id)
+        command = text.strip().lower()
+        if command == "/help":
+            return HELP
+        if command == "/new":
+            saved = self.memory.consolidate(session, self.provider, keep=0)
+            session.archive()
+            return "New conversation started." + (
+                " I saved a summary of the last one to memory." if saved else
+                " (The model could not summarise the last one; it is kept in sessions/archive/.)")
+        d = self.config.agents.defaults
+        user = {"role": "user", "content": _with_media_note(text, media), "id": msg_id}
+        if media:
+            user["media"] = list(media)
+        session.append(user)
+        messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)}]
+        messages += session.history(d.memory_window)
+        if media and messages[-1]["role"] == "user":
+            messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
+        ctx = Context(self.config, self.config.workspace, channel, chat_id, send, services or {})
+        new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
+                       lambda m: session.append(dict(m, id=msg_id)))
+        session.sync()
+        if len(session.messages) - session.consolidated > d.memory_window:
+            self.memory.consolidate(session, self.provider, keep=d.memory_window // 2)
+        return (new[-1].get("content") or "").strip() or "(The model gave an empty answer.)"
+
+
+def _with_media_note(text: str, media) -> str:
+    return text + "".join(f"\n[attached: {p}]" for p in media)
+
+
+def _parts(text: str, media) -> list | str:
+    """Images go to the model inline; other files are named in the text for read_file."""
+    parts = [{"type": "text", "text": text}]
+    for path in media:
+        mime = mimetypes.guess_type(path)[0] or ""
+        if mime.startswith("image/") and Path(path).is_file():
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}})
+    return parts if len(parts) > 1 else text

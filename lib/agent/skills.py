@@ -1,0 +1,98 @@
+"""Skills: folders with a SKILL.md whose YAML front matter says what the skill is and needs.
+
+    ---
+    name: weather
+    description: Current weather and forecasts.
+    requires: {bins: [curl], env: []}
+    always: false
+    ---
+
+Workspace skills (workspace/skills/) override the bundled ones (workspace_template/skills/).
+The original project's `metadata: {"nanobot": {"requires": …, "always": …}}` form is read too.
+"""
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+BUNDLED = Path(__file__).resolve().parents[2] / "workspace_template" / "skills"
+_FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
+
+
+@dataclass
+class Skill:
+    name: str
+    description: str
+    path: Path
+    body: str
+    always: bool = False
+    bins: list = field(default_factory=list)
+    env: list = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return [f"command {b}" for b in self.bins if not shutil.which(b)] + \
+               [f"environment variable {e}" for e in self.env if not os.environ.get(e)]
+
+
+def parse(path: Path) -> Skill | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("skill %s cannot be read: %s", path, e)
+        return None
+    meta, body = {}, text
+    m = _FRONT.match(text)
+    if m:
+        import yaml
+        try:
+            meta = yaml.safe_load(m.group(1)) or {}
+        except yaml.YAMLError as e:
+            log.warning("skill %s: front matter is not valid YAML (%s); using defaults", path, e)
+        meta = meta if isinstance(meta, dict) else {}
+        body = text[m.end():]
+    legacy = meta.get("metadata")
+    if isinstance(legacy, str):
+        import json
+        try:
+            legacy = json.loads(legacy)
+        except ValueError:
+            legacy = {}
+    if isinstance(legacy, dict):
+        legacy = next((v for v in legacy.values() if isinstance(v, dict)), {})
+        meta = {**legacy, **meta}
+    requires = meta.get("requires") if isinstance(meta.get("requires"), dict) else {}
+    first_line = next((ln.strip("# ").strip() for ln in body.splitlines() if ln.strip()), "")
+    return Skill(name=str(meta.get("name") or path.parent.name),
+                 description=str(meta.get("description") or first_line),
+                 path=path, body=body.strip(), always=bool(meta.get("always")),
+                 bins=[str(b) for b in requires.get("bins") or []],
+                 env=[str(e) for e in requires.get("env") or []])
+
+
+def discover(workspace: Path) -> list[Skill]:
+    found = {}
+    for root in (BUNDLED, Path(workspace) / "skills"):     # later roots override earlier ones
+        for path in sorted(root.glob("*/SKILL.md")) if root.is_dir() else ():
+            skill = parse(path)
+            if skill:
+                found[skill.name] = skill
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+def prompt_section(skills: list[Skill]) -> str:
+    """Always-on skills in full; the others as a list the model reads from with read_file."""
+    parts = [f"### Skill: {s.name}\n{s.body}" for s in skills if s.always and not s.missing]
+    lines = []
+    for s in skills:
+        if s.always and not s.missing:
+            continue
+        state = f" (unavailable: needs {', '.join(s.missing)})" if s.missing else ""
+        lines.append(f"- {s.name}: {s.description} [{s.path}]{state}")
+    if lines:
+        parts.append("Skills you can use: read the SKILL.md at the path shown before using one.\n"
+                     + "\n".join(lines))
+    return "\n\n".join(parts)

@@ -1,0 +1,195 @@
+"""Command line: `python nanoclaw.py <command>`. A user's mistake is one line and exit 2."""
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from lib import term
+from lib.errors import ConfigError, NanoclawError, ProviderError, UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXIT_WORDS = {"exit", "quit", "/exit", "/quit", ":q"}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "logs", False) or args.command ==
+                        "gateway" else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except (ConfigError, UserError) as e:
+        term.print_error(str(e))
+        return 2
+    except (ProviderError, NanoclawError) as e:
+        term.print_error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $NANOCLAW_HOME/config.yaml)")
+    p = argparse.ArgumentParser(prog="nanoclaw", parents=[common],
+                                description="nanoclaw: a small personal AI assistant")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    s = sub.add_parser("onboard", parents=[common], help="create config.yaml and the workspace")
+    s.set_defaults(run=cmd_onboard)
+    s = sub.add_parser("agent", parents=[common], help="chat in the terminal, or one turn with -m")
+    s.add_argument("-m", "--message", help="send one message; the reply is printed on stdout")
+    s.add_argument("-s", "--session", default="cli:default", help="session (default cli:default)")
+    s.add_argument("--no-markdown", action="store_true", help="plain-text replies")
+    s.add_argument("--logs", action="store_true", help="show runtime logs on stderr")
+    s.set_defaults(run=cmd_agent)
+    s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
+    s.set_defaults(run=cmd_status)
+    return p
+
+
+def _config(args):
+    from lib.config import load_config
+    return load_config(getattr(args, "config", None))
+
+
+# --- onboard ---
+
+def cmd_onboard(args):
+    from lib.config import config_path, home_dir
+    home, path = home_dir(), config_path(getattr(args, "config", None))
+    home.mkdir(parents=True, exist_ok=True)
+    made = []
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "config.example.yaml", path)
+        os.chmod(path, 0o600)
+        made.append(str(path))
+    cfg = _config(args)
+    made += _copy_missing(ROOT / "workspace_template", cfg.workspace, skip={"skills"})
+    (cfg.workspace / "skills").mkdir(parents=True, exist_ok=True)
+    for line in made:
+        print(f"created {line}")
+    print(f"{'Nothing to do: everything exists' if not made else 'Done'}. Next: put an API key in "
+          f"{path} (providers.openrouter.api_key, or any provider) or export OPENROUTER_API_KEY, "
+          "then: python nanoclaw.py agent -m 'Hello'")
+
+
+def _copy_missing(src: Path, dest: Path, skip=()) -> list:
+    made = []
+    for item in sorted(src.rglob("*")):
+        rel = item.relative_to(src)
+        if rel.parts[0] in skip or not item.is_file():
+            continue
+        target = dest / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item, target)
+            made.append(str(target))
+    return made
+
+
+# --- status ---
+
+def cmd_status(args):
+    from lib.providers.registry import PROVIDERS, resolve, usable
+    cfg = _config(args)
+    yes, no = term.style("✓", "green"), term.style("·", "dim")
+    print(f"config     {cfg.path}{'' if cfg.path.exists() else '  (missing: run onboard)'}")
+    print(f"home       {cfg.home}")
+    print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
+    print(f"model      {cfg.agents.defaults.model}")
+    try:
+        r = resolve(cfg)
+        print(f"provider   {r.spec.name} → {r.api_base} (model {r.model})")
+    except ConfigError as e:
+        print(f"provider   {term.style('none', 'red')}: {e}")
+    print("\nproviders")
+    for spec in PROVIDERS:
+        pc = cfg.provider(spec.name)
+        state = "key set" if pc.api_key else ("local endpoint set" if usable(spec, pc) else "not set")
+        print(f"  {yes if usable(spec, pc) else no} {spec.name:<11}{state:<20}"
+              f"{pc.api_base or spec.api_base}")
+    print("\nchannels")
+    for name in cfg.channels.__dataclass_fields__:
+        ch = getattr(cfg.channels, name)
+        allowed = f"allow_from: {', '.join(ch.allow_from) or 'nobody (deny by default)'}"
+        print(f"  {yes if ch.enabled else no} {name:<11}{'enabled' if ch.enabled else 'disabled':<10}"
+              f"{allowed if ch.enabled else ''}")
+
+
+# --- agent ---
+
+def cmd_agent(args):
+    from lib.agent.loop import Agent
+    cfg = _config(args)
+    channel, _, chat_id = args.session.partition(":")
+    if not chat_id:
+        channel, chat_id = "cli", channel
+    agent = Agent(cfg)
+    color = term.use_color(sys.stdout) and not args.no_markdown
+
+    def show(text):
+        if args.no_markdown:
+            text = term.render_markdown(text, color=False)
+        elif color:
+            text = term.render_markdown(text, color=True)
+        print(text, flush=True)
+
+    def send(ch, chat, text, media=None):
+        if (ch, chat) == (channel, chat_id):
+            show(text)
+        else:
+            from lib.maildir import deliver
+            from lib.sessions import now_iso
+            deliver(cfg.home / "outbox", {"channel": ch, "chat_id": chat, "text": text,
+                                          "media": media or [], "created_at": now_iso()})
+            print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
+
+    def turn(text):
+        with term.Spinner("thinking"):
+            return agent.respond(channel, chat_id, text, send=send)
+
+    if args.message is not None:
+        show(turn(args.message))
+        return 0
+    return _interactive(cfg, turn, show)
+
+
+def _interactive(cfg, turn, show) -> int:
+    try:
+        import readline
+        history = cfg.home / "history" / "cli_history"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+        readline.set_history_length(1000)
+    except (ImportError, OSError):
+        readline = history = None
+    prompt = term.style("You: ", "bold", "blue")
+    print(term.style("nanoclaw — type /help for commands, exit or Ctrl+D to leave", "dim"))
+    try:
+        while True:
+            try:
+                text = input(prompt)
+            except EOFError:
+                print()
+                return 0
+            if text.strip().lower() in EXIT_WORDS:
+                return 0
+            if not text.strip():
+                continue
+            try:
+                show(turn(text))
+            except ProviderError as e:
+                term.print_error(str(e))
+            except KeyboardInterrupt:
+                print(term.style("(interrupted)", "dim"))
+    finally:
+        if readline and history:
+            try:
+                readline.write_history_file(history)
+            except OSError:
+                pass

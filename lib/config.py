@@ -1,0 +1,398 @@
+"""config.yaml -> frozen dataclasses.
+
+Keys are snake_case; camelCase spellings are accepted (a config.json written for the original
+project loads unchanged). `${VAR}` in strings comes from the environment. Every error names the
+key path, the file and the line, and stops start-up (ConfigError -> exit 2).
+"""
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib.errors import ConfigError
+from lib.providers.registry import PROVIDERS
+
+
+def _f(default, *choices):
+    """A field with a default (copied when mutable) and, optionally, the values it may take."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"choices": choices})
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    api_key: str = ""
+    api_base: str = ""
+    extra_headers: dict[str, str] = _f({})
+
+
+Providers = dataclasses.make_dataclass(
+    "Providers", [(p.name, ProviderConfig, field(default_factory=ProviderConfig)) for p in PROVIDERS],
+    frozen=True)
+
+
+@dataclass(frozen=True)
+class AgentDefaults:
+    model: str = "anthropic/claude-opus-4-5"
+    provider: str = _f("auto", "auto", *[p.name for p in PROVIDERS])
+    max_tokens: int = 8192
+    temperature: float = 0.7
+    max_tool_iterations: int = 20
+    memory_window: int = 50
+    workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
+    timezone: str = ""           # empty: the system's
+
+
+@dataclass(frozen=True)
+class Agents:
+    defaults: AgentDefaults = _f(AgentDefaults())
+
+
+# --- channels: credentials as in the original README, plus where the traffic goes ---
+
+@dataclass(frozen=True)
+class Telegram:
+    enabled: bool = False
+    token: str = ""
+    allow_from: list[str] = _f([])
+    api_base: str = "https://api.telegram.org"
+    proxy: str = ""
+    groups: bool = False         # answer in groups (when @mentioned or replied to)
+
+
+@dataclass(frozen=True)
+class SlackDM:
+    enabled: bool = True
+    policy: str = _f("open", "open", "allowlist")
+    allow_from: list[str] = _f([])
+
+
+@dataclass(frozen=True)
+class Slack:
+    enabled: bool = False
+    bot_token: str = ""
+    app_token: str = ""
+    allow_from: list[str] = _f([])
+    api_base: str = "https://slack.com/api/"
+    group_policy: str = _f("mention", "mention", "open", "allowlist")
+    group_allow_from: list[str] = _f([])
+    reply_in_thread: bool = True
+    react_emoji: str = "eyes"
+    dm: SlackDM = _f(SlackDM())
+
+
+@dataclass(frozen=True)
+class Discord:
+    enabled: bool = False
+    token: str = ""
+    allow_from: list[str] = _f([])
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = ""
+    intents: int = 37377
+
+
+@dataclass(frozen=True)
+class WhatsApp:
+    enabled: bool = False
+    bridge_url: str = "ws://127.0.0.1:3001"
+    bridge_token: str = ""
+    allow_from: list[str] = _f([])
+
+
+@dataclass(frozen=True)
+class Feishu:
+    enabled: bool = False
+    app_id: str = ""
+    app_secret: str = ""
+    encrypt_key: str = ""
+    verification_token: str = ""
+    allow_from: list[str] = _f([])
+    domain: str = "https://open.feishu.cn"
+
+
+@dataclass(frozen=True)
+class DingTalk:
+    enabled: bool = False
+    client_id: str = ""
+    client_secret: str = ""
+    allow_from: list[str] = _f([])
+    api_base: str = "https://api.dingtalk.com"
+
+
+@dataclass(frozen=True)
+class QQ:
+    enabled: bool = False
+    app_id: str = ""
+    secret: str = ""
+    allow_from: list[str] = _f([])
+    api_base: str = "https://api.sgroup.qq.com"
+    token_url: str = "https://bots.qq.com/app/getAppAccessToken"
+
+
+@dataclass(frozen=True)
+class Mochat:
+    enabled: bool = False
+    base_url: str = "https://mochat.io"
+    socket_url: str = ""         # empty: base_url
+    socket_path: str = "/socket.io"
+    claw_token: str = ""
+    agent_user_id: str = ""
+    sessions: list[str] = _f([])
+    panels: list[str] = _f([])
+    allow_from: list[str] = _f([])
+    reply_delay_mode: str = _f("non-mention", "off", "non-mention")
+    reply_delay_ms: int = 120000
+
+
+@dataclass(frozen=True)
+class Email:
+    enabled: bool = False
+    consent_granted: bool = False
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_username: str = ""
+    imap_password: str = ""
+    imap_mailbox: str = "INBOX"
+    imap_use_ssl: bool = True
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_use_tls: bool = True
+    smtp_use_ssl: bool = False
+    from_address: str = ""
+    ca_file: str = ""
+    auto_reply_enabled: bool = True
+    poll_interval_seconds: int = 30
+    max_body_chars: int = 12000
+    subject_prefix: str = "Re: "
+    allow_from: list[str] = _f([])
+
+
+@dataclass(frozen=True)
+class Channels:
+    telegram: Telegram = _f(Telegram())
+    slack: Slack = _f(Slack())
+    discord: Discord = _f(Discord())
+    whatsapp: WhatsApp = _f(WhatsApp())
+    feishu: Feishu = _f(Feishu())
+    dingtalk: DingTalk = _f(DingTalk())
+    qq: QQ = _f(QQ())
+    mochat: Mochat = _f(Mochat())
+    email: Email = _f(Email())
+
+
+# --- tools, gateway, heartbeat ---
+
+DENY_PATTERNS = [
+    r"\brm\s+-[a-z]*[rf][a-z]*\s+(/|~|\$HOME)(\s|$|\*)",   # rm -rf / , ~ , $HOME
+    r"\bmkfs(\.\w+)?\b", r"\bdd\s+.*\bof=/dev/", r">\s*/dev/(sd|nvme|mmcblk|hd)",
+    r"\b(shutdown|reboot|poweroff|halt)\b", r"\binit\s+[06]\b",
+    r":\(\)\s*\{.*\};\s*:", r"\b(format|diskpart)\b.*\b[a-z]:", r"\bchmod\s+-R\s+[0-7]*\s+/(\s|$)",
+]
+
+
+@dataclass(frozen=True)
+class Exec:
+    timeout: int = 60
+    deny_patterns: list[str] = _f(DENY_PATTERNS)
+
+
+@dataclass(frozen=True)
+class Search:
+    api_key: str = ""
+    api_base: str = "https://api.search.brave.com/res/v1/web/search"
+    max_results: int = 5
+
+
+@dataclass(frozen=True)
+class Fetch:
+    max_chars: int = 50000
+
+
+@dataclass(frozen=True)
+class Web:
+    search: Search = _f(Search())
+    fetch: Fetch = _f(Fetch())
+
+
+@dataclass(frozen=True)
+class Tools:
+    restrict_to_workspace: bool = False
+    exec: Exec = _f(Exec())
+    web: Web = _f(Web())
+
+
+@dataclass(frozen=True)
+class Gateway:
+    host: str = "127.0.0.1"
+    port: int = 18790
+    retention_days: int = 7
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    enabled: bool = True
+    interval_s: int = 1800
+
+
+@dataclass(frozen=True)
+class Config:
+    providers: Providers = _f(Providers())
+    agents: Agents = _f(Agents())
+    channels: Channels = _f(Channels())
+    tools: Tools = _f(Tools())
+    gateway: Gateway = _f(Gateway())
+    heartbeat: Heartbeat = _f(Heartbeat())
+    # not keys: where this config came from
+    path: Path = field(default=Path("config.yaml"), metadata={"internal": True})
+    home: Path = field(default=Path("."), metadata={"internal": True})
+
+    @property
+    def workspace(self) -> Path:
+        ws = self.agents.defaults.workspace
+        return Path(ws).expanduser() if ws else self.home / "workspace"
+
+    def provider(self, name: str) -> ProviderConfig:
+        return getattr(self.providers, name)
+
+
+# --- loading ---
+
+def home_dir() -> Path:
+    return Path(os.environ.get("NANOCLAW_HOME") or "~/.nanoclaw").expanduser()
+
+
+def config_path(explicit: str | None = None) -> Path:
+    """The file to read: --config, $NANOCLAW_CONFIG, config.yaml, else an existing config.json."""
+    given = explicit or os.environ.get("NANOCLAW_CONFIG")
+    if given:
+        return Path(given).expanduser()
+    yaml_path = home_dir() / "config.yaml"
+    json_path = home_dir() / "config.json"
+    return json_path if not yaml_path.exists() and json_path.exists() else yaml_path
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    data, lines = {}, {}
+    if path.exists():
+        data, lines = _read(path)
+    elif explicit or os.environ.get("NANOCLAW_CONFIG"):
+        raise ConfigError(f"{path}: no such config file")
+    cfg = _build(Config, data, (), lines, path)
+    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
+
+
+def _read(path: Path):
+    """Parse YAML (JSON is YAML too) keeping each key's line number."""
+    import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    lines = {}
+    if node is None:
+        return {}, lines
+
+    def walk(n, p):
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for k, v in n.value:
+                key = str(k.value)
+                lines[p + (key,)] = k.start_mark.line + 1
+                out[key] = walk(v, p + (key,))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, p + (str(i),)) for i, v in enumerate(n.value)]
+        return loader.construct_object(n)
+
+    loader = yaml.SafeLoader("")
+    return walk(node, ()), lines
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower().replace("-", "_")
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _build(cls, data, path, lines, file):
+    def fail(msg, at=path):
+        line = next((lines[at[:i]] for i in range(len(at), 0, -1) if at[:i] in lines), None)
+        where = f" (line {line})" if line else ""
+        raise ConfigError(f"{file}: {'.'.join(at) or 'the file'}{where} {msg}")
+
+    if not isinstance(data, dict):
+        fail(f"must be a mapping of keys, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        name, at = snake(key), path + (key,)
+        if name not in known:
+            near = difflib.get_close_matches(name, known, 1, 0.6)
+            hint = f"; did you mean {near[0]}?" if near else f"; expected one of: {', '.join(known)}"
+            line = lines.get(at)
+            raise ConfigError(f"{file}: unknown key {'.'.join(at)}" + (f" (line {line})" if line else "") + hint)
+        kwargs[name] = _value(hints[name], known[name], value, at, lines, file, fail)
+    return cls(**kwargs)
+
+
+def _value(typ, fld, value, at, lines, file, fail):
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, {} if value is None else value, at, lines, file)
+    origin = typing.get_origin(typ)
+    if origin is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            fail(f"must be a list, got {_show(value)}", at)
+        return [_value(typing.get_args(typ)[0], fld, v, at, lines, file, fail) for v in value]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
+            fail(f"must be a mapping of names to strings, got {_show(value)}", at)
+        return {str(k): _expand(str(v)) for k, v in value.items()}
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)      # ids written as numbers: allow_from: [12345]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        fail(f"must be {_TYPE_NAMES.get(typ, typ.__name__)}, got {_show(value)}", at)
+    if typ is str:
+        value = _expand(value)
+    choices = fld.metadata.get("choices")
+    if choices and value not in choices:
+        fail(f"must be one of {', '.join(choices)}, got {value!r}", at)
+    return value
+
+
+def _expand(s: str) -> str:
+    return _VAR.sub(lambda m: os.environ.get(m.group(1), ""), s)
+
+
+def _show(value) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _env_keys(providers):
+    """A provider with no key in the file takes it from its usual environment variable."""
+    changes = {}
+    for spec in PROVIDERS:
+        pc = getattr(providers, spec.name)
+        if not pc.api_key and spec.env_key and os.environ.get(spec.env_key):
+            changes[spec.name] = dataclasses.replace(pc, api_key=os.environ[spec.env_key])
+    return dataclasses.replace(providers, **changes)

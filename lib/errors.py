@@ -1,0 +1,21 @@
+"""The few error types that cross module boundaries. The CLI turns them into one line."""
+
+
+class NanoclawError(Exception):
+    """Base for errors we raise on purpose."""
+
+
+class ConfigError(NanoclawError):
+    """The configuration is wrong; the message names the key, file and line. Exit 2."""
+
+
+class UserError(NanoclawError):
+    """The user asked for something that cannot be done as asked. Exit 2."""
+
+
+class ToolError(NanoclawError):
+    """A tool could not do its job; the model sees 'Error: <message>'."""
+
+
+class ProviderError(NanoclawError):
+    """The model provider failed after retries; the message is one sentence for the user."""

@@ -1,0 +1,144 @@
+"""One chat-completion call through the openai SDK, with retries the user never has to see."""
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from lib.errors import ProviderError
+from lib.providers.registry import Resolved
+
+log = logging.getLogger(__name__)
+_RETRY_STATUS = {408, 409, 429}
+
+
+@dataclass
+class Reply:
+    content: str | None = None
+    tool_calls: list = field(default_factory=list)   # [{"id", "name", "arguments": json str}]
+    reasoning_content: str | None = None
+    finish_reason: str = "stop"
+    usage: dict = field(default_factory=dict)
+
+    def message(self) -> dict:
+        """The assistant message in the OpenAI shape, as sessions store it."""
+        msg = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            msg["tool_calls"] = [{"id": c["id"], "type": "function",
+                                  "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                 for c in self.tool_calls]
+        if self.reasoning_content:
+            msg["reasoning_content"] = self.reasoning_content
+        return msg
+
+
+class Provider:
+    """`complete(messages, tools) -> Reply`: the only thing the agent loop needs from a model."""
+
+    def __init__(self, resolved: Resolved, max_tokens=8192, temperature=0.7, retries=3,
+                 timeout=120.0, backoff=1.0):
+        self.r, self.retries, self.backoff = resolved, retries, backoff
+        self.params = {"max_tokens": max_tokens, "temperature": temperature}
+        for key, value in resolved.overrides.items():
+            if isinstance(value, str) and value.startswith("$"):
+                value = self.params.get(value[1:])
+            self.params[key] = value
+        self.params = {k: v for k, v in self.params.items() if v is not None}
+        self.timeout = timeout
+        self._client = None
+
+    @property
+    def name(self) -> str:
+        return self.r.spec.display_name
+
+    def client(self):
+        if self._client is None:
+            import openai   # heavy: only when a model is really called
+            self._client = openai.OpenAI(api_key=self.r.api_key, base_url=self.r.api_base,
+                                         default_headers=self.r.extra_headers or None,
+                                         timeout=self.timeout, max_retries=0)
+        return self._client
+
+    def complete(self, messages: list, tools: list | None = None) -> Reply:
+        import openai
+        kwargs = dict(self.params, model=self.r.model, messages=messages)
+        if tools:
+            kwargs["tools"] = tools
+        for attempt in range(self.retries + 1):
+            try:
+                return _reply(self.client().chat.completions.create(**kwargs))
+            except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
+                status = getattr(e, "status_code", None)
+                if status is not None and status < 500 and status not in _RETRY_STATUS:
+                    raise ProviderError(self._refused(status, e)) from None
+                reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
+                if attempt == self.retries:
+                    raise ProviderError(
+                        f"{self.name} is not answering ({reason}, {attempt + 1} tries); your "
+                        "message is saved, so try again in a minute.") from None
+                delay = _retry_after(e)
+                if delay is None:
+                    delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
+                log.warning("%s: %s; retrying in %.1fs", self.name, reason, delay)
+                time.sleep(min(delay, 60))
+
+    def _refused(self, status, e) -> str:
+        detail = _error_text(e)
+        if status in (401, 403):
+            return (f"{self.name} refused the API key (HTTP {status}): check providers."
+                    f"{self.r.spec.name}.api_key. {detail}").strip()
+        if status == 404:
+            return f"{self.name} does not know model {self.r.model!r} (HTTP 404). {detail}".strip()
+        return f"{self.name} rejected the request (HTTP {status}): {detail}"
+
+
+def _reply(resp) -> Reply:
+    if not getattr(resp, "choices", None):
+        raise ProviderError("the model returned an empty answer")
+    choice = resp.choices[0]
+    msg = choice.message
+    calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments or "{}"}
+             for c in (msg.tool_calls or [])]
+    extra = getattr(msg, "model_extra", None) or {}
+    usage = resp.usage.model_dump() if getattr(resp, "usage", None) else {}
+    return Reply(msg.content, calls, extra.get("reasoning_content") or extra.get("reasoning"),
+                 choice.finish_reason or "stop", usage)
+
+
+def _retry_after(e) -> float | None:
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _error_text(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        body = body.get("error", body)
+        if isinstance(body, dict):
+            return str(body.get("message", ""))[:300]
+    return str(getattr(e, "message", "") or "")[:300]
+
+
+def transcribe(cfg, path: str, model: str = "whisper-large-v3") -> str:
+    """Speech to text through Groq's Whisper endpoint. Channels call this for voice notes."""
+    pc = cfg.provider("groq")
+    if not pc.api_key:
+        raise ProviderError("voice notes need a Groq key: set providers.groq.api_key")
+    import openai
+    client = openai.OpenAI(api_key=pc.api_key, base_url=pc.api_base or
+                           "https://api.groq.com/openai/v1", timeout=60, max_retries=2)
+    name = str(path).rsplit("/", 1)[-1]
+    if name.endswith(".oga"):
+        name = name[:-4] + ".ogg"       # Groq refuses the .oga name Telegram gives voice notes
+    try:
+        with open(path, "rb") as f:
+            return client.audio.transcriptions.create(model=model, file=(name, f.read())).text
+    except openai.OpenAIError as e:
+        raise ProviderError(f"transcription failed: {_error_text(e) or e}") from None

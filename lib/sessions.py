@@ -1,0 +1,102 @@
+"""Conversations as append-only JSONL: a metadata line, then one chat message per line.
+
+Nothing is ever rewritten: a message is appended and flushed as soon as it exists; a torn or
+corrupt line is skipped with a warning; `/new` moves the file to sessions/archive/.
+"""
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_MODEL_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_path(home: Path, channel: str, chat_id: str) -> Path:
+    return Path(home) / "sessions" / (re.sub(r"[^A-Za-z0-9._-]", "_", f"{channel}_{chat_id}") + ".jsonl")
+
+
+class Session:
+    def __init__(self, home: Path, channel: str, chat_id: str):
+        self.key = f"{channel}:{chat_id}"
+        self.path = session_path(home, channel, chat_id)
+        self.messages: list[dict] = []
+        self.consolidated = 0           # messages before this index are in memory already
+        self._load()
+
+    def _load(self):
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    obj = json.loads(raw)
+                    if not isinstance(obj, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    if raw.strip():
+                        log.warning("%s line %d is torn or corrupt; skipped", self.path, n)
+                    continue
+                kind = obj.get("_type")
+                if kind == "consolidated":
+                    self.consolidated = int(obj.get("upto", 0))
+                elif kind is None and "role" in obj:
+                    self.messages.append(obj)
+
+    def append(self, msg: dict):
+        """Write one message now (flushed: it survives a kill -9 of this process)."""
+        msg.setdefault("timestamp", now_iso())
+        self.messages.append(msg)
+        self._write({k: v for k, v in msg.items() if v is not None or k == "content"})
+
+    def mark_consolidated(self, upto: int):
+        self.consolidated = upto
+        self._write({"_type": "consolidated", "upto": upto, "at": now_iso()})
+
+    def _write(self, obj: dict):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, "ab+") as f:
+            if new:
+                meta = {"_type": "metadata", "key": self.key, "created_at": now_iso()}
+                f.write(json.dumps(meta).encode() + b"\n")
+            else:                       # a torn last line must not swallow this one
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+            f.flush()
+
+    def sync(self):
+        if self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def history(self, window: int) -> list[dict]:
+        """The last `window` unconsolidated messages, as the model expects them: starting at a
+        user message (a tool result without its call is an error), with our own fields removed."""
+        recent = self.messages[self.consolidated:][-window:] if window > 0 else []
+        while recent and recent[0].get("role") != "user":
+            recent = recent[1:]
+        return [{k: m[k] for k in _MODEL_KEYS if k in m} for m in recent]
+
+    def has_reply_to(self, msg_id: str) -> bool:
+        return any(m.get("id") == msg_id and m.get("role") == "assistant" for m in self.messages)
+
+    def archive(self):
+        """Start over: the old file moves to sessions/archive/ (kept, not deleted)."""
+        if self.path.exists():
+            dest = self.path.parent / "archive" / f"{self.path.stem}.{int(time.time())}.jsonl"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, dest)
+        self.messages, self.consolidated = [], 0

@@ -1,0 +1,124 @@
+"""The tool registry: plain functions whose signature and docstring become the model's schema.
+
+A tool is `def name(ctx, param: type, ...) -> str`. The first paragraph of its docstring is the
+description; an `Args:` section describes the parameters. Failures raise ToolError and reach the
+model as "Error: ..." text; they never end the turn.
+"""
+import inspect
+import json
+import logging
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lib.errors import ToolError
+
+log = logging.getLogger(__name__)
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
+               dict: "object"}
+
+
+@dataclass
+class Context:
+    """What one tool call may know about the turn it belongs to; passed explicitly to every call."""
+    config: typing.Any
+    workspace: Path
+    channel: str = "cli"
+    chat_id: str = "default"
+    send: Callable | None = None        # send(channel, chat_id, text, media=None)
+    services: dict = field(default_factory=dict)   # cron, spawn… as the caller provides them
+
+    @property
+    def restrict(self) -> bool:
+        return self.config.tools.restrict_to_workspace
+
+
+def schema(fn) -> dict:
+    doc = inspect.getdoc(fn) or ""
+    description, _, args_doc = doc.partition("\nArgs:")
+    described = dict(re.findall(r"^\s*(\w+)(?: \([^)]*\))?:\s*(.+)$", args_doc, re.M))
+    hints = typing.get_type_hints(fn)
+    props, required = {}, []
+    for name, p in list(inspect.signature(fn).parameters.items())[1:]:     # [0] is ctx
+        typ = hints.get(name, str)
+        prop = {"type": _JSON_TYPES.get(typing.get_origin(typ) or typ, "string")}
+        if typing.get_origin(typ) is list:
+            prop["items"] = {"type": _JSON_TYPES.get(typing.get_args(typ)[0], "string")}
+        if name in described:
+            prop["description"] = described[name].strip()
+        props[name] = prop
+        if p.default is inspect.Parameter.empty:
+            required.append(name)
+    return {"type": "function", "function": {
+        "name": fn.__name__, "description": " ".join(description.split()),
+        "parameters": {"type": "object", "properties": props, "required": required}}}
+
+
+class Registry:
+    def __init__(self, functions):
+        self.tools = {fn.__name__: fn for fn in functions}
+        self._schemas = None
+
+    def schemas(self) -> list:
+        if self._schemas is None:
+            self._schemas = [schema(fn) for fn in self.tools.values()]
+        return self._schemas
+
+    def call(self, name: str, arguments, ctx: Context) -> str:
+        fn = self.tools.get(name)
+        if fn is None:
+            return f"Error: there is no tool named {name!r}. Available: {', '.join(self.tools)}"
+        try:
+            args = _parse_args(fn, arguments)
+            result = fn(ctx, **args)
+        except ToolError as e:
+            return f"Error: {e}"
+        except Exception as e:     # a tool bug must not end the turn either
+            log.exception("tool %s failed", name)
+            return f"Error: {name} failed: {type(e).__name__}: {e}"
+        return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+
+
+def _parse_args(fn, arguments) -> dict:
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except json.JSONDecodeError as e:
+            raise ToolError(f"the arguments for {fn.__name__} are not valid JSON ({e})") from None
+    if not isinstance(arguments, dict):
+        raise ToolError(f"the arguments for {fn.__name__} must be a JSON object")
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    names = {p.name: p for p in params}
+    unknown = [k for k in arguments if k not in names]
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in arguments]
+    if unknown or missing:
+        parts = ([f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []) + \
+                ([f"missing {', '.join(missing)}"] if missing else [])
+        raise ToolError(f"{fn.__name__}: {'; '.join(parts)}. Parameters: {', '.join(names)}")
+    hints = typing.get_type_hints(fn)
+    return {k: _coerce(fn.__name__, k, v, hints.get(k, str)) for k, v in arguments.items()}
+
+
+def _coerce(tool, name, value, typ):
+    """Models often send "5" for 5; accept what is unambiguous, refuse the rest clearly."""
+    base = typing.get_origin(typ) or typ
+    if value is None or isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    try:
+        if base in (int, float) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return base(value)
+        if base is str and isinstance(value, (int, float)):
+            return str(value)
+        if base is bool and str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+    except ValueError:
+        pass
+    raise ToolError(f"{tool}: {name} must be {_JSON_TYPES.get(base, 'string')}, got {value!r}")
+
+
+def default_registry(exclude=()) -> Registry:
+    from lib.tools import files, message, shell, web
+    fns = files.TOOLS + shell.TOOLS + web.TOOLS + message.TOOLS
+    return Registry([f for f in fns if f.__name__ not in exclude])

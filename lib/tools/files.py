@@ -1,0 +1,108 @@
+"""read_file, write_file, edit_file, list_dir. Relative paths start in the workspace; with
+tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` resolved first)."""
+import os
+from pathlib import Path
+
+from lib.errors import ToolError
+
+MAX_READ = 128 * 1024
+
+
+def resolve(ctx, path: str) -> Path:
+    """The real path a tool may touch, or ToolError when it lies outside a restricted workspace."""
+    p = Path(os.path.expandvars(path)).expanduser()
+    if not p.is_absolute():
+        p = ctx.workspace / p
+    real = p.resolve()          # follows every symlink, including ones not yet at the end
+    if ctx.restrict and not real.is_relative_to(ctx.workspace.resolve()):
+        raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
+                        "tools.restrict_to_workspace is on")
+    return real
+
+
+def read_file(ctx, path: str) -> str:
+    """Read a text file and return its contents.
+
+    Args:
+        path: file path; relative paths are inside the workspace
+    """
+    p = resolve(ctx, path)
+    if p.is_dir():
+        raise ToolError(f"{path} is a folder; use list_dir")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_READ + 1)
+    except FileNotFoundError:
+        raise ToolError(f"no such file: {path}") from None
+    except OSError as e:
+        raise ToolError(f"cannot read {path}: {e.strerror}") from None
+    if b"\0" in data[:8192]:
+        raise ToolError(f"{path} is a binary file ({p.stat().st_size} bytes)")
+    text = data[:MAX_READ].decode("utf-8", errors="replace")
+    if len(data) > MAX_READ:
+        text += f"\n[truncated: the file is {p.stat().st_size} bytes; read it in parts with exec]"
+    return text
+
+
+def write_file(ctx, path: str, content: str) -> str:
+    """Create or replace a file with the given content, making parent folders as needed.
+
+    Args:
+        path: file path; relative paths are inside the workspace
+        content: the complete new content of the file
+    """
+    p = resolve(ctx, path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content, encoding="utf-8")
+    except OSError as e:
+        raise ToolError(f"cannot write {path}: {e.strerror}") from None
+    return f"Wrote {len(content.encode())} bytes to {p}"
+
+
+def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
+    """Replace one exact occurrence of old_text with new_text in a file.
+
+    Args:
+        path: file path; relative paths are inside the workspace
+        old_text: the exact text to find; it must occur exactly once
+        new_text: the text to put in its place
+    """
+    p = resolve(ctx, path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ToolError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ToolError(f"cannot edit {path}: {e}") from None
+    count = text.count(old_text) if old_text else 0
+    if count == 0:
+        raise ToolError(f"old_text was not found in {path}; read the file and copy the text exactly")
+    if count > 1:
+        raise ToolError(f"old_text occurs {count} times in {path}; include more surrounding "
+                        "lines so it matches exactly once")
+    p.write_text(text.replace(old_text, new_text, 1), encoding="utf-8")
+    return f"Edited {path}"
+
+
+def list_dir(ctx, path: str = ".") -> str:
+    """List the entries of a folder; folders end with '/'.
+
+    Args:
+        path: folder path; relative paths are inside the workspace
+    """
+    p = resolve(ctx, path)
+    try:
+        entries = sorted(p.iterdir(), key=lambda e: (not e.is_dir(), e.name.lower()))
+    except FileNotFoundError:
+        raise ToolError(f"no such folder: {path}") from None
+    except NotADirectoryError:
+        raise ToolError(f"{path} is a file; use read_file") from None
+    except OSError as e:
+        raise ToolError(f"cannot list {path}: {e.strerror}") from None
+    if not entries:
+        return f"{path} is empty"
+    return "\n".join(e.name + ("/" if e.is_dir() else "") for e in entries)
+
+
+TOOLS = [read_file, write_file, edit_file, list_dir]

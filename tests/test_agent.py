@@ -1,0 +1,165 @@
+import json
+
+import pytest
+
+from lib.agent.context import system_prompt
+from lib.agent.loop import Agent, make_provider
+from lib.errors import ProviderError
+from lib.sessions import Session
+
+
+def saved(home, key="cli_default"):
+    return [json.loads(x) for x in (home / "sessions" / f"{key}.jsonl").read_text().splitlines()]
+
+
+def test_a_plain_answer(config, llm):
+    llm.script("Hello there.")
+    assert Agent(config).respond("cli", "default", "hi") == "Hello there."
+    body = llm.chat_requests[-1]
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][-1] == {"role": "user", "content": "hi"}
+    assert {t["function"]["name"] for t in body["tools"]} >= {"read_file", "exec", "message"}
+
+
+def test_tool_calls_run_and_their_results_go_back_to_the_model(config, llm, home):
+    (config.workspace / "note.txt").write_text("the secret is 42")
+    llm.script({"tool_calls": [{"name": "read_file", "arguments": {"path": "note.txt"}}]}, "It is 42.")
+    assert Agent(config).respond("cli", "default", "what is the secret?", msg_id="m7") == "It is 42."
+    second = llm.chat_requests[1]["messages"]
+    assert second[-1]["role"] == "tool" and second[-1]["content"] == "the secret is 42"
+    assert second[-1]["tool_call_id"] == second[-2]["tool_calls"][0]["id"]
+    rows = saved(home)
+    assert [r.get("role") for r in rows[1:]] == ["user", "assistant", "tool", "assistant"]
+    assert all(r["id"] == "m7" for r in rows[1:])
+
+
+def test_unknown_tool_and_bad_arguments_go_back_as_errors_not_crashes(config, llm):
+    llm.script({"tool_calls": [{"name": "teleport", "arguments": {}},
+                               {"name": "read_file", "arguments": "{not json"}]}, "Sorry.")
+    assert Agent(config).respond("cli", "default", "go") == "Sorry."
+    results = [m for m in llm.chat_requests[1]["messages"] if m["role"] == "tool"]
+    assert results[0]["content"].startswith("Error: there is no tool named 'teleport'")
+    assert results[1]["content"].startswith("Error:") and "JSON" in results[1]["content"]
+
+
+def test_tool_rounds_are_capped_and_the_user_is_told(config, llm, home):
+    import dataclasses
+    d = dataclasses.replace(config.agents.defaults, max_tool_iterations=2)
+    cfg = dataclasses.replace(config, agents=dataclasses.replace(config.agents, defaults=d))
+    loop = {"tool_calls": [{"name": "list_dir", "arguments": {}}]}
+    llm.script(loop, loop, "never reached")
+    reply = Agent(cfg).respond("cli", "default", "loop forever")
+    assert "stopped after 2 rounds" in reply and len(llm.chat_requests) == 2
+
+
+def test_every_message_is_saved_before_the_next_step(config, llm, home):
+    def check_saved(body):
+        # when the model is asked the second time, the first answer and tool result are on disk
+        assert [r.get("role") for r in saved(home)[1:]] == ["user", "assistant", "tool"]
+        return "done"
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, check_saved)
+    assert Agent(config).respond("cli", "default", "x") == "done"
+    assert not llm.errors
+
+
+def test_a_provider_failure_keeps_the_users_message(config, llm, home):
+    agent = Agent(config)
+    agent.provider.retries, agent.provider.backoff = 1, 0.01
+    llm.script({"status": 503}, {"status": 503})
+    with pytest.raises(ProviderError, match="message is saved"):
+        agent.respond("cli", "default", "are you there?")
+    assert saved(home)[-1]["content"] == "are you there?"
+    llm.script("Yes.")
+    assert agent.respond("cli", "default", "hello?") == "Yes."
+    contents = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
+    assert contents == ["are you there?", "hello?"]
+
+
+def test_reasoning_content_is_kept_in_the_session(config, llm, home):
+    llm.script({"content": "4", "reasoning_content": "2+2 is 4"})
+    Agent(config).respond("cli", "default", "2+2?")
+    assert saved(home)[-1]["reasoning_content"] == "2+2 is 4"
+
+
+def test_the_system_prompt_has_workspace_files_memory_skills_and_runtime_facts(config):
+    (config.workspace / "USER.md").write_text("The owner is called Ada.")
+    (config.workspace / "memory" / "MEMORY.md").write_text("Ada likes tea.")
+    text = system_prompt(config, "telegram", "123")
+    assert "The owner is called Ada." in text and "Ada likes tea." in text
+    assert "## SOUL.md" in text and "## AGENTS.md" in text and "## TOOLS.md" in text
+    assert "Channel: telegram, chat id: 123" in text and str(config.workspace) in text
+    assert "weather" in text and "Time:" in text
+
+
+def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home):
+    agent = Agent(config)       # memory_window is 10 in the fixture
+    for i in range(5):
+        llm.script(f"answer {i}")
+        agent.respond("cli", "default", f"question {i}")
+    assert not (config.workspace / "memory" / "HISTORY.md").exists() and not llm.pending
+    llm.script("answer 5", {"tool_calls": [{"name": "save_memory", "arguments": {
+        "history_entry": "Ada asked six questions about tea.",
+        "memory_update": "# Memory\n- Ada likes tea."}}]})
+    agent.respond("cli", "default", "question 5")
+    history = (config.workspace / "memory" / "HISTORY.md").read_text()
+    assert "Ada asked six questions about tea." in history and history.startswith("[20")
+    assert (config.workspace / "memory" / "MEMORY.md").read_text() == "# Memory\n- Ada likes tea.\n"
+    prompt = llm.chat_requests[-1]["messages"][0]["content"]
+    assert "question 0" in prompt and "save_memory" in json.dumps(llm.chat_requests[-1]["tools"])
+    s = Session(home, "cli", "default")
+    assert s.consolidated == 12 - 5 and len(s.messages) == 12
+    llm.script("ok")
+    agent.respond("cli", "default", "next")
+    sent = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
+    assert "question 0" not in sent and sent[-1] == "next"
+    assert "Ada likes tea." in llm.chat_requests[-1]["messages"][0]["content"]
+
+
+def test_consolidation_failure_loses_nothing(config, llm, home):
+    agent = Agent(config)
+    for i in range(6):
+        llm.script(f"a{i}", *(["I refuse to call tools"] if i == 5 else []))
+        agent.respond("cli", "default", f"q{i}")
+    assert not llm.pending
+    s = Session(home, "cli", "default")
+    assert s.consolidated == 0 and len(s.messages) == 12
+
+
+def test_new_consolidates_then_starts_over(config, llm, home):
+    agent = Agent(config)
+    llm.script("hi")
+    agent.respond("cli", "default", "I am Ada")
+    llm.script({"tool_calls": [{"name": "save_memory", "arguments": {
+        "history_entry": "Met Ada.", "memory_update": "- Name: Ada"}}]})
+    reply = agent.respond("cli", "default", "/new")
+    assert reply.startswith("New conversation started.") and "saved a summary" in reply
+    assert "Met Ada." in (config.workspace / "memory" / "HISTORY.md").read_text()
+    assert Session(home, "cli", "default").messages == []
+    assert list((home / "sessions" / "archive").iterdir())
+
+
+def test_help_answers_without_the_model(config, llm):
+    assert "/new" in Agent(config).respond("cli", "default", "/help")
+    assert llm.chat_requests == []
+
+
+def test_images_go_to_the_model_inline_and_the_session_keeps_the_path(config, llm, home, tmp_path):
+    img = tmp_path / "cat.png"
+    img.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    llm.script("A cat.")
+    Agent(config).respond("telegram", "9", "what is this?", media=[str(img)])
+    content = llm.chat_requests[-1]["messages"][-1]["content"]
+    assert content[0]["type"] == "text" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert saved(home, "telegram_9")[1]["media"] == [str(img)]
+
+
+def test_message_tool_reaches_the_send_function_with_the_current_chat(config, llm):
+    sent = []
+    llm.script({"tool_calls": [{"name": "message", "arguments": {"content": "working on it"}}]}, "done")
+    Agent(config).respond("slack", "C1", "go", send=lambda *a: sent.append(a))
+    assert sent == [("slack", "C1", "working on it")]
+
+
+def test_make_provider_uses_the_resolved_endpoint(config, llm):
+    llm.script("x")
+    assert make_provider(config).complete([{"role": "user", "content": "q"}]).content == "x"

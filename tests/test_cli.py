@@ -1,0 +1,131 @@
+import os
+import stat
+
+from tests.conftest import run_cli, write_config
+
+
+def fake_config(home, llm, extra=""):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
+                       f"agents:\n  defaults: {{model: fake-model}}\n{extra}")
+
+
+def test_onboard_creates_config_and_workspace_and_never_overwrites(home):
+    r = run_cli("onboard")
+    assert r.returncode == 0, r.stderr
+    cfg = home / "config.yaml"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    ws = home / "workspace"
+    for name in ("AGENTS.md", "SOUL.md", "USER.md", "TOOLS.md", "HEARTBEAT.md", "memory/MEMORY.md"):
+        assert (ws / name).is_file(), name
+    assert (ws / "skills").is_dir() and not list((ws / "skills").iterdir())   # bundled stay in the repo
+    cfg.write_text("agents: {defaults: {model: mine}}\n")
+    (ws / "SOUL.md").write_text("my soul")
+    (ws / "USER.md").unlink()
+    r = run_cli("onboard")
+    assert r.returncode == 0 and "created" in r.stdout and "USER.md" in r.stdout
+    assert cfg.read_text() == "agents: {defaults: {model: mine}}\n"
+    assert (ws / "SOUL.md").read_text() == "my soul" and (ws / "USER.md").exists()
+
+
+def test_onboarded_config_is_the_example_and_loads(home):
+    run_cli("onboard")
+    r = run_cli("status")
+    assert r.returncode == 0 and "anthropic/claude-opus-4-5" in r.stdout
+
+
+def test_agent_m_prints_the_reply_alone_on_stdout(home, llm):
+    fake_config(home, llm)
+    llm.script("**Four.**")
+    r = run_cli("agent", "-m", "2+2?")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "**Four.**\n" and r.stderr == ""
+
+
+def test_no_markdown_gives_plain_text(home, llm):
+    fake_config(home, llm)
+    llm.script("# Title\n**bold** and `code`")
+    r = run_cli("agent", "--no-markdown", "-m", "x")
+    assert r.stdout == "Title\nbold and code\n"
+
+
+def test_session_option_names_the_session_file(home, llm):
+    fake_config(home, llm)
+    run_cli("agent", "-m", "hi", "-s", "telegram:77")
+    assert (home / "sessions" / "telegram_77.jsonl").exists()
+
+
+def test_logs_go_to_stderr_only_with_logs(home, llm):
+    fake_config(home, llm)
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
+    r = run_cli("agent", "--logs", "-m", "x")
+    assert r.stdout == "done\n" and "tool list_dir" in r.stderr
+
+
+def test_interactive_chat_until_an_exit_word(home, llm):
+    fake_config(home, llm)
+    for word in ("exit", "quit", "/exit", "/quit", ":q"):
+        llm.script("pong")
+        r = run_cli("agent", input=f"ping\n{word}\nnot sent\n")
+        assert r.returncode == 0 and "pong" in r.stdout and "not sent" not in str(llm.chat_requests)
+        llm.reset()
+
+
+def test_interactive_chat_ends_on_ctrl_d_and_keeps_going_after_a_model_error(home, llm):
+    fake_config(home, llm)
+    llm.script({"status": 401}, "second answer")
+    r = run_cli("agent", input="first\nsecond\n")
+    assert r.returncode == 0 and "second answer" in r.stdout
+    assert "refused the API key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_colour_when_not_a_terminal(home, llm):
+    fake_config(home, llm)
+    r = run_cli("status")
+    assert "\x1b[" not in r.stdout
+
+
+def test_status_lists_providers_and_channels(home, llm):
+    fake_config(home, llm, "channels:\n  telegram: {enabled: true, token: t, allow_from: [123]}\n")
+    r = run_cli("status", env={"GROQ_API_KEY": "g"})
+    assert r.returncode == 0
+    assert f"custom → {llm.url}" in r.stdout
+    assert "groq       key set" in r.stdout and "openai     not set" in r.stdout
+    assert "telegram   enabled   allow_from: 123" in r.stdout
+
+
+def test_missing_key_is_one_line_and_exit_2(home):
+    r = run_cli("agent", "-m", "hi")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "ANTHROPIC_API_KEY" in r.stderr
+
+
+def test_model_failure_is_one_sentence_and_exit_1(home, llm):
+    fake_config(home, llm)
+    llm.script(*[{"status": 500}] * 4)
+    r = run_cli("agent", "-m", "hi")
+    assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
+    assert "not answering" in r.stderr.splitlines()[-1]
+
+
+def test_usage_errors_exit_2(home):
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("agent", "--bogus").returncode == 2
+
+
+def test_config_option_and_environment_variable(home, llm, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(f"providers: {{custom: {{api_base: '{llm.url}'}}}}\nagents: {{defaults: {{model: elsewhere}}}}\n")
+    assert "elsewhere" in run_cli("status", "--config", str(other)).stdout
+    assert "elsewhere" in run_cli("status", env={"NANOCLAW_CONFIG": str(other)}).stdout
+    r = run_cli("status", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "no such config file" in r.stderr
+
+
+def test_help_is_fast_to_import(home):
+    r = run_cli("--help")
+    assert r.returncode == 0 and "onboard" in r.stdout
+    probe = "import sys, lib.cli; lib.cli.main(['status']); print(sorted(m for m in ('openai', 'requests', 'yaml') if m in sys.modules))"
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    assert out.strip().splitlines()[-1] == "[]"      # no SDK imported for status without a config

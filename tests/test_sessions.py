@@ -1,0 +1,74 @@
+import json
+
+from lib.sessions import Session, session_path
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_metadata_line_first_then_messages_appended_one_per_line(home):
+    s = Session(home, "telegram", "42")
+    s.append({"role": "user", "content": "hi", "id": "m1"})
+    s.append({"role": "assistant", "content": "hello", "id": "m1"})
+    rows = lines(s.path)
+    assert rows[0]["_type"] == "metadata" and rows[0]["key"] == "telegram:42" and rows[0]["created_at"]
+    assert [r["role"] for r in rows[1:]] == ["user", "assistant"]
+    assert all(r["timestamp"] and r["id"] == "m1" for r in rows[1:])
+
+
+def test_each_message_is_on_disk_as_soon_as_it_is_appended(home):
+    s = Session(home, "cli", "x")
+    s.append({"role": "user", "content": "one"})
+    assert [m["content"] for m in Session(home, "cli", "x").messages] == ["one"]
+
+
+def test_file_name_replaces_unsafe_characters(home):
+    assert session_path(home, "slack", "C1/../x y:z").name == "slack_C1_.._x_y_z.jsonl"
+
+
+def test_corrupt_and_torn_lines_are_skipped_with_a_warning_and_nothing_else_lost(home, caplog):
+    s = Session(home, "cli", "t")
+    s.append({"role": "user", "content": "a"})
+    s.append({"role": "assistant", "content": "b"})
+    with open(s.path, "a") as f:
+        f.write('{"role": "user", "content": "torn')          # a crash mid-write
+    again = Session(home, "cli", "t")
+    assert [m["content"] for m in again.messages] == ["a", "b"]
+    assert "torn or corrupt" in caplog.text
+    again.append({"role": "user", "content": "c"})          # starts on a fresh line
+    assert [m["content"] for m in Session(home, "cli", "t").messages] == ["a", "b", "c"]
+
+
+def test_history_keeps_the_window_starts_at_a_user_message_and_drops_our_fields(home):
+    s = Session(home, "cli", "h")
+    s.append({"role": "user", "content": "q1", "id": "1"})
+    s.append({"role": "assistant", "content": None, "id": "1", "reasoning_content": "hmm",
+              "tool_calls": [{"id": "c", "type": "function", "function": {"name": "x", "arguments": "{}"}}]})
+    s.append({"role": "tool", "tool_call_id": "c", "name": "x", "content": "r", "id": "1"})
+    s.append({"role": "assistant", "content": "a1", "id": "1"})
+    s.append({"role": "user", "content": "q2", "id": "2"})
+    assert s.history(3) == [{"role": "user", "content": "q2"}]      # no orphan tool result first
+    full = s.history(50)
+    assert full[1] == {"role": "assistant", "content": None, "tool_calls": s.messages[1]["tool_calls"]}
+    assert all(set(m) <= {"role", "content", "tool_calls", "tool_call_id", "name"} for m in full)
+
+
+def test_consolidation_marker_survives_reload(home):
+    s = Session(home, "cli", "c")
+    for i in range(4):
+        s.append({"role": "user" if i % 2 == 0 else "assistant", "content": str(i)})
+    s.mark_consolidated(2)
+    again = Session(home, "cli", "c")
+    assert again.consolidated == 2
+    assert [m["content"] for m in again.history(50)] == ["2", "3"]
+
+
+def test_archive_moves_the_file_and_starts_empty(home):
+    s = Session(home, "cli", "a")
+    s.append({"role": "user", "content": "old"})
+    s.archive()
+    assert not s.path.exists() and s.messages == []
+    archived = list((home / "sessions" / "archive").glob("cli_a.*.jsonl"))
+    assert len(archived) == 1 and "old" in archived[0].read_text()
+    assert Session(home, "cli", "a").messages == []
