@@ -6,6 +6,7 @@ key path, the file and the line, and stops start-up (ConfigError -> exit 2).
 """
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import typing
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from lib.errors import ConfigError
 from lib.providers.registry import PROVIDERS
+
+log = logging.getLogger(__name__)
 
 
 def _f(default, *choices):
@@ -189,17 +192,20 @@ class Channels:
 # --- tools, gateway, heartbeat ---
 
 DENY_PATTERNS = [
-    r"\brm\s+-[a-z]*[rf][a-z]*\s+(/|~|\$HOME)(\s|$|\*)",   # rm -rf / , ~ , $HOME
-    r"\bmkfs(\.\w+)?\b", r"\bdd\s+.*\bof=/dev/", r">\s*/dev/(sd|nvme|mmcblk|hd)",
-    r"\b(shutdown|reboot|poweroff|halt)\b", r"\binit\s+[06]\b",
-    r":\(\)\s*\{.*\};\s*:", r"\b(format|diskpart)\b.*\b[a-z]:", r"\bchmod\s+-R\s+[0-7]*\s+/(\s|$)",
+    r"\brm\s+-[a-z]*[rf][a-z]*\s+(/|~/?|\$\{?HOME\}?/?)(\s|$|\*)",   # rm -rf / , ~ , $HOME
+    r"\bmkfs(\.\w+)?\b", r"\bdd\s+.*\bof=/dev/(sd|nvme|mmcblk|hd|vd|disk)", r">\s*/dev/(sd|nvme|mmcblk|hd)",
+    # as a command (not `echo reboot-notes`): first word, after ; & | ( ` sudo systemctl, or /sbin/
+    r"(^|[;&|(`\n]|\bsudo|\bsystemctl|/s?bin/)\s*(shutdown|reboot|poweroff|halt)(\s|$|[;&|)`])",
+    r"\binit\s+[06]\b", r":\(\)\s*\{.*\};\s*:", r"\bformat\s+[a-z]:", r"\bdiskpart\b",
+    r"\bchmod\s+-R\s+[0-7]*\s+/(\s|$)",
 ]
 
 
 @dataclass(frozen=True)
 class Exec:
     timeout: int = 60
-    deny_patterns: list[str] = _f(DENY_PATTERNS)
+    deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
+                                     metadata={"regex": True})
 
 
 @dataclass(frozen=True)
@@ -314,10 +320,22 @@ def _read(path: Path):
             return out
         if isinstance(n, yaml.SequenceNode):
             return [walk(v, p + (str(i),)) for i, v in enumerate(n.value)]
-        return loader.construct_object(n)
+        value = loader.construct_object(n)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and n.style is None:
+            return _Number(n.value, value)
+        return value
 
     loader = yaml.SafeLoader("")
     return walk(node, ()), lines
+
+
+class _Number(str):
+    """A YAML number with the text it was written as, so that a string field keeps an id like
+    +1234567890 or 0123 exactly as typed, while a number field gets the number."""
+    def __new__(cls, raw: str, value):
+        self = super().__new__(cls, raw)
+        self.value = value
+        return self
 
 
 def snake(name: str) -> str:
@@ -366,6 +384,10 @@ def _value(typ, fld, value, at, lines, file, fail):
         if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
             fail(f"must be a mapping of names to strings, got {_show(value)}", at)
         return {str(k): _expand(str(v)) for k, v in value.items()}
+    if isinstance(value, _Number):
+        value = str(value) if typ is str else value.value
+    if value is None and fld.default is not dataclasses.MISSING:
+        return fld.default      # `api_key:` left empty, or null in a JSON config: the default
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)      # ids written as numbers: allow_from: [12345]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -374,6 +396,11 @@ def _value(typ, fld, value, at, lines, file, fail):
         fail(f"must be {_TYPE_NAMES.get(typ, typ.__name__)}, got {_show(value)}", at)
     if typ is str:
         value = _expand(value)
+    if fld.metadata.get("regex"):
+        try:
+            re.compile(value)
+        except re.error as e:
+            fail(f"has a pattern that is not a valid regular expression ({e}): {value!r}", at)
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
         fail(f"must be one of {', '.join(choices)}, got {value!r}", at)
@@ -381,10 +408,15 @@ def _value(typ, fld, value, at, lines, file, fail):
 
 
 def _expand(s: str) -> str:
-    return _VAR.sub(lambda m: os.environ.get(m.group(1), ""), s)
+    def var(m):
+        if m.group(1) not in os.environ:
+            log.warning("config uses ${%s}, which is not set; using an empty value", m.group(1))
+        return os.environ.get(m.group(1), "")
+    return _VAR.sub(var, s)
 
 
 def _show(value) -> str:
+    value = value.value if isinstance(value, _Number) else value
     return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 

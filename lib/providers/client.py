@@ -38,10 +38,11 @@ class Provider:
     def __init__(self, resolved: Resolved, max_tokens=8192, temperature=0.7, retries=3,
                  timeout=120.0, backoff=1.0):
         self.r, self.retries, self.backoff = resolved, retries, backoff
-        self.params = {"max_tokens": max_tokens, "temperature": temperature}
+        asked = {"max_tokens": max_tokens, "temperature": temperature}
+        self.params = dict(asked)
         for key, value in resolved.overrides.items():
             if isinstance(value, str) and value.startswith("$"):
-                value = self.params.get(value[1:])
+                value = asked.get(value[1:])    # the value asked for, even if overridden above
             self.params[key] = value
         self.params = {k: v for k, v in self.params.items() if v is not None}
         self.timeout = timeout
@@ -69,6 +70,9 @@ class Provider:
                 return _reply(self.client().chat.completions.create(**kwargs))
             except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
                 status = getattr(e, "status_code", None)
+                if getattr(e, "code", None) == "insufficient_quota":
+                    raise ProviderError(f"{self.name} says the account is out of credit (HTTP "
+                                        f"{status}): top it up or use another provider.") from None
                 if status is not None and status < 500 and status not in _RETRY_STATUS:
                     raise ProviderError(self._refused(status, e)) from None
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
@@ -107,7 +111,14 @@ def _reply(resp) -> Reply:
 
 def _retry_after(e) -> float | None:
     response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
+    if response is None:
+        return None
+    if response.headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(response.headers["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
     if not value:
         return None
     try:
@@ -140,5 +151,7 @@ def transcribe(cfg, path: str, model: str = "whisper-large-v3") -> str:
     try:
         with open(path, "rb") as f:
             return client.audio.transcriptions.create(model=model, file=(name, f.read())).text
+    except OSError as e:
+        raise ProviderError(f"cannot read the audio file {path}: {e.strerror}") from None
     except openai.OpenAIError as e:
         raise ProviderError(f"transcription failed: {_error_text(e) or e}") from None

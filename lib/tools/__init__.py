@@ -92,6 +92,7 @@ def _parse_args(fn, arguments) -> dict:
     params = list(inspect.signature(fn).parameters.values())[1:]
     names = {p.name: p for p in params}
     unknown = [k for k in arguments if k not in names]
+    arguments = {k: v for k, v in arguments.items() if v is not None}    # null means "not given"
     missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in arguments]
     if unknown or missing:
         parts = ([f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []) + \
@@ -108,6 +109,8 @@ def _coerce(tool, name, value, typ):
         return value
     try:
         if base in (int, float) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if base is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)         # 2.5 is not 2
             return base(value)
         if base is str and isinstance(value, (int, float)):
             return str(value)

@@ -42,7 +42,13 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
         out, err = proc.communicate(timeout=settings.timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=0.5)
+        except subprocess.TimeoutExpired as e:   # a child left the group (setsid) and holds our pipes
+            out, err = e.stdout or b"", e.stderr or b""
+            proc.stdout.close()
+            proc.stderr.close()
+            proc.wait()
         return _format(out, err, f"killed after the {settings.timeout}s timeout (tools.exec.timeout)")
     return _format(out, err, f"exit code {proc.returncode}")
 

@@ -1,0 +1,349 @@
+"""config.yaml loading: real files in the test's NANOCLAW_HOME, no mocks."""
+import json
+
+import pytest
+
+from lib.config import DENY_PATTERNS, load_config
+from lib.errors import ConfigError
+from tests.conftest import run_cli, write_config
+
+
+def config_error(home, text, name="config.yaml") -> str:
+    """Write `text` as the config file and return the one-line ConfigError message."""
+    (home / name).write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    msg = str(e.value)
+    assert "\n" not in msg and name in msg
+    return msg
+
+
+# --- where the values come from ---
+
+def test_defaults_without_a_file(home):
+    cfg = load_config()
+    assert cfg.path == home / "config.yaml" and cfg.home == home
+    assert cfg.workspace == home / "workspace"
+    assert cfg.agents.defaults.model == "anthropic/claude-opus-4-5"
+    assert cfg.agents.defaults.provider == "auto"
+    assert cfg.agents.defaults.max_tokens == 8192
+    assert cfg.channels.telegram.enabled is False and cfg.channels.telegram.allow_from == []
+    assert cfg.channels.telegram.api_base == "https://api.telegram.org"
+    assert cfg.tools.exec.deny_patterns == DENY_PATTERNS
+    assert cfg.gateway.port == 18790 and cfg.heartbeat.interval_s == 1800
+    assert cfg.providers.openrouter.api_key == ""
+
+
+def test_yaml_values_are_loaded(home):
+    write_config(home, """
+providers:
+  deepseek: {api_key: sk-ds, extra_headers: {X-Title: nanoclaw}}
+agents:
+  defaults:
+    model: deepseek-chat
+    max_tokens: 1000
+    temperature: 0          # an integer where a number is expected is fine
+    workspace: /tmp/elsewhere
+channels:
+  telegram: {enabled: true, token: "123:abc", allow_from: [alice]}
+  slack:
+    dm: {policy: allowlist}
+tools:
+  exec: {timeout: 5, deny_patterns: []}
+gateway: {port: 9999}
+heartbeat: {enabled: false}
+""")
+    cfg = load_config()
+    assert cfg.providers.deepseek.api_key == "sk-ds"
+    assert cfg.providers.deepseek.extra_headers == {"X-Title": "nanoclaw"}
+    assert cfg.agents.defaults.model == "deepseek-chat"
+    assert cfg.agents.defaults.max_tokens == 1000
+    assert cfg.agents.defaults.temperature == 0.0 and isinstance(cfg.agents.defaults.temperature, float)
+    assert str(cfg.workspace) == "/tmp/elsewhere"
+    assert cfg.channels.telegram.enabled is True and cfg.channels.telegram.token == "123:abc"
+    assert cfg.channels.telegram.allow_from == ["alice"]
+    assert cfg.channels.slack.dm.policy == "allowlist" and cfg.channels.slack.dm.enabled is True
+    assert cfg.tools.exec.timeout == 5 and cfg.tools.exec.deny_patterns == []
+    assert cfg.gateway.port == 9999 and cfg.gateway.host == "127.0.0.1"
+    assert cfg.heartbeat.enabled is False
+
+
+def test_camel_case_keys_are_accepted(home):
+    write_config(home, """
+providers:
+  openrouter: {apiKey: sk-or-1, apiBase: "https://example.org/v1", extraHeaders: {HTTP-Referer: me}}
+agents:
+  defaults: {maxTokens: 2048, maxToolIterations: 3}
+channels:
+  telegram: {allowFrom: ["42"]}
+  slack: {botToken: xoxb-1, groupPolicy: open}
+tools: {restrictToWorkspace: true}
+heartbeat: {intervalS: 60}
+""")
+    cfg = load_config()
+    assert cfg.providers.openrouter.api_key == "sk-or-1"
+    assert cfg.providers.openrouter.api_base == "https://example.org/v1"
+    assert cfg.providers.openrouter.extra_headers == {"HTTP-Referer": "me"}   # header names kept
+    assert cfg.agents.defaults.max_tokens == 2048 and cfg.agents.defaults.max_tool_iterations == 3
+    assert cfg.channels.telegram.allow_from == ["42"]
+    assert cfg.channels.slack.bot_token == "xoxb-1" and cfg.channels.slack.group_policy == "open"
+    assert cfg.tools.restrict_to_workspace is True
+    assert cfg.heartbeat.interval_s == 60
+
+
+# What the original project's README tells users to write, with the nulls its onboard writes.
+ORIGINAL_JSON = {
+    "providers": {"openrouter": {"apiKey": "sk-or-v1-xxx", "apiBase": None, "extraHeaders": None},
+                  "vllm": {"apiKey": "dummy", "apiBase": "http://localhost:8000/v1"}},
+    "agents": {"defaults": {"model": "anthropic/claude-opus-4-5", "maxTokens": 8192,
+                            "temperature": 0.7, "maxToolIterations": 20}},
+    "channels": {
+        "telegram": {"enabled": True, "token": "YOUR_BOT_TOKEN", "allowFrom": ["YOUR_USER_ID"],
+                     "proxy": None},
+        "discord": {"enabled": True, "token": "t", "allowFrom": ["1234"]},
+        "whatsapp": {"enabled": True, "allowFrom": ["+1234567890"]},
+        "feishu": {"enabled": True, "appId": "cli_xxx", "appSecret": "xxx", "encryptKey": "",
+                   "verificationToken": "", "allowFrom": []},
+        "qq": {"enabled": True, "appId": "YOUR_APP_ID", "secret": "s", "allowFrom": []},
+        "dingtalk": {"enabled": True, "clientId": "k", "clientSecret": "s", "allowFrom": []},
+        "slack": {"enabled": True, "botToken": "xoxb-...", "appToken": "xapp-...",
+                  "groupPolicy": "mention"},
+        "email": {"enabled": True, "consentGranted": True, "imapHost": "imap.gmail.com",
+                  "imapPort": 993, "imapUsername": "bot@gmail.com", "imapPassword": "pw",
+                  "smtpHost": "smtp.gmail.com", "smtpPort": 587, "smtpUsername": "bot@gmail.com",
+                  "smtpPassword": "pw", "fromAddress": "bot@gmail.com",
+                  "allowFrom": ["me@gmail.com"], "autoReplyEnabled": False},
+        "mochat": {"enabled": True, "base_url": "https://mochat.io", "claw_token": "claw_xxx",
+                   "sessions": ["*"], "panels": ["*"], "reply_delay_mode": "non-mention",
+                   "reply_delay_ms": 120000},
+    },
+    "tools": {"restrictToWorkspace": True, "web": {"search": {"apiKey": "BSA", "maxResults": 5}},
+              "exec": {"timeout": 60}},
+    "gateway": {"host": "0.0.0.0", "port": 18790},
+}
+
+
+def test_config_json_in_the_original_format_is_read(home):
+    (home / "config.json").write_text(json.dumps(ORIGINAL_JSON, indent=2))
+    cfg = load_config()
+    assert cfg.path == home / "config.json"
+    assert cfg.providers.openrouter.api_key == "sk-or-v1-xxx"
+    assert cfg.providers.openrouter.api_base == ""             # null: the default
+    assert cfg.providers.vllm.api_base == "http://localhost:8000/v1"
+    assert cfg.channels.telegram.allow_from == ["YOUR_USER_ID"]
+    assert cfg.channels.telegram.proxy == ""
+    assert cfg.channels.feishu.app_id == "cli_xxx"
+    assert cfg.channels.dingtalk.client_id == "k"
+    assert cfg.channels.email.consent_granted is True and cfg.channels.email.smtp_port == 587
+    assert cfg.channels.email.auto_reply_enabled is False
+    assert cfg.channels.mochat.sessions == ["*"]
+    assert cfg.tools.restrict_to_workspace is True and cfg.tools.web.search.api_key == "BSA"
+    assert cfg.gateway.host == "0.0.0.0"
+
+
+def test_config_yaml_wins_over_config_json(home):
+    (home / "config.json").write_text(json.dumps({"agents": {"defaults": {"model": "from-json"}}}))
+    write_config(home, "agents: {defaults: {model: from-yaml}}\n")
+    cfg = load_config()
+    assert cfg.path == home / "config.yaml" and cfg.agents.defaults.model == "from-yaml"
+
+
+def test_errors_in_config_json_name_that_file_and_line(home):
+    msg = config_error(home, '{\n  "channels": {\n    "telegram": {\n      "alowFrom": []\n    }\n  }\n}\n',
+                       name="config.json")
+    assert "unknown key channels.telegram.alowFrom (line 4)" in msg
+    assert "did you mean allow_from?" in msg
+
+
+def test_explicit_config_path(home, tmp_path):
+    write_config(home, "agents: {defaults: {model: from-home}}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("agents: {defaults: {model: from-other}}\n")
+    cfg = load_config(str(other))
+    assert cfg.path == other and cfg.agents.defaults.model == "from-other"
+    assert cfg.home == home                                    # the home folder stays
+
+
+def test_nanoclaw_config_env_var(home, tmp_path, monkeypatch):
+    other = tmp_path / "env.yaml"
+    other.write_text("agents: {defaults: {model: from-env}}\n")
+    monkeypatch.setenv("NANOCLAW_CONFIG", str(other))
+    cfg = load_config()
+    assert cfg.path == other and cfg.agents.defaults.model == "from-env"
+
+
+def test_explicitly_given_file_that_is_missing_is_an_error(home, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
+        load_config(str(tmp_path / "nope.yaml"))
+    monkeypatch.setenv("NANOCLAW_CONFIG", str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigError, match="gone.yaml: no such config file"):
+        load_config()
+
+
+def test_var_expansion_from_the_environment(home, monkeypatch):
+    monkeypatch.setenv("MY_TG_TOKEN", "123:secret")
+    monkeypatch.setenv("ME", "4242")
+    write_config(home, "channels:\n  telegram: {token: '${MY_TG_TOKEN}', allow_from: ['${ME}', 'x${ME}y']}\n"
+                       "providers:\n  custom: {extra_headers: {Authorization: 'Bearer ${MY_TG_TOKEN}'}}\n")
+    cfg = load_config()
+    assert cfg.channels.telegram.token == "123:secret"
+    assert cfg.channels.telegram.allow_from == ["4242", "x4242y"]
+    assert cfg.providers.custom.extra_headers == {"Authorization": "Bearer 123:secret"}
+
+
+def test_var_expansion_of_an_unset_variable_is_empty(home):
+    write_config(home, "channels:\n  telegram: {token: 'a${NANOCLAW_TEST_UNSET_VAR}b'}\n")
+    assert load_config().channels.telegram.token == "ab"
+
+
+def test_provider_key_from_env_when_the_file_leaves_it_empty(home, monkeypatch):
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-env")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    monkeypatch.setenv("ZHIPUAI_API_KEY", "zp-env")
+    write_config(home, "providers:\n  openrouter: {api_key: ''}\n  anthropic: {api_key: sk-ant-file}\n")
+    cfg = load_config()
+    assert cfg.providers.openrouter.api_key == "sk-or-env"
+    assert cfg.providers.anthropic.api_key == "sk-ant-file"      # the file wins
+    assert cfg.providers.zhipu.api_key == "zp-env"               # absent from the file
+    assert cfg.providers.deepseek.api_key == ""
+
+
+def test_numbers_in_allow_from_become_strings(home):
+    write_config(home, "channels:\n  telegram: {allow_from: [12345, '678', 9.5]}\n")
+    assert load_config().channels.telegram.allow_from == ["12345", "678", "9.5"]
+
+
+def test_an_empty_value_keeps_the_default(home):
+    write_config(home, "providers:\n  openrouter:\n    api_key:\n    api_base:\n"
+                       "channels:\n  telegram:\n    api_base:\n    allow_from:\ngateway:\n  port:\n")
+    cfg = load_config()
+    assert cfg.providers.openrouter.api_key == "" and cfg.providers.openrouter.api_base == ""
+    assert cfg.channels.telegram.api_base == "https://api.telegram.org"
+    assert cfg.channels.telegram.allow_from == []
+    assert cfg.gateway.port == 18790
+
+
+# --- every error names the key path, the file and the line ---
+
+def test_unknown_key_names_path_file_line_and_a_suggestion(home):
+    msg = config_error(home, "channels:\n  telegram:\n    enabled: true\n    alow_from: [1]\n")
+    assert msg.startswith(str(home / "config.yaml") + ": ")
+    assert "unknown key channels.telegram.alow_from (line 4); did you mean allow_from?" in msg
+
+
+def test_unknown_key_far_from_any_lists_the_expected_keys(home):
+    msg = config_error(home, "gateway:\n  port: 1\n  zzz: 2\n")
+    assert "unknown key gateway.zzz (line 3)" in msg
+    assert "expected one of: host, port, retention_days" in msg
+
+
+def test_unknown_top_level_section(home):
+    msg = config_error(home, "\n\nchanels: {}\n")
+    assert "unknown key chanels (line 3); did you mean channels?" in msg
+
+
+@pytest.mark.parametrize("name", ["path", "home"])
+def test_internal_field_names_are_unknown_keys(home, name):
+    msg = config_error(home, f"agents: {{}}\n{name}: /etc\n")
+    assert f"unknown key {name} (line 2)" in msg
+
+
+def test_wrong_type_for_an_integer(home):
+    msg = config_error(home, "agents:\n  defaults:\n    model: x\n    max_tokens: lots\n")
+    assert "agents.defaults.max_tokens (line 4) must be an integer, got str 'lots'" in msg
+
+
+def test_true_is_not_an_integer(home):
+    msg = config_error(home, "gateway:\n  port: true\n")
+    assert "gateway.port (line 2) must be an integer" in msg
+
+
+def test_string_where_true_or_false_is_expected(home):
+    msg = config_error(home, 'channels:\n  telegram:\n    enabled: "yes"\n')
+    assert "channels.telegram.enabled (line 3) must be true or false, got str 'yes'" in msg
+
+
+def test_list_where_a_mapping_is_expected(home):
+    msg = config_error(home, "providers: {}\nchannels:\n  - telegram\n")
+    assert "channels (line 2) must be a mapping of keys, got list" in msg
+
+
+def test_scalar_where_extra_headers_mapping_is_expected(home):
+    msg = config_error(home, "providers:\n  custom:\n    extra_headers: [a, b]\n")
+    assert "providers.custom.extra_headers (line 3) must be a mapping of names to strings" in msg
+
+
+def test_mapping_where_a_list_is_expected(home):
+    msg = config_error(home, "channels:\n  telegram:\n    allow_from: {alice: 1}\n")
+    assert "channels.telegram.allow_from (line 3) must be a list, got dict" in msg
+
+
+def test_bad_choice_for_provider(home):
+    msg = config_error(home, "agents:\n  defaults:\n    provider: foo\n")
+    assert "agents.defaults.provider (line 3) must be one of auto, openrouter," in msg
+    assert "got 'foo'" in msg
+
+
+def test_bad_choice_for_group_policy(home):
+    msg = config_error(home, "channels:\n  slack:\n    enabled: false\n    group_policy: sometimes\n")
+    assert ("channels.slack.group_policy (line 4) must be one of mention, open, allowlist, "
+            "got 'sometimes'") in msg
+
+
+def test_invalid_yaml_names_the_line(home):
+    msg = config_error(home, "agents:\n  defaults:\n    model: [unclosed\n    max_tokens: 1\ngateway: {\n")
+    assert "not valid YAML (line " in msg
+    msg = config_error(home, "a: 1\nb: 2\n  c: 3\n")
+    assert "not valid YAML (line 3)" in msg
+
+
+def test_unreadable_file(home):
+    (home / "config.yaml").mkdir()          # tests may run as root: a folder can't be read either
+    with pytest.raises(ConfigError, match="config.yaml: cannot read"):
+        load_config()
+
+
+def test_file_that_is_not_utf8(home):
+    (home / "config.yaml").write_bytes(b"agents:\n  defaults:\n    model: caf\xe9\n")
+    with pytest.raises(ConfigError, match="config.yaml: cannot read: .*utf-8"):
+        load_config()
+
+
+def test_top_level_must_be_a_mapping(home):
+    msg = config_error(home, "- providers\n- agents\n")
+    assert "the file must be a mapping of keys, got list" in msg
+    msg = config_error(home, "just some words\n")
+    assert "the file must be a mapping of keys, got str" in msg
+
+
+def test_empty_file_gives_the_defaults(home):
+    write_config(home, "# nothing yet\n")
+    assert load_config().agents.defaults.model == "anthropic/claude-opus-4-5"
+
+
+# --- the command line ---
+
+def test_cli_bad_config_is_one_line_and_exit_2(home):
+    write_config(home, "channels:\n  telegram:\n    alow_from: [1]\n")
+    r = run_cli("status")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "unknown key channels.telegram.alow_from (line 3); did you mean allow_from?" in lines[0]
+
+
+def test_cli_config_option(home, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("agents: {defaults: {model: deepseek-chat}}\nproviders: {deepseek: {api_key: k}}\n")
+    r = run_cli("status", "--config", str(other))
+    assert r.returncode == 0, r.stderr
+    assert f"config     {other}" in r.stdout and "model      deepseek-chat" in r.stdout
+
+
+def test_an_invalid_deny_pattern_is_a_config_error(home):
+    from lib.config import load_config
+    from lib.errors import ConfigError
+    write_config(home, "tools:\n  exec:\n    deny_patterns: ['ok', '(unclosed']\n")
+    with pytest.raises(ConfigError, match=r"tools\.exec\.deny_patterns \(line 3\).*not a valid regular expression"):
+        load_config()

@@ -1,0 +1,414 @@
+"""The tool registry, the file tools and message, on real temp dirs through Registry.call."""
+import json
+
+import pytest
+
+from lib.config import load_config
+from lib.tools import Context, Registry, default_registry, schema
+from lib.tools.files import MAX_READ
+from tests.conftest import write_config
+
+
+def make_ctx(home, yaml="", **kw):
+    """A Context on a config loaded from `yaml`, with its workspace created."""
+    write_config(home, yaml)
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True, exist_ok=True)
+    return Context(cfg, cfg.workspace, **kw)
+
+
+def call(ctx, name, **args):
+    return default_registry().call(name, args, ctx)
+
+
+@pytest.fixture
+def ctx(home):
+    return make_ctx(home)
+
+
+@pytest.fixture
+def ws(ctx):
+    return ctx.workspace
+
+
+# --- registry ---
+
+def sample(ctx, name: str, count: int = 3, loud: bool = False, ratio: float = 0.5,
+           tags: list[str] = None):
+    """Do a sample thing.
+
+    It has a second paragraph.
+
+    Args:
+        name: who to greet
+        count (int): how many times
+        loud: shout it
+    """
+    return {"name": name, "count": count, "loud": loud, "ratio": ratio, "tags": tags}
+
+
+def broken(ctx):
+    """Always fails with a bug."""
+    raise KeyError("oops")
+
+
+def test_schema_from_signature_and_docstring():
+    fn = schema(sample)["function"]
+    assert fn["name"] == "sample"
+    assert fn["description"] == "Do a sample thing. It has a second paragraph."
+    params = fn["parameters"]
+    assert params["type"] == "object"
+    assert params["required"] == ["name"]
+    props = params["properties"]
+    assert list(props) == ["name", "count", "loud", "ratio", "tags"]     # ctx is not a parameter
+    assert props["name"] == {"type": "string", "description": "who to greet"}
+    assert props["count"] == {"type": "integer", "description": "how many times"}
+    assert props["loud"] == {"type": "boolean", "description": "shout it"}
+    assert props["ratio"] == {"type": "number"}
+    assert props["tags"] == {"type": "array", "items": {"type": "string"}}
+
+
+def test_default_registry_has_exactly_the_spec_tools():
+    reg = default_registry()
+    names = {"read_file", "write_file", "edit_file", "list_dir", "exec", "web_search", "web_fetch",
+             "message"}
+    assert set(reg.tools) == names
+    assert {s["function"]["name"] for s in reg.schemas()} == names
+    for s in reg.schemas():
+        assert s["type"] == "function" and s["function"]["description"]
+        for prop in s["function"]["parameters"]["properties"].values():
+            assert prop.get("description"), s["function"]["name"]
+    assert set(default_registry(exclude=("message",)).tools) == names - {"message"}
+
+
+def test_unknown_tool_lists_the_available_ones(ctx):
+    out = call(ctx, "delete_everything")
+    assert out.startswith("Error:") and "delete_everything" in out
+    for name in ("read_file", "exec", "message"):
+        assert name in out
+
+
+@pytest.mark.parametrize("arguments", ["{not json", '["a"]', "42", ["a"]])
+def test_bad_arguments_are_an_error(ctx, arguments):
+    out = Registry([sample]).call("sample", arguments, ctx)
+    assert out.startswith("Error:") and "sample" in out
+
+
+def test_missing_required_parameter(ctx):
+    out = Registry([sample]).call("sample", {"count": 2}, ctx)
+    assert out.startswith("Error:") and "missing name" in out
+
+
+def test_unknown_parameter(ctx):
+    out = Registry([sample]).call("sample", {"name": "a", "colour": "red"}, ctx)
+    assert out.startswith("Error:") and "colour" in out
+
+
+def test_json_string_arguments_and_coercion(ctx):
+    out = Registry([sample]).call("sample", '{"name": 7, "count": "5", "loud": "true", "ratio": "2"}', ctx)
+    assert json.loads(out) == {"name": "7", "count": 5, "loud": True, "ratio": 2.0, "tags": None}
+
+
+def test_empty_arguments_mean_none(ctx):
+    assert Registry([broken]).call("broken", "", ctx).startswith("Error:")
+    assert json.loads(Registry([sample]).call("sample", {"name": "x"}, ctx))["count"] == 3
+
+
+def test_whole_float_is_an_int(ctx):
+    assert json.loads(Registry([sample]).call("sample", {"name": "a", "count": 5.0}, ctx))["count"] == 5
+
+
+@pytest.mark.parametrize("field,value", [("count", "five"), ("count", True), ("count", 2.5),
+                                         ("count", "2.5"), ("loud", "yes"), ("loud", 1),
+                                         ("name", ["a"]), ("tags", "a,b")])
+def test_uncoercible_value_is_an_error(ctx, field, value):
+    out = Registry([sample]).call("sample", {"name": "a", field: value}, ctx)
+    assert out.startswith("Error:") and field in out
+
+
+def test_unexpected_exception_becomes_error_text(ctx):
+    out = Registry([broken]).call("broken", {}, ctx)
+    assert out.startswith("Error:") and "KeyError" in out and "oops" in out
+
+
+# --- files ---
+
+def test_relative_paths_land_in_the_workspace(ctx, ws):
+    assert call(ctx, "write_file", path="notes.txt", content="héllo").startswith("Wrote 6 bytes")
+    assert (ws / "notes.txt").read_text() == "héllo"
+    assert call(ctx, "read_file", path="notes.txt") == "héllo"
+
+
+def test_write_file_makes_parent_folders_and_replaces(ctx, ws):
+    call(ctx, "write_file", path="a/b/c.txt", content="one")
+    call(ctx, "write_file", path="a/b/c.txt", content="two")
+    assert (ws / "a" / "b" / "c.txt").read_text() == "two"
+
+
+def test_read_missing_file(ctx):
+    out = call(ctx, "read_file", path="nope.txt")
+    assert out.startswith("Error:") and "no such file" in out
+
+
+def test_read_a_folder(ctx, ws):
+    (ws / "sub").mkdir()
+    out = call(ctx, "read_file", path="sub")
+    assert out.startswith("Error:") and "folder" in out and "list_dir" in out
+
+
+def test_read_binary_file(ctx, ws):
+    (ws / "img.bin").write_bytes(b"\x89PNG\r\n\x00\x00\x01" * 10)
+    out = call(ctx, "read_file", path="img.bin")
+    assert out.startswith("Error:") and "binary" in out and "90 bytes" in out
+
+
+def test_read_huge_file_is_truncated(ctx, ws):
+    (ws / "big.txt").write_text("x" * (MAX_READ + 5000))
+    out = call(ctx, "read_file", path="big.txt")
+    assert out.startswith("x" * MAX_READ + "\n[truncated:")
+    assert str(MAX_READ + 5000) in out
+
+
+def test_edit_replaces_exactly_once(ctx, ws):
+    (ws / "f.txt").write_text("alpha\nbeta\ngamma\n")
+    out = call(ctx, "edit_file", path="f.txt", old_text="beta", new_text="BETA\nmore")
+    assert not out.startswith("Error:")
+    assert (ws / "f.txt").read_text() == "alpha\nBETA\nmore\ngamma\n"
+
+
+def test_edit_old_text_missing(ctx, ws):
+    (ws / "f.txt").write_text("alpha\n")
+    out = call(ctx, "edit_file", path="f.txt", old_text="omega", new_text="x")
+    assert out.startswith("Error:") and "not found" in out
+    assert (ws / "f.txt").read_text() == "alpha\n"
+
+
+def test_edit_old_text_ambiguous(ctx, ws):
+    (ws / "f.txt").write_text("a = 1\na = 1\na = 1\n")
+    out = call(ctx, "edit_file", path="f.txt", old_text="a = 1", new_text="a = 2")
+    assert out.startswith("Error:") and "3 times" in out
+    assert (ws / "f.txt").read_text() == "a = 1\na = 1\na = 1\n"
+
+
+def test_edit_missing_file(ctx):
+    out = call(ctx, "edit_file", path="nope.txt", old_text="a", new_text="b")
+    assert out.startswith("Error:") and "no such file" in out
+
+
+def test_edit_large_file_keeps_all_of_it(ctx, ws):
+    body = "".join(f"line {i}\n" for i in range(40000))       # well over MAX_READ
+    assert len(body) > 2 * MAX_READ
+    (ws / "big.txt").write_text(body + "THE END\n")
+    call(ctx, "edit_file", path="big.txt", old_text="THE END", new_text="the end")
+    assert (ws / "big.txt").read_text() == body + "the end\n"
+
+
+def test_list_dir_sorted_with_folders_marked(ctx, ws):
+    for name in ("b.txt", "A.txt"):
+        (ws / "d" / name).parent.mkdir(exist_ok=True)
+        (ws / "d" / name).write_text("")
+    (ws / "d" / "zdir").mkdir()
+    (ws / "d" / "Cdir").mkdir()
+    assert call(ctx, "list_dir", path="d") == "Cdir/\nzdir/\nA.txt\nb.txt"
+
+
+def test_list_dir_defaults_to_the_workspace(ctx, ws):
+    (ws / "here.txt").write_text("")
+    assert "here.txt" in call(ctx, "list_dir").splitlines()
+
+
+def test_list_empty_folder(ctx, ws):
+    (ws / "empty").mkdir()
+    out = call(ctx, "list_dir", path="empty")
+    assert not out.startswith("Error:") and "empty" in out
+
+
+def test_list_missing_folder(ctx):
+    out = call(ctx, "list_dir", path="nowhere")
+    assert out.startswith("Error:") and "no such folder" in out
+
+
+def test_list_a_file(ctx, ws):
+    (ws / "f.txt").write_text("")
+    assert call(ctx, "list_dir", path="f.txt").startswith("Error:")
+
+
+# --- the workspace boundary ---
+
+SECRET = "top secret\n"
+
+
+@pytest.fixture
+def world(home, tmp_path, monkeypatch):
+    """A workspace plus places outside it: a folder, a sibling whose name has the workspace's
+    as a prefix, and symlinks inside the workspace that lead out. HOME points outside."""
+    ws = make_ctx(home).workspace
+    outside = tmp_path / "outside"
+    sibling = ws.parent / (ws.name + "2")
+    for d in (outside, sibling):
+        (d / "sub").mkdir(parents=True)
+        (d / "secret.txt").write_text(SECRET)
+        (d / "sub" / "inner.txt").write_text("")
+    (ws / "link.txt").symlink_to(outside / "secret.txt")
+    (ws / "linkdir").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(outside))
+    return ws, outside, sibling
+
+
+# name -> (file path, folder path, where they really are: "outside" or "sibling")
+ESCAPES = {
+    "absolute": ("{outside}/secret.txt", "{outside}", "outside"),
+    "dotdot": ("../../outside/secret.txt", "../../outside", "outside"),
+    "dotdot-inside-first": ("sub/../../../outside/secret.txt", "./../../outside", "outside"),
+    "tilde": ("~/secret.txt", "~", "outside"),
+    "home-var": ("$HOME/secret.txt", "${{HOME}}/sub/..", "outside"),
+    "symlink": ("link.txt", "linkdir", "outside"),
+    "through-symlinked-dir": ("linkdir/secret.txt", "linkdir/sub", "outside"),
+    "sibling-prefix": ("{ws}2/secret.txt", "{ws}2", "sibling"),
+}
+
+
+def escape(world, case):
+    ws, outside, sibling = world
+    (ws / "sub").mkdir(exist_ok=True)
+    file, folder, where = ESCAPES[case]
+    fmt = {"ws": ws, "outside": outside}
+    return file.format(**fmt), folder.format(**fmt), {"outside": outside, "sibling": sibling}[where]
+
+
+def restricted(home, on=True):
+    return make_ctx(home, f"tools: {{restrict_to_workspace: {'true' if on else 'false'}}}\n")
+
+
+def refused(out):
+    return out.startswith("Error:") and "outside the workspace" in out
+
+
+@pytest.mark.parametrize("case", ESCAPES)
+def test_read_file_escape(home, world, case):
+    file, _, _ = escape(world, case)
+    assert refused(call(restricted(home), "read_file", path=file))
+    assert call(restricted(home, on=False), "read_file", path=file) == SECRET
+
+
+@pytest.mark.parametrize("case", ESCAPES)
+def test_write_file_escape(home, world, case):
+    file, _, real = escape(world, case)
+    assert refused(call(restricted(home), "write_file", path=file, content="pwned"))
+    assert (real / "secret.txt").read_text() == SECRET
+    assert not call(restricted(home, on=False), "write_file", path=file, content="ok").startswith("Error")
+    assert (real / "secret.txt").read_text() == "ok"
+
+
+@pytest.mark.parametrize("case", ESCAPES)
+def test_edit_file_escape(home, world, case):
+    file, _, real = escape(world, case)
+    assert refused(call(restricted(home), "edit_file", path=file, old_text="top", new_text="pwned"))
+    assert (real / "secret.txt").read_text() == SECRET
+    call(restricted(home, on=False), "edit_file", path=file, old_text="top", new_text="not")
+    assert (real / "secret.txt").read_text() == "not secret\n"
+
+
+@pytest.mark.parametrize("case", ESCAPES)
+def test_list_dir_escape(home, world, case):
+    _, folder, _ = escape(world, case)
+    assert refused(call(restricted(home), "list_dir", path=folder))
+    listing = call(restricted(home, on=False), "list_dir", path=folder).splitlines()
+    assert "secret.txt" in listing or "inner.txt" in listing
+
+
+def test_system_files_refused_when_restricted(home):
+    assert refused(call(restricted(home), "read_file", path="/etc/passwd"))
+    assert refused(call(restricted(home), "list_dir", path="/etc"))
+    assert refused(call(restricted(home), "list_dir", path="/"))
+    assert "root" in call(restricted(home, on=False), "read_file", path="/etc/passwd")
+    assert "passwd" in call(restricted(home, on=False), "list_dir", path="/etc").splitlines()
+
+
+def test_write_through_symlinked_dir_makes_nothing_outside(home, world):
+    ws, outside, _ = world
+    assert refused(call(restricted(home), "write_file", path="linkdir/new/deep.txt", content="x"))
+    assert not (outside / "new").exists()
+    call(restricted(home, on=False), "write_file", path="linkdir/new/deep.txt", content="x")
+    assert (outside / "new" / "deep.txt").read_text() == "x"
+
+
+def test_dangling_symlink_out_is_refused(home, world):
+    ws, outside, _ = world
+    (ws / "dangling.txt").symlink_to(outside / "created.txt")
+    assert refused(call(restricted(home), "write_file", path="dangling.txt", content="x"))
+    assert not (outside / "created.txt").exists()
+
+
+def test_symlink_inside_the_workspace_is_allowed(home, world):
+    ws, _, _ = world
+    (ws / "real").mkdir()
+    (ws / "real" / "note.txt").write_text("inside\n")
+    (ws / "alias.txt").symlink_to(ws / "real" / "note.txt")
+    (ws / "aliasdir").symlink_to("real", target_is_directory=True)     # relative target
+    ctx = restricted(home)
+    assert call(ctx, "read_file", path="alias.txt") == "inside\n"
+    assert call(ctx, "list_dir", path="aliasdir") == "note.txt"
+    assert not call(ctx, "edit_file", path="aliasdir/note.txt", old_text="inside",
+                    new_text="edited").startswith("Error")
+    assert not call(ctx, "write_file", path="aliasdir/new.txt", content="n").startswith("Error")
+    assert (ws / "real" / "note.txt").read_text() == "edited\n"
+    assert (ws / "real" / "new.txt").read_text() == "n"
+
+
+def test_absolute_path_inside_the_workspace_is_allowed(home, world):
+    ws, _, _ = world
+    ctx = restricted(home)
+    assert not call(ctx, "write_file", path=str(ws / "abs.txt"), content="a").startswith("Error")
+    assert call(ctx, "read_file", path=str(ws / "abs.txt")) == "a"
+    assert call(ctx, "read_file", path="sub/../abs.txt") == "a"
+
+
+def test_workspace_reached_through_a_symlink(home, tmp_path):
+    """agents.defaults.workspace may itself be a symlink; its files are still inside."""
+    real = tmp_path / "real-ws"
+    real.mkdir()
+    (tmp_path / "ws-link").symlink_to(real, target_is_directory=True)
+    ctx = make_ctx(home, f"agents: {{defaults: {{workspace: '{tmp_path / 'ws-link'}'}}}}\n"
+                         "tools: {restrict_to_workspace: true}\n")
+    assert not call(ctx, "write_file", path="a.txt", content="a").startswith("Error")
+    assert call(ctx, "read_file", path=str(tmp_path / "ws-link" / "a.txt")) == "a"
+    assert call(ctx, "read_file", path=str(real / "a.txt")) == "a"
+
+
+# --- message ---
+
+def test_message_goes_to_the_current_chat(ctx):
+    sent = []
+    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42",
+                  send=lambda *a, **k: sent.append(a))
+    out = call(ctx, "message", content="on my way")
+    assert sent == [("telegram", "42", "on my way")]
+    assert not out.startswith("Error:") and "telegram:42" in out
+
+
+def test_message_to_another_chat(ctx):
+    sent = []
+    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42",
+                  send=lambda *a, **k: sent.append(a))
+    call(ctx, "message", content="hi", channel="slack", chat_id="C1")
+    call(ctx, "message", content="hi again", chat_id="43")
+    assert sent == [("slack", "C1", "hi"), ("telegram", "43", "hi again")]
+
+
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_message_empty_content(ctx, content):
+    sent = []
+    ctx = Context(ctx.config, ctx.workspace, send=lambda *a, **k: sent.append(a))
+    assert call(ctx, "message", content=content).startswith("Error:")
+    assert sent == []
+
+
+def test_message_without_send(ctx):
+    out = call(ctx, "message", content="hello")
+    assert out.startswith("Error:") and "not available" in out
+
+
+def test_null_for_a_required_parameter_counts_as_missing(ctx):
+    out = Registry([sample]).call("sample", '{"name": null}', ctx)
+    assert out.startswith("Error:") and "missing name" in out
