@@ -31,6 +31,8 @@ def test_tool_calls_run_and_their_results_go_back_to_the_model(config, llm, home
     rows = saved(home)
     assert [r.get("role") for r in rows[1:]] == ["user", "assistant", "tool", "assistant"]
     assert all(r["id"] == "m7" for r in rows[1:])
+    api_keys = {"role", "content", "tool_calls", "tool_call_id", "name", "reasoning_content"}
+    assert all(set(m) <= api_keys for m in second), "only API fields go to the model"
 
 
 def test_unknown_tool_and_bad_arguments_go_back_as_errors_not_crashes(config, llm):

@@ -24,10 +24,10 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
     new = []
 
     def add(msg):
-        msg["timestamp"] = now_iso()
-        messages.append(msg)
-        new.append(msg)
-        on_message(msg)
+        messages.append(msg)                    # the request stays in the API's shape
+        saved = dict(msg, timestamp=now_iso())  # the session also records when
+        new.append(saved)
+        on_message(saved)
 
     for _ in range(max_iterations):
         reply = provider.complete(messages, tools.schemas())
