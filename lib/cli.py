@@ -124,6 +124,7 @@ def cmd_status(args):
 
 def cmd_agent(args):
     from lib.agent.loop import Agent
+    from lib.sessions import Session
     cfg = _config(args)
     channel, _, chat_id = args.session.partition(":")
     if not chat_id:
@@ -149,8 +150,11 @@ def cmd_agent(args):
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
     def turn(text):
+        session = Session(cfg.home, channel, chat_id)
         with term.Spinner("thinking"):
-            return agent.respond(channel, chat_id, text, send=send)
+            reply = agent.respond(channel, chat_id, text, send=send, session=session)
+            agent.maintain(session)
+        return reply
 
     if args.message is not None:
         show(turn(args.message))

@@ -1,43 +1,135 @@
-"""Files that appear whole: write in a temporary name on the same filesystem, fsync, rename."""
+"""Message folders in the manner of Maildir: a file appears whole in new/, is claimed by renaming
+it into cur/, and ends in a final folder (done/, sent/ or failed/). Every step is one rename, so a
+crash leaves each message in exactly one place, and a restart can tell where it stopped.
+
+    box/tmp/   being written (by us or by any script)
+    box/new/   ready, not yet taken
+    box/cur/   taken by a worker or a channel
+    box/<final>/   done/ or sent/ (pruned after retention_days), failed/ (kept, with the reason)
+"""
 import itertools
+import json
 import os
+import time
 from pathlib import Path
+
+_counter = itertools.count()
+STALE_TMP_S = 3600
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int | None = None):
     """Replace `path` so that a reader (or a crash) sees the old content or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
+    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data,
+                  0o600 if mode is None else mode)
+    os.replace(tmp, path)
+
+
+def _write_synced(path: Path, raw: bytes, mode: int):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, raw)
         os.fsync(fd)
     finally:
         os.close(fd)
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    os.chmod(path, mode)
 
 
-_counter = itertools.count()
-
-
-def unique_name() -> str:
+def unique_name(prefix: str = "") -> str:
     """Sortable by arrival and unique across processes: nanoseconds, pid, counter."""
-    import time
-    return f"{time.time_ns():020d}.{os.getpid()}.{next(_counter):04d}"
+    return f"{prefix}{time.time_ns():020d}.{os.getpid()}.{next(_counter) % 10000:04d}"
 
 
-def deliver(box: Path, obj: dict, name: str | None = None) -> Path:
-    """Put a JSON message into box/new/ whole: write box/tmp/NAME, fsync, rename."""
-    import json
-    name = name or unique_name()
-    tmp = Path(box) / "tmp" / f"{name}.json"
+def ensure(box: Path, finals=("done", "failed")):
+    for sub in ("tmp", "new", "cur", *finals):
+        (Path(box) / sub).mkdir(parents=True, exist_ok=True)
+
+
+def deliver(box: Path, obj: dict, name: str | None = None, into: str = "new") -> Path:
+    """Put a JSON message into box/<into>/ whole: write tmp/NAME.json, fsync, rename."""
+    name = (name or unique_name()) + ".json"
+    tmp, dest = Path(box) / "tmp" / name, Path(box) / into / name
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    (Path(box) / "new").mkdir(parents=True, exist_ok=True)
-    atomic_write(tmp, json.dumps(obj, ensure_ascii=False), 0o600)
-    dest = Path(box) / "new" / tmp.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _write_synced(tmp, json.dumps(obj, ensure_ascii=False).encode("utf-8"), 0o600)
     os.replace(tmp, dest)
     return dest
+
+
+def waiting(box: Path, prefix: str = "") -> list[str]:
+    """Names in new/, oldest first."""
+    try:
+        return sorted(n for n in os.listdir(Path(box) / "new")
+                      if n.startswith(prefix) and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def claim(box: Path, name: str) -> Path | None:
+    """new/NAME -> cur/NAME. None when another thread or process took it first."""
+    dest = Path(box) / "cur" / name
+    try:
+        os.rename(Path(box) / "new" / name, dest)
+    except FileNotFoundError:
+        return None
+    return dest
+
+
+def finish(path: Path, final: str = "done") -> Path:
+    dest = path.parent.parent / final / path.name
+    dest.parent.mkdir(exist_ok=True)
+    os.replace(path, dest)
+    return dest
+
+
+def fail(path: Path, reason: str) -> Path:
+    """Move to failed/ with a sibling NAME.error saying why (the original bytes are kept)."""
+    dest = path.parent.parent / "failed" / path.name
+    dest.parent.mkdir(exist_ok=True)
+    atomic_write(dest.with_name(dest.name + ".error"), reason.rstrip() + "\n", 0o644)
+    os.replace(path, dest)
+    return dest
+
+
+def recover(box: Path) -> list[str]:
+    """At start-up: what a crash left in cur/ goes back to new/ (oldest first, processed again);
+    tmp/ files nobody finished within an hour are removed. Returns the names put back."""
+    box = Path(box)
+    back = []
+    for name in sorted(os.listdir(box / "cur")) if (box / "cur").is_dir() else ():
+        os.replace(box / "cur" / name, box / "new" / name)
+        back.append(name)
+    cutoff = time.time() - STALE_TMP_S
+    for entry in os.scandir(box / "tmp") if (box / "tmp").is_dir() else ():
+        try:
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+    return back
+
+
+def prune(box: Path, days: float, finals=("done", "sent")) -> int:
+    """Delete messages older than `days` from the final folders; failed/ is kept for a person."""
+    cutoff, removed = time.time() - days * 86400, 0
+    for final in finals:
+        folder = Path(box) / final
+        for entry in os.scandir(folder) if folder.is_dir() else ():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def find(box: Path, name: str, folders=("new", "cur", "sent", "done", "failed")) -> Path | None:
+    """Where a message of this name is now, if anywhere."""
+    for folder in folders:
+        p = Path(box) / folder / name
+        if p.exists():
+            return p
+    return None

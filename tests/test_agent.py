@@ -8,6 +8,14 @@ from lib.errors import ProviderError
 from lib.sessions import Session
 
 
+def turn(agent, text, home):
+    """What the CLI and the worker do: answer, then keep memory in shape."""
+    session = Session(home, "cli", "default")
+    reply = agent.respond("cli", "default", text, session=session)
+    agent.maintain(session)
+    return reply
+
+
 def saved(home, key="cli_default"):
     return [json.loads(x) for x in (home / "sessions" / f"{key}.jsonl").read_text().splitlines()]
 
@@ -97,12 +105,12 @@ def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home
     agent = Agent(config)       # memory_window is 10 in the fixture
     for i in range(5):
         llm.script(f"answer {i}")
-        agent.respond("cli", "default", f"question {i}")
+        turn(agent, f"question {i}", home)
     assert not (config.workspace / "memory" / "HISTORY.md").exists() and not llm.pending
     llm.script("answer 5", {"tool_calls": [{"name": "save_memory", "arguments": {
         "history_entry": "Ada asked six questions about tea.",
         "memory_update": "# Memory\n- Ada likes tea."}}]})
-    agent.respond("cli", "default", "question 5")
+    turn(agent, "question 5", home)
     history = (config.workspace / "memory" / "HISTORY.md").read_text()
     assert "Ada asked six questions about tea." in history and history.startswith("[20")
     assert (config.workspace / "memory" / "MEMORY.md").read_text() == "# Memory\n- Ada likes tea.\n"
@@ -111,7 +119,7 @@ def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home
     s = Session(home, "cli", "default")
     assert s.consolidated == 12 - 5 and len(s.messages) == 12
     llm.script("ok")
-    agent.respond("cli", "default", "next")
+    turn(agent, "next", home)
     sent = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
     assert "question 0" not in sent and sent[-1] == "next"
     assert "Ada likes tea." in llm.chat_requests[-1]["messages"][0]["content"]
@@ -121,7 +129,7 @@ def test_consolidation_failure_loses_nothing(config, llm, home):
     agent = Agent(config)
     for i in range(6):
         llm.script(f"a{i}", *(["I refuse to call tools"] if i == 5 else []))
-        agent.respond("cli", "default", f"q{i}")
+        turn(agent, f"q{i}", home)
     assert not llm.pending
     s = Session(home, "cli", "default")
     assert s.consolidated == 0 and len(s.messages) == 12
@@ -165,3 +173,26 @@ def test_message_tool_reaches_the_send_function_with_the_current_chat(config, ll
 def test_make_provider_uses_the_resolved_endpoint(config, llm):
     llm.script("x")
     assert make_provider(config).complete([{"role": "user", "content": "q"}]).content == "x"
+
+
+def test_a_message_answered_before_a_crash_is_not_asked_again(config, llm, home):
+    agent = Agent(config)
+    llm.script("first answer")
+    assert agent.respond("cli", "default", "q", msg_id="m1") == "first answer"
+    assert agent.respond("cli", "default", "q", msg_id="m1") == "first answer"
+    assert len(llm.chat_requests) == 1
+    assert [r.get("role") for r in saved(home)[1:]] == ["user", "assistant"]
+
+
+def test_a_turn_cut_off_mid_tool_goes_on_without_duplicating_lines(config, llm, home):
+    s = Session(home, "cli", "default")
+    s.append({"role": "user", "content": "list it", "id": "m2"})
+    s.append({"role": "assistant", "content": None, "id": "m2", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]})
+    llm.script("Listed.")                  # the process died while list_dir ran
+    assert Agent(config).respond("cli", "default", "list it", msg_id="m2") == "Listed."
+    roles = [r.get("role") for r in saved(home)[1:]]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    tool = saved(home)[3]
+    assert tool["tool_call_id"] == "c1" and "interrupted by a restart" in tool["content"]
+    assert llm.chat_requests[0]["messages"][-1]["role"] == "tool"

@@ -70,10 +70,12 @@ class Agent:
                 " I saved a summary of the last one to memory." if saved else
                 " (The model could not summarise the last one; it is kept in sessions/archive/.)")
         d = self.config.agents.defaults
-        user = {"role": "user", "content": _with_media_note(text, media), "id": msg_id}
-        if media:
-            user["media"] = list(media)
-        session.append(user)
+        done = self._resume(session, msg_id)
+        if done is not None:
+            return done
+        if not any(m.get("id") == msg_id for m in session.messages if msg_id):
+            user = {"role": "user", "content": _with_media_note(text, media), "id": msg_id}
+            session.append(dict(user, media=list(media)) if media else user)
         messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)}]
         messages += session.history(d.memory_window)
         if media and messages[-1]["role"] == "user":
@@ -82,9 +84,37 @@ class Agent:
         new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
                        lambda m: session.append(dict(m, id=msg_id)))
         session.sync()
-        if len(session.messages) - session.consolidated > d.memory_window:
-            self.memory.consolidate(session, self.provider, keep=d.memory_window // 2)
-        return (new[-1].get("content") or "").strip() or "(The model gave an empty answer.)"
+        return _text(new[-1])
+
+    def _resume(self, session: Session, msg_id) -> str | None:
+        """After a crash the same message comes again. If its answer is already in the session,
+        that answer is the reply (the model is not asked twice); if a tool was cut off, the model
+        is told so and the turn goes on from there."""
+        mine = [m for m in session.messages if msg_id and m.get("id") == msg_id]
+        if not mine:
+            return None
+        last = mine[-1]
+        if last["role"] == "assistant" and not last.get("tool_calls"):
+            return _text(last)
+        calls = next((m["tool_calls"] for m in reversed(mine) if m.get("tool_calls")), [])
+        answered = {m.get("tool_call_id") for m in mine if m["role"] == "tool"}
+        for call in calls:
+            if call["id"] not in answered:
+                session.append({"role": "tool", "tool_call_id": call["id"], "id": msg_id,
+                                "name": call["function"]["name"], "content":
+                                "Error: interrupted by a restart before this tool finished; "
+                                "run it again if it is still needed."})
+        return None
+
+    def maintain(self, session: Session):
+        """Fold old messages into memory once the conversation outgrows the window."""
+        window = self.config.agents.defaults.memory_window
+        if len(session.messages) - session.consolidated > window:
+            self.memory.consolidate(session, self.provider, keep=window // 2)
+
+
+def _text(msg: dict) -> str:
+    return (msg.get("content") or "").strip() or "(The model gave an empty answer.)"
 
 
 def _with_media_note(text: str, media) -> str:
