@@ -18,6 +18,29 @@ from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 
+# Keys the original project's onboard writes (HKUDS/nanobot and its nanoclaw fork, Feb-Mar 2026)
+# that mean nothing here: accepted with a warning, the whole subtree skipped. Snake_case paths.
+LEGACY_IGNORED = {
+    "mcp_servers", "daemon", "audio", "speech", "api",
+    "agents.defaults.reasoning_effort", "agents.defaults.context_window_tokens",
+    "agents.defaults.subagent_model", "agents.defaults.context_window",
+    "agents.defaults.compaction_threshold", "heartbeat.keep_recent_messages",
+    *(f"providers.{p}" for p in (
+        "openai_codex", "github_copilot", "siliconflow", "volcengine", "volcengine_coding_plan",
+        "byteplus", "byteplus_coding_plan", "dashscope_coding_plan", "kilo", "azure_openai",
+        "mistral", "stepfun", "ovms")),
+    "channels.send_progress", "channels.send_tool_hints", "channels.send_max_retries",
+    "channels.matrix", "channels.telegram.reply_to_message", "channels.discord.group_policy",
+    "channels.feishu.react_emoji",
+    "channels.slack.mode", "channels.slack.webhook_path", "channels.slack.user_token_read_only",
+    *(f"channels.mochat.{k}" for k in (
+        "socket_disable_msgpack", "socket_reconnect_delay_ms", "socket_max_reconnect_delay_ms",
+        "socket_connect_timeout_ms", "refresh_interval_ms", "watch_timeout_ms", "watch_limit",
+        "retry_delay_ms", "max_retry_attempts", "mention", "groups")),
+    "tools.mcp_servers", "tools.ssrf_whitelist", "tools.web.proxy", "tools.web.search.provider",
+    "tools.web.search.base_url", "tools.exec.path_append",
+}
+
 
 def _f(default, *choices):
     """A field with a default (copied when mutable) and, optionally, the values it may take."""
@@ -171,6 +194,7 @@ class Email:
     ca_file: str = ""
     auto_reply_enabled: bool = True
     poll_interval_seconds: int = 30
+    mark_seen: bool = True       # false: leave mail unread on the server
     max_body_chars: int = 12000
     subject_prefix: str = "Re: "
     allow_from: list[str] = _f([])
@@ -203,6 +227,7 @@ DENY_PATTERNS = [
 
 @dataclass(frozen=True)
 class Exec:
+    enable: bool = True          # false: no shell tool at all
     timeout: int = 60
     deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
                                      metadata={"regex": True})
@@ -290,7 +315,10 @@ def load_config(explicit: str | None = None) -> Config:
         data, lines = _read(path)
     elif explicit or os.environ.get("NANOCLAW_CONFIG"):
         raise ConfigError(f"{path}: no such config file")
-    cfg = _build(Config, data, (), lines, path)
+    cfg = _build(Config, _migrate(data), (), lines, path)
+    if lines.get("ignored"):
+        log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
+                    "ignored: %s", path, len(lines["ignored"]), ", ".join(lines["ignored"]))
     return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
 
 
@@ -338,6 +366,36 @@ class _Number(str):
         return self
 
 
+# Settings the original project kept elsewhere: (old path, new path), snake_case.
+MOVED = ((("tools", "exec", "restrict_to_workspace"), ("tools", "restrict_to_workspace")),
+         (("gateway", "heartbeat"), ("heartbeat",)))
+
+
+def _migrate(data):
+    """Move old-place settings to where nanoclaw reads them, unless already set there."""
+    def parent(d, keys, make=False):
+        for k in keys:
+            found = next((key for key in d if snake(key) == k), None) if isinstance(d, dict) else None
+            if found is None:
+                if not make or not isinstance(d, dict):
+                    return None
+                found = k
+                d[k] = {}
+            d = d[found]
+        return d if isinstance(d, dict) else None
+
+    for old, new in MOVED:
+        src = parent(data, old[:-1])
+        key = next((k for k in src if snake(k) == old[-1]), None) if src else None
+        if key is None:
+            continue
+        value = src.pop(key)
+        dest = parent(data, new[:-1], make=True)
+        if dest is not None and not any(snake(k) == new[-1] for k in dest):
+            dest[new[-1]] = value
+    return data
+
+
 def snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower().replace("-", "_")
 
@@ -360,10 +418,14 @@ def _build(cls, data, path, lines, file):
     for key, value in data.items():
         name, at = snake(key), path + (key,)
         if name not in known:
+            line = lines.get(at)
+            where = ".".join(at) + (f" (line {line})" if line else "")
+            if ".".join(map(snake, at)) in LEGACY_IGNORED:
+                lines.setdefault("ignored", []).append(where)    # one warning for them all
+                continue
             near = difflib.get_close_matches(name, known, 1, 0.6)
             hint = f"; did you mean {near[0]}?" if near else f"; expected one of: {', '.join(known)}"
-            line = lines.get(at)
-            raise ConfigError(f"{file}: unknown key {'.'.join(at)}" + (f" (line {line})" if line else "") + hint)
+            raise ConfigError(f"{file}: unknown key {where}{hint}")
         kwargs[name] = _value(hints[name], known[name], value, at, lines, file, fail)
     return cls(**kwargs)
 

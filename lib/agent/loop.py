@@ -54,7 +54,8 @@ class Agent:
     def __init__(self, config, provider=None, tools: Registry | None = None):
         self.config = config
         self.provider = provider or make_provider(config)
-        self.tools = tools or default_registry()
+        self.tools = tools or default_registry(
+            exclude=() if config.tools.exec.enable else ("exec",))
         self.memory = Memory(config.workspace)
 
     def respond(self, channel: str, chat_id: str, text: str, *, media=(), msg_id=None,
