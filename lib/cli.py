@@ -11,13 +11,15 @@ from lib.errors import ConfigError, NanoclawError, ProviderError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_WORDS = {"exit", "quit", "/exit", "/quit", ":q"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"     # one line each, no colour
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "logs", False) or args.command ==
-                        "gateway" else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        "gateway" else logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args) or 0
     except (ConfigError, UserError) as e:
@@ -47,6 +49,11 @@ def _parser():
     s.set_defaults(run=cmd_agent)
     s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
     s.set_defaults(run=cmd_status)
+    s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
+    s.set_defaults(run=cmd_gateway)
+    s = sub.add_parser("channels", parents=[common], help="channel status (and WhatsApp login)")
+    s.add_argument("action", choices=["status"])
+    s.set_defaults(run=cmd_channels)
     return p
 
 
@@ -197,3 +204,37 @@ def _interactive(cfg, turn, show) -> int:
                 readline.write_history_file(history)
             except OSError:
                 pass
+
+
+# --- gateway ---
+
+def cmd_gateway(args):
+    from lib.gateway import Gateway
+    from lib.providers.registry import resolve
+    cfg = _config(args)
+    resolve(cfg)                        # no key: say so now, not at the first message
+    if cfg.gateway.log_file:
+        from logging.handlers import RotatingFileHandler
+        path = Path(cfg.gateway.log_file).expanduser()
+        path = path if path.is_absolute() else cfg.home / "logs" / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(path, maxBytes=1 << 20, backupCount=3, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
+    return Gateway(cfg).run()
+
+
+def cmd_channels(args):
+    cfg = _config(args)
+    from lib.channels import describe
+    rows = describe(cfg)
+    print(f"{'channel':<10} {'enabled':<8} {'configured':<11} {'waiting':>7} {'sending':>7} "
+          f"{'failed':>6}  allow_from")
+    for r in rows:
+        print(f"{r['name']:<10} {'yes' if r['enabled'] else 'no':<8} "
+              f"{'yes' if r['configured'] else 'no (' + r['missing'] + ')':<11} {r['new']:>7} "
+              f"{r['cur']:>7} {r['failed']:>6}  {r['allow_from']}")
+    inbox = cfg.home / "inbox"
+    counts = {f: len(list((inbox / f).glob("*.json"))) if (inbox / f).is_dir() else 0
+              for f in ("new", "cur", "failed")}
+    print(f"\ninbox: {counts['new']} waiting, {counts['cur']} in progress, {counts['failed']} failed")

@@ -263,6 +263,7 @@ class Gateway:
     host: str = "127.0.0.1"
     port: int = 18790
     retention_days: int = 7
+    log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""The 24/7 service: wires channels, the worker, cron and the heartbeat together, and owns
+start-up and shutdown. Every part is a thread with start() and stop(); a file watcher wakes them.
+"""
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from lib import maildir
+from lib.worker import Worker, post_inbox
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 3600
+
+
+def notify(state: str):
+    """Tell systemd how we are (READY=1, WATCHDOG=1, STOPPING=1) when it asked to be told."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]            # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), address)
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", address, e)
+
+
+class Watcher:
+    """One file-system observer for every folder we wait on; a periodic rescan covers the
+    platforms where inotify is missing or full."""
+
+    def __init__(self):
+        self._watches = []
+
+    def watch(self, folder, callback):
+        self._watches.append((str(folder), callback))
+
+    def start(self):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        class Handler(FileSystemEventHandler):
+            def __init__(self, callback):
+                self.callback = callback
+
+            def on_any_event(self, event):
+                if event.event_type in ("created", "moved", "modified", "closed"):
+                    self.callback()
+
+        for kind in (Observer, PollingObserver):
+            self._observer = kind()
+            try:
+                for folder, callback in self._watches:
+                    self._observer.schedule(Handler(callback), folder, recursive=False)
+                self._observer.start()
+                return
+            except OSError as e:
+                log.warning("file watcher %s unavailable (%s); polling instead", kind.__name__, e)
+
+    def stop(self):
+        self._observer.stop()
+        self._observer.join(2)
+
+
+class Gateway:
+    def __init__(self, config, agent=None):
+        from lib.agent.loop import Agent
+        self.config = config
+        self.home = config.home
+        self.agent = agent or Agent(config)
+        self.services = {}
+        self.worker = Worker(config, self.agent, self.services)
+        self.parts = []                 # started in order, stopped in reverse
+        self.stopping = threading.Event()
+
+    def post(self, msg: dict, name: str | None = None):
+        return post_inbox(self.home, msg, name)
+
+    def build(self):
+        """Create every part the config asks for (their threads start in run())."""
+        from lib import channels
+        maildir.ensure(self.home / "inbox")
+        maildir.ensure(self.home / "outbox", ("sent", "failed"))
+        maildir.recover(self.home / "outbox")     # sends cut off by a crash are sent again
+        self.channels = channels.enabled(self.config, self.home)
+        self.watcher = Watcher()
+        self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
+        self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)
+        self.parts = [self.worker, *self.channels]
+        for name, part in self._optional_parts():
+            self.services[name] = part
+            self.parts.append(part)
+
+    def _optional_parts(self):
+        """Cron, the heartbeat and sub-agents, as far as they exist in this version."""
+        return []
+
+    def run(self) -> int:
+        self.build()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        for part in self.parts:
+            part.start()
+        self.watcher.start()
+        notify("READY=1")
+        log.info("gateway ready: home %s, model %s", self.home, self.config.agents.defaults.model)
+        ping, last_prune = _watchdog_interval(), time.monotonic()
+        self._prune()
+        self._outbox_changed()
+        while not self.stopping.wait(ping):
+            if all(part.alive() for part in self.parts):
+                notify("WATCHDOG=1")        # a dead thread stops the pings: systemd restarts us
+            else:
+                log.error("a part of the gateway has died: %s",
+                          ", ".join(type(p).__name__ for p in self.parts if not p.alive()))
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                self._prune()
+                last_prune = time.monotonic()
+        notify("STOPPING=1")
+        log.info("stopping")
+        self.watcher.stop()
+        for part in reversed(self.parts):
+            part.stop()
+        log.info("stopped")
+        return 0
+
+    def _outbox_changed(self):
+        for channel in self.channels:
+            channel.wake()
+        running = {c.name for c in self.channels}
+        for name in maildir.waiting(self.home / "outbox"):
+            target = name.split(".", 1)[0]
+            if target not in running:
+                path = maildir.claim(self.home / "outbox", name)
+                if path:
+                    log.warning("outbox/%s: channel %s is not running; moved to outbox/failed/",
+                                name, target)
+                    maildir.fail(path, f"channel {target} is not running (channels.{target}."
+                                 "enabled is false or it is not configured)")
+
+    def _prune(self):
+        days = self.config.gateway.retention_days
+        removed = maildir.prune(self.home / "inbox", days) + maildir.prune(self.home / "outbox", days)
+        if removed:
+            log.info("pruned %d message(s) older than %d days", removed, days)
+
+
+def _watchdog_interval() -> float:
+    """Half of systemd's WatchdogSec, or a lazy minute when nobody watches."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    return max(1.0, int(usec) / 2e6) if usec and usec.isdigit() else 60.0

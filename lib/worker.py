@@ -1,0 +1,216 @@
+"""The one worker thread: claim an inbox message, run the turn, write the reply, mark it done.
+
+Exactly once, even across kill -9: the session records every step under the message's id, the
+reply's file name carries the inbox file's name, and only then does the message move to done/.
+A message found in cur/ at start-up is looked up in that order and finished where it stopped.
+"""
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from lib import maildir
+from lib.config import allowed
+from lib.errors import ProviderError
+from lib.sessions import Session, now_iso
+
+log = logging.getLogger(__name__)
+CHANNELS = ("telegram", "slack", "discord", "whatsapp", "feishu", "dingtalk", "qq", "mochat",
+            "email", "cli", "system", "local")
+NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
+MAX_BYTES = 1024 * 1024
+RESCAN_S = 5.0          # a safety net under the file watcher
+HEARTBEAT_OK = "HEARTBEAT_OK"
+
+
+def post_inbox(home: Path, msg: dict, name: str | None = None) -> Path | None:
+    """Drop a message into the inbox. With a fixed `name`, a second post of the same name (a job
+    re-run after a crash) is ignored: returns None."""
+    inbox = Path(home) / "inbox"
+    if name and maildir.find(inbox, name + ".json", ("tmp", "new", "cur", "done", "failed")):
+        return None
+    return maildir.deliver(inbox, dict(msg, created_at=msg.get("created_at") or now_iso()), name)
+
+
+def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=None, media=(),
+                metadata=None, key: str = "") -> Path:
+    """Queue a message for a channel. `key` (the inbox file's name) marks a reply, so a restart
+    can see that the reply exists. Channels without a remote side file it as sent at once."""
+    name = maildir.unique_name(f"{channel}.") + (f".r{key}" if key else "")
+    obj = {"id": name, "channel": channel, "chat_id": str(chat_id), "text": text,
+           "media": list(media), "metadata": metadata or {}, "created_at": now_iso()}
+    if reply_to:
+        obj["reply_to"] = reply_to
+    return maildir.deliver(Path(home) / "outbox", obj, name,
+                           into="sent" if channel in NO_REMOTE else "new")
+
+
+def read_message(path: Path) -> dict:
+    """The inbox message in `path`, checked against SPEC §3; ValueError says what is wrong."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
+    try:
+        msg = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    if not isinstance(msg, dict):
+        raise ValueError("not a JSON object")
+    for field in ("channel", "chat_id", "text"):
+        if field not in msg:
+            raise ValueError(f"missing required field {field!r}")
+    if msg["channel"] not in CHANNELS:
+        raise ValueError(f"unknown channel {msg['channel']!r}; expected one of {', '.join(CHANNELS)}")
+    for field, types in (("chat_id", (str, int)), ("text", str), ("sender_id", (str, int)),
+                         ("media", list), ("metadata", dict), ("id", (str, int))):
+        if field in msg and not isinstance(msg[field], types) or isinstance(msg.get(field), bool):
+            raise ValueError(f"field {field!r} has the wrong type ({type(msg[field]).__name__})")
+    if not all(isinstance(m, str) for m in msg.get("media", [])):
+        raise ValueError("field 'media' must be a list of file paths")
+    if not msg["text"] and not msg.get("media"):
+        raise ValueError("empty message: 'text' is empty and there is no 'media'")
+    msg["chat_id"] = str(msg["chat_id"])
+    msg["id"] = str(msg.get("id") or path.stem)
+    msg.setdefault("created_at", now_iso())
+    return msg
+
+
+class Worker:
+    def __init__(self, config, agent, services=None):
+        self.config, self.agent, self.services = config, agent, services or {}
+        self.home = config.home
+        self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = None
+        self._sessions: dict[str, Session] = {}
+        self._recovered: set[str] = set()
+        self.busy = False
+
+    def start(self):
+        maildir.ensure(self.inbox)
+        maildir.ensure(self.outbox, ("sent", "failed"))
+        self._recovered = set(maildir.recover(self.inbox))
+        if self._recovered:
+            log.info("finishing %d message(s) left by the last run", len(self._recovered))
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def wake(self):
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def stop(self, timeout: float = 3.0):
+        """A turn in progress may take longer: then its message stays in cur/ for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.clear()
+            self.drain()
+            self._wake.wait(RESCAN_S)
+
+    def drain(self):
+        for name in maildir.waiting(self.inbox):
+            if self._stop.is_set():
+                return
+            path = maildir.claim(self.inbox, name)
+            if path:
+                self.busy = True
+                try:
+                    self.handle(path)
+                finally:
+                    self.busy = False
+
+    def handle(self, path: Path):
+        try:
+            msg = read_message(path)
+        except (ValueError, OSError) as e:
+            log.warning("inbox/%s: %s; moved to inbox/failed/", path.name, e)
+            maildir.fail(path, str(e))
+            return
+        sender = str(msg.get("sender_id", ""))
+        if msg["channel"] not in NO_REMOTE:
+            allow = getattr(self.config.channels, msg["channel"]).allow_from
+            if not allowed(allow, sender):
+                reason = (f"sender {sender or '(none)'} is not in channels.{msg['channel']}."
+                          "allow_from; add the id there to let them in")
+                log.warning("refused %s: %s", path.name, reason)
+                maildir.fail(path, reason)
+                return
+        key = path.stem
+        if key in self._recovered and self._reply_exists(key):
+            maildir.finish(path)            # the crash came after the reply was queued
+            return
+        channel, chat_id = self._target(msg)
+        session = self._session(channel, chat_id)
+        try:
+            reply = self.agent.respond(channel, chat_id, msg["text"], media=msg.get("media", ()),
+                                       msg_id=msg["id"], send=self.send, session=session,
+                                       services=self.services)
+        except ProviderError as e:
+            reply = str(e)
+        except Exception as e:      # a bug must not stop the service or lose the message
+            log.exception("inbox/%s failed", path.name)
+            maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
+            return
+        meta = msg.get("metadata", {})
+        if meta.get("kind") == "heartbeat" and reply.strip() == HEARTBEAT_OK:
+            channel = "system"          # nothing worth saying: recorded, not sent
+        post_outbox(self.home, channel, chat_id, reply, reply_to=msg["id"], metadata=meta, key=key)
+        maildir.finish(path)
+        if msg["channel"] not in NO_REMOTE:
+            self._remember_chat(msg["channel"], msg["chat_id"])
+        try:
+            self.agent.maintain(session)
+        except Exception:
+            log.exception("memory upkeep failed; will try again after the next message")
+
+    def send(self, channel, chat_id, text, media=None):
+        """The `message` tool's way out."""
+        post_outbox(self.home, channel, chat_id, text, media=media or ())
+
+    def _target(self, msg) -> tuple[str, str]:
+        """Where the reply goes and whose conversation it belongs to. A system message (cron,
+        heartbeat, sub-agent result) may name a chat in metadata.reply_to."""
+        to = msg.get("metadata", {}).get("reply_to") if msg["channel"] == "system" else None
+        if isinstance(to, dict) and to.get("channel") in CHANNELS and to.get("chat_id"):
+            return to["channel"], str(to["chat_id"])
+        return msg["channel"], msg["chat_id"]
+
+    def _session(self, channel, chat_id) -> Session:
+        key = f"{channel}:{chat_id}"
+        session = self._sessions.get(key)
+        if session is None or not session.path.exists() and session.messages:
+            if len(self._sessions) > 64:
+                self._sessions.clear()
+            session = self._sessions[key] = Session(self.home, channel, chat_id)
+        return session
+
+    def _reply_exists(self, key: str) -> bool:
+        suffix = f".r{key}.json"
+        for folder in ("new", "cur", "sent", "failed"):
+            try:
+                if any(n.endswith(suffix) for n in os.listdir(self.outbox / folder)):
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    def _remember_chat(self, channel, chat_id):
+        """The owner's last active chat: where the heartbeat speaks."""
+        path = self.home / "state" / "last_chat.json"
+        data = {"channel": channel, "chat_id": chat_id}
+        try:
+            if json.loads(path.read_text()) == data:
+                return
+        except (OSError, ValueError):
+            pass
+        maildir.atomic_write(path, json.dumps(data))
