@@ -92,7 +92,7 @@ class Worker:
     def start(self):
         maildir.ensure(self.inbox)
         maildir.ensure(self.outbox, ("sent", "failed"))
-        self._recovered = set(maildir.recover(self.inbox))
+        self._recovered = {Path(n).stem for n in maildir.recover(self.inbox)}
         if self._recovered:
             log.info("finishing %d message(s) left by the last run", len(self._recovered))
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)

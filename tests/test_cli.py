@@ -129,3 +129,26 @@ def test_help_is_fast_to_import(home):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__))).stdout
     assert out.strip().splitlines()[-1] == "[]"      # no SDK imported for status without a config
+
+
+def test_channels_status_shows_settings_and_queue_depths(home, llm):
+    fake_config(home, llm, "channels:\n  telegram: {enabled: true, token: t, allow_from: [123]}\n")
+    from lib.worker import post_outbox
+    post_outbox(home, "telegram", "1", "waiting")
+    r = run_cli("channels", "status")
+    assert r.returncode == 0, r.stderr
+    tg = next(line for line in r.stdout.splitlines() if line.startswith("telegram"))
+    assert tg.split()[:5] == ["telegram", "yes", "yes", "1", "0"] and "123" in tg
+    slack = next(line for line in r.stdout.splitlines() if line.startswith("slack"))
+    assert "no (bot_token, app_token)" in slack and slack.rstrip().endswith("nobody")
+
+
+def test_gateway_without_a_key_is_a_config_error(home):
+    r = run_cli("gateway")
+    assert r.returncode == 2 and "ANTHROPIC_API_KEY" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gateway_with_an_unbuilt_channel_enabled_says_so(home, llm):
+    fake_config(home, llm, "channels:\n  qq: {enabled: true, app_id: a, secret: s}\n")
+    r = run_cli("gateway")
+    assert r.returncode == 2 and "channel qq is not available" in r.stderr

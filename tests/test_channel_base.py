@@ -1,0 +1,127 @@
+"""The outbox side every channel shares: ordered delivery, retries, failed/ after the last try,
+and the allow list on the way in."""
+import json
+import time
+
+import pytest
+
+from lib import maildir
+from lib.channels.base import Channel, SendError
+from lib.worker import post_outbox
+
+
+class Recorder(Channel):
+    name = "telegram"
+
+    def __init__(self, config, home, failures=()):
+        super().__init__(config, home)
+        self.backoff = 0.01
+        self.sent, self.failures = [], list(failures)
+
+    def deliver(self, msg):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(msg["text"])
+
+
+def wait_for(check, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def outbox(home):
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+    return home / "outbox"
+
+
+def run(channel):
+    channel.start()
+    return channel
+
+
+def test_messages_are_sent_in_order_and_filed_in_sent(config, home, outbox):
+    for i in range(3):
+        post_outbox(home, "telegram", "1", f"m{i}")
+    post_outbox(home, "slack", "C", "not mine")
+    ch = run(Recorder(config, home))
+    try:
+        wait_for(lambda: len(ch.sent) == 3)
+        assert ch.sent == ["m0", "m1", "m2"]
+        wait_for(lambda: len(list((outbox / "sent").glob("telegram.*"))) == 3)
+        assert len(list((outbox / "new").glob("slack.*"))) == 1      # left for its own channel
+    finally:
+        ch.stop()
+
+
+def test_failures_are_retried_then_sent(config, home, outbox):
+    ch = run(Recorder(config, home, [SendError("timeout"), ConnectionError("reset"),
+                                     SendError("slow down", retry_after=0.01)]))
+    try:
+        post_outbox(home, "telegram", "1", "persistent")
+        ch.wake()
+        wait_for(lambda: ch.sent == ["persistent"])
+    finally:
+        ch.stop()
+
+
+def test_after_the_last_try_the_message_goes_to_failed_with_the_error(config, home, outbox):
+    ch = run(Recorder(config, home, [SendError(f"down {i}") for i in range(10)]))
+    try:
+        post_outbox(home, "telegram", "1", "doomed")
+        ch.wake()
+        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+        msg = json.loads(next((outbox / "failed").glob("telegram.*.json")).read_text())
+        assert msg["text"] == "doomed" and msg["error"] == "down 4"
+        assert len(ch.failures) == 5        # five tries
+    finally:
+        ch.stop()
+
+
+def test_a_permanent_error_is_not_retried(config, home, outbox):
+    ch = run(Recorder(config, home, [SendError("chat not found", permanent=True)]))
+    try:
+        post_outbox(home, "telegram", "1", "to nobody")
+        ch.wake()
+        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+        assert ch.sent == []
+    finally:
+        ch.stop()
+
+
+def test_stopping_during_a_retry_leaves_the_message_in_cur_for_the_next_start(config, home, outbox):
+    ch = Recorder(config, home, [SendError("down", retry_after=60)])
+    run(ch)
+    post_outbox(home, "telegram", "1", "later")
+    ch.wake()
+    wait_for(lambda: list((outbox / "cur").glob("telegram.*")))
+    ch.stop()
+    assert not ch.alive()
+    assert maildir.recover(outbox) and list((outbox / "new").glob("telegram.*"))
+
+
+def test_receive_drops_allowed_messages_in_the_inbox_and_refuses_strangers(home, caplog):
+    from lib.config import load_config
+    (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['42', 'alice']}\n")
+    ch = Recorder(load_config(), home)
+    assert ch.receive("100", "42", "hello", metadata={"message_id": 7})
+    assert ch.receive("100", "7|alice", "by name")
+    assert not ch.receive("100", "13", "let me in")
+    files = sorted((home / "inbox" / "new").glob("*.json"))
+    msgs = [json.loads(f.read_text()) for f in files]
+    assert [m["text"] for m in msgs] == ["hello", "by name"]
+    assert msgs[0]["channel"] == "telegram" and msgs[0]["metadata"] == {"message_id": 7}
+    assert "refused sender 13" in caplog.text and "channels.telegram.allow_from" in caplog.text
+
+
+@pytest.mark.parametrize("allow,sender,ok", [
+    ([], "1", False), (["*"], "anyone", True), (["1"], "1", True), (["1"], "2", False),
+    (["+4915"], "4915", True), (["@bob"], "123|bob", True), ([" 5 "], "5", True),
+])
+def test_allow_lists_deny_by_default(allow, sender, ok):
+    from lib.config import allowed
+    assert allowed(allow, sender) is ok

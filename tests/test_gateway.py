@@ -1,0 +1,272 @@
+"""The gateway as a user runs it: a real subprocess, files in, files out, kill -9, SIGTERM."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_config
+
+
+class Gateway:
+    """`python nanoclaw.py gateway` in a subprocess, ready when it says READY=1 over NOTIFY_SOCKET."""
+
+    def __init__(self, home: Path):
+        self.home, self.proc = home, None
+
+    def start(self, timeout=15):
+        sock_path = str(self.home / "notify.sock")
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(sock_path)
+        self.sock.settimeout(timeout)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "NANOCLAW_HOME": str(self.home)}
+        self.log = open(self.home / "gateway.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "gateway"],
+                                     env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
+        assert self.notice() == "READY=1", self.logs()
+        return self
+
+    def notice(self) -> str:
+        return self.sock.recv(256).decode()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
+    def term(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        self.sock.close()
+        return code
+
+    def logs(self) -> str:
+        return (self.home / "gateway.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def gw_config(home, llm):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
+                       "agents:\n  defaults: {model: fake-model}\nheartbeat: {enabled: false}\n")
+    return home
+
+
+@pytest.fixture
+def gateway(gw_config):
+    g = Gateway(gw_config)
+    yield g
+    if g.proc and g.proc.poll() is None:
+        g.kill()
+
+
+def drop(home, name, content, raw=False):
+    """Write a message the way SPEC §3 says: into inbox/tmp, then rename into inbox/new."""
+    tmp = home / "inbox" / "tmp" / name
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    (home / "inbox" / "new").mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(content if raw else json.dumps(content).encode())
+    os.rename(tmp, home / "inbox" / "new" / name)
+
+
+def wait_for(check, timeout=15, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def replies(home, folder="sent"):
+    path = home / "outbox" / folder
+    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.is_dir() else []
+
+
+def session_rows(home, name):
+    path = home / "sessions" / f"{name}.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_local_message_gets_its_reply_in_outbox_sent(gateway, llm, home):
+    gateway.start()
+    llm.script("Hello, script.")
+    drop(home, "m1.json", {"channel": "local", "chat_id": "job", "text": "hi"})
+    reply = wait_for(lambda: replies(home), what="reply")[0]
+    assert reply["text"] == "Hello, script." and reply["reply_to"] == "m1"
+    assert reply["channel"] == "local" and reply["chat_id"] == "job" and reply["created_at"]
+    assert set(reply) >= {"id", "channel", "chat_id", "text", "reply_to", "media", "metadata", "created_at"}
+    wait_for(lambda: (home / "inbox" / "done" / "m1.json").exists(), what="done/")
+    rows = session_rows(home, "local_job")
+    assert rows[0]["_type"] == "metadata" and [r["role"] for r in rows[1:]] == ["user", "assistant"]
+
+
+def test_messages_are_answered_in_arrival_order(gateway, llm, home):
+    gateway.start()
+    for i in range(5):
+        drop(home, f"{i:02d}.json", {"channel": "local", "chat_id": "order", "text": f"n{i}"})
+    wait_for(lambda: len(replies(home)) == 5, what="5 replies")
+    asked = [b["messages"][-1]["content"] for b in llm.chat_requests]
+    assert asked == [f"n{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("bad.json", b"{not json", "not valid JSON"),
+    ("latin.json", '{"channel":"local","chat_id":"x","text":"caf\xe9"}'.encode("latin-1"), "not UTF-8"),
+    ("list.json", b"[1, 2]", "not a JSON object"),
+    ("nochan.json", b'{"chat_id": "x", "text": "hi"}', "missing required field 'channel'"),
+    ("notext.json", b'{"channel": "local", "chat_id": "x"}', "missing required field 'text'"),
+    ("who.json", b'{"channel": "pigeon", "chat_id": "x", "text": "hi"}', "unknown channel 'pigeon'"),
+    ("type.json", b'{"channel": "local", "chat_id": "x", "text": 5}', "field 'text' has the wrong type"),
+    ("empty.json", b'{"channel": "local", "chat_id": "x", "text": ""}', "empty message"),
+    ("big.json", b'{"channel": "local", "chat_id": "x", "text": "' + b"a" * (1024 * 1024) + b'"}',
+     "limit is 1 MiB"),
+])
+def test_malformed_files_go_to_failed_with_the_reason(gateway, llm, home, name, content, reason):
+    gateway.start()
+    drop(home, name, content, raw=True)
+    error = wait_for(lambda: (home / "inbox" / "failed" / (name + ".error")).exists() and
+                     (home / "inbox" / "failed" / (name + ".error")).read_text(), what=".error")
+    assert reason in error
+    assert (home / "inbox" / "failed" / name).read_bytes() == content       # kept as it was
+    drop(home, "ok.json", {"channel": "local", "chat_id": "x", "text": "still there?"})
+    wait_for(lambda: replies(home), what="the gateway to keep going")
+    assert len(llm.chat_requests) == 1
+
+
+def test_a_stranger_never_reaches_the_model(gateway, llm, home):
+    write_config(home, (home / "config.yaml").read_text() +
+                 "channels:\n  telegram: {allow_from: ['111']}\n")
+    gateway.start()
+    drop(home, "s.json", {"channel": "telegram", "chat_id": "5", "sender_id": "999", "text": "hi"})
+    error = wait_for(lambda: (home / "inbox" / "failed" / "s.json.error").exists() and
+                     (home / "inbox" / "failed" / "s.json.error").read_text(), what="refusal")
+    assert "999" in error and "channels.telegram.allow_from" in error
+    assert llm.chat_requests == []
+
+
+def test_a_reply_for_a_channel_that_is_not_running_goes_to_failed(gateway, llm, home):
+    write_config(home, (home / "config.yaml").read_text() +
+                 "channels:\n  telegram: {allow_from: ['111']}\n")
+    gateway.start()
+    drop(home, "t.json", {"channel": "telegram", "chat_id": "5", "sender_id": "111", "text": "hi"})
+    failed = wait_for(lambda: list((home / "outbox" / "failed").glob("telegram.*.json.error")),
+                      what="outbox failure")
+    assert "channel telegram is not running" in failed[0].read_text()
+
+
+def test_a_provider_outage_is_answered_with_one_sentence(gateway, llm, home):
+    gateway.start()
+    llm.script(*[{"status": 503}] * 4)
+    drop(home, "o.json", {"channel": "local", "chat_id": "x", "text": "anyone?"})
+    reply = wait_for(lambda: replies(home), timeout=30, what="reply")[0]
+    assert "not answering" in reply["text"] and reply["reply_to"] == "o"
+    assert session_rows(home, "local_x")[-1]["content"] == "anyone?"     # the turn is not lost
+
+
+def test_sigterm_stops_cleanly_and_unfinished_work_waits_in_cur(gateway, llm, home):
+    gateway.start()
+    llm.script({"delay": 30, "content": "too late"})
+    drop(home, "slow.json", {"channel": "local", "chat_id": "x", "text": "take your time"})
+    wait_for(lambda: llm.chat_requests, what="the model call")
+    start = time.monotonic()
+    assert gateway.term() == 0
+    assert time.monotonic() - start < 5
+    assert (home / "inbox" / "cur" / "slow.json").exists() and not replies(home)
+    llm.reset()
+    llm.script("now then")
+    gateway.start()
+    reply = wait_for(lambda: replies(home), what="reply after restart")[0]
+    assert reply["text"] == "now then"
+    users = [r for r in session_rows(home, "local_x") if r.get("role") == "user"]
+    assert len(users) == 1
+
+
+def test_sd_notify_sends_watchdog_pings_and_stopping(gw_config, llm):
+    write_config(gw_config, (gw_config / "config.yaml").read_text())
+    g = Gateway(gw_config)
+    os.environ["WATCHDOG_USEC"] = "2000000"      # ping every second
+    try:
+        g.start()
+        assert g.notice() == "WATCHDOG=1"
+        g.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: g.notice() == "STOPPING=1", what="STOPPING=1")
+        assert g.proc.wait(10) == 0
+    finally:
+        del os.environ["WATCHDOG_USEC"]
+        if g.proc.poll() is None:
+            g.kill()
+
+
+# --- crash recovery: each state a kill -9 can leave behind ---
+
+def put_in_cur(home, name, msg):
+    for sub in ("tmp", "new", "cur", "done", "failed"):
+        (home / "inbox" / sub).mkdir(parents=True, exist_ok=True)
+    (home / "inbox" / "cur" / name).write_text(json.dumps(msg))
+
+
+def test_crash_before_the_model_was_asked(gateway, llm, home):
+    put_in_cur(home, "a.json", {"channel": "local", "chat_id": "c", "text": "q"})
+    gateway.start()
+    wait_for(lambda: replies(home), what="reply")
+    assert len(llm.chat_requests) == 1 and len(replies(home)) == 1
+
+
+def test_crash_after_the_answer_was_saved_but_before_the_reply_was_queued(gateway, llm, home):
+    from lib.sessions import Session
+    s = Session(home, "local", "c")
+    s.append({"role": "user", "content": "q", "id": "b"})
+    s.append({"role": "assistant", "content": "saved answer", "id": "b"})
+    put_in_cur(home, "b.json", {"channel": "local", "chat_id": "c", "text": "q"})
+    gateway.start()
+    reply = wait_for(lambda: replies(home), what="reply")[0]
+    assert reply["text"] == "saved answer" and llm.chat_requests == []
+    assert len(session_rows(home, "local_c")) == 3
+
+
+def test_crash_after_the_reply_was_queued_but_before_done(gateway, llm, home):
+    from lib.worker import post_outbox
+    post_outbox(home, "local", "c", "already sent", reply_to="d", key="d")
+    put_in_cur(home, "d.json", {"channel": "local", "chat_id": "c", "text": "q"})
+    gateway.start()
+    wait_for(lambda: (home / "inbox" / "done" / "d.json").exists(), what="done/")
+    assert len(replies(home)) == 1 and llm.chat_requests == []
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_doubles_nothing(gateway, llm, home):
+    """Messages keep arriving while the gateway is killed again and again; in the end every
+    message has exactly one reply and the session has each message's lines once."""
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
+    llm.script(*[{"delay": rng.uniform(0, 0.05),
+                  **({"tool_calls": [{"name": "list_dir", "arguments": {}}]} if i % 3 == 0 else {})}
+                 for i in range(60)])
+    n = 24
+    for i in range(n):
+        drop(home, f"k{i:03d}.json", {"channel": "local", "chat_id": "crash", "text": f"m{i}"})
+        if i % 6 == 5:
+            gateway.start()
+            time.sleep(rng.uniform(0.05, 0.4))
+            gateway.kill()
+    gateway.start()
+    wait_for(lambda: len(list((home / "inbox" / "done").glob("*.json"))) == n, timeout=60,
+             what="all messages done")
+    by_reply = {}
+    for r in replies(home):
+        by_reply.setdefault(r["reply_to"], []).append(r)
+    assert sorted(by_reply) == [f"k{i:03d}" for i in range(n)]
+    assert all(len(v) == 1 for v in by_reply.values()), "exactly one reply each"
+    rows = [r for r in session_rows(home, "local_crash") if "role" in r]
+    users = [r["id"] for r in rows if r["role"] == "user"]
+    assert sorted(users) == sorted(f"k{i:03d}" for i in range(n)), "one user line per message"
+    finals = [r["id"] for r in rows if r["role"] == "assistant" and not r.get("tool_calls")]
+    assert sorted(finals) == sorted(users), "one final answer per message"
+    assert not list((home / "inbox" / "cur").iterdir()) and not list((home / "inbox" / "new").iterdir())
