@@ -150,10 +150,8 @@ def cmd_agent(args):
         if (ch, chat) == (channel, chat_id):
             show(text)
         else:
-            from lib.maildir import deliver
-            from lib.sessions import now_iso
-            deliver(cfg.home / "outbox", {"channel": ch, "chat_id": chat, "text": text,
-                                          "media": media or [], "created_at": now_iso()})
+            from lib.worker import post_outbox
+            post_outbox(cfg.home, ch, chat, text, media=media or ())
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
     def turn(text):

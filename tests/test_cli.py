@@ -152,3 +152,14 @@ def test_gateway_with_an_unbuilt_channel_enabled_says_so(home, llm):
     fake_config(home, llm, "channels:\n  qq: {enabled: true, app_id: a, secret: s}\n")
     r = run_cli("gateway")
     assert r.returncode == 2 and "channel qq is not available" in r.stderr
+
+
+def test_message_tool_to_another_chat_is_queued_for_the_gateway(home, llm):
+    fake_config(home, llm)
+    llm.script({"tool_calls": [{"name": "message", "arguments": {
+        "content": "ping from cli", "channel": "telegram", "chat_id": "55"}}]}, "sent it")
+    r = run_cli("agent", "-m", "tell telegram")
+    assert r.stdout == "sent it\n" and "queued for telegram:55" in r.stderr
+    import json
+    queued = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*.json")]
+    assert [(m["chat_id"], m["text"]) for m in queued] == [("55", "ping from cli")]

@@ -122,6 +122,6 @@ def _coerce(tool, name, value, typ):
 
 
 def default_registry(exclude=()) -> Registry:
-    from lib.tools import files, message, shell, web
-    fns = files.TOOLS + shell.TOOLS + web.TOOLS + message.TOOLS
+    from lib.tools import files, message, shell, spawn, web
+    fns = files.TOOLS + shell.TOOLS + web.TOOLS + message.TOOLS + spawn.TOOLS
     return Registry([f for f in fns if f.__name__ not in exclude])
