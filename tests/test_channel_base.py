@@ -125,3 +125,75 @@ def test_receive_drops_allowed_messages_in_the_inbox_and_refuses_strangers(home,
 def test_allow_lists_deny_by_default(allow, sender, ok):
     from lib.config import allowed
     assert allowed(allow, sender) is ok
+
+
+from lib.channels.base import split_message  # noqa: E402
+
+
+def test_short_text_is_one_part():
+    assert split_message("hello\n\nworld", 100) == ["hello\n\nworld"]
+
+
+def test_split_between_paragraphs_first():
+    text = "\n\n".join(f"paragraph {i} " + "x" * 30 for i in range(10))
+    parts = split_message(text, 100)
+    assert all(len(p) <= 100 for p in parts) and len(parts) > 1
+    assert "\n\n".join(parts) == text                   # nothing lost, cuts at paragraph breaks
+
+
+def test_a_long_paragraph_is_cut_between_lines_then_at_spaces():
+    text = "\n".join(f"line {i} " + "word " * 8 for i in range(20)) + "\n" + "y" * 250
+    parts = split_message(text, 120)
+    assert all(len(p) <= 120 for p in parts)
+    assert "".join(parts).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_a_code_block_is_never_cut_open():
+    code = "```python\n" + "\n".join(f"print({i})  # some comment here" for i in range(40)) + "\n```"
+    text = "Here is the code:\n\n" + code + "\n\nThat is all."
+    parts = split_message(text, 300)
+    assert all(len(p) <= 300 for p in parts)
+    for p in parts:
+        assert p.count("```") % 2 == 0, p                 # every part has its fences balanced
+    body = [line for p in parts for line in p.split("\n") if line.startswith("print(")]
+    assert body == [f"print({i})  # some comment here" for i in range(40)]
+    assert any(p.startswith("```python") for p in parts[1:])
+
+
+def test_a_code_block_that_fits_stays_whole_with_its_blank_lines():
+    code = "```\na\n\nb\n```"
+    assert split_message("intro\n\n" + code, 14) == ["intro", code]
+
+
+def test_refused_sender_is_told_its_id_once_a_day(home):
+    from lib.config import load_config
+    (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['42']}\n")
+    ch = Recorder(load_config(), home)
+    for _ in range(3):
+        assert not ch.receive("77", "13|mallory", "hi")
+    notes = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*.json")]
+    assert [(n["chat_id"], n["text"]) for n in notes] == [
+        ("77", "This assistant is private. Your telegram id is 13.")]
+    assert not (home / "inbox" / "new").exists() or not list((home / "inbox" / "new").iterdir())
+
+
+def test_media_paths_are_unique_and_safe(home, config):
+    ch = Recorder(config, home)
+    a, b = ch.media_path("../../etc/passwd"), ch.media_path("voice.oga")
+    assert a.parent == b.parent == home / "media" / "telegram" and a != b
+    assert a.name.endswith("_.._etc_passwd") and b.name.endswith("-voice.oga")
+
+
+def test_transcription_through_groq(home, llm, tmp_path):
+    from lib.config import load_config
+    (home / "config.yaml").write_text(f"providers:\n  groq: {{api_key: g, api_base: '{llm.url}'}}\n")
+    llm.transcripts.append("buy milk")
+    audio = tmp_path / "v.oga"
+    audio.write_bytes(b"OggS fake")
+    assert Recorder(load_config(), home).transcribe(audio) == "[voice note, transcribed] buy milk"
+
+
+def test_no_transcription_without_a_groq_key(config, home, tmp_path):
+    audio = tmp_path / "v.ogg"
+    audio.write_bytes(b"x")
+    assert Recorder(config, home).transcribe(audio) is None

@@ -7,12 +7,14 @@ here: outbox claiming in order, retries with backoff, failed/ after the last try
 import json
 import logging
 import random
+import re
 import threading
+import time
 from pathlib import Path
 
 from lib import maildir
 from lib.config import allowed
-from lib.worker import post_inbox
+from lib.worker import post_inbox, post_outbox
 
 log = logging.getLogger(__name__)
 RESCAN_S = 5.0
@@ -74,15 +76,57 @@ class Channel:
         self.stopping.wait()
 
     def receive(self, chat_id, sender_id, text, media=(), metadata=None) -> bool:
-        """Hand a message to the assistant (via the inbox) if the sender may talk to it."""
+        """Hand a message to the assistant (via the inbox) if the sender may talk to it.
+        A stranger is logged and told their id, at most once a day; the model never sees them."""
         if not allowed(self.settings.allow_from, str(sender_id)):
-            log.warning("%s: refused sender %s; add it to channels.%s.allow_from to let them in",
-                        self.name, sender_id, self.name)
+            self._refuse(str(chat_id), str(sender_id), metadata)
             return False
         post_inbox(self.home, {"channel": self.name, "chat_id": str(chat_id),
                                "sender_id": str(sender_id), "text": text, "media": list(media),
                                "metadata": metadata or {}})
         return True
+
+    def _refuse(self, chat_id, sender_id, metadata):
+        shown = sender_id.split("|")[0]
+        log.warning("%s: refused sender %s; add it to channels.%s.allow_from to let them in",
+                    self.name, shown, self.name)
+        path = self.home / "state" / "refused.json"
+        try:
+            seen = json.loads(path.read_text())
+        except (OSError, ValueError):
+            seen = {}
+        key, today = f"{self.name}:{shown}", time.strftime("%Y-%m-%d")
+        if seen.get(key) == today:
+            return
+        seen = {k: v for k, v in seen.items() if v == today}     # forget older days
+        seen[key] = today
+        maildir.atomic_write(path, json.dumps(seen))
+        post_outbox(self.home, self.name, chat_id, f"This assistant is private. Your {self.name} "
+                    f"id is {shown}.", metadata=metadata)
+
+    def media_path(self, name: str) -> Path:
+        """Where a downloaded attachment goes: media/<channel>/<unique>-<name>."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-80:] or "file"
+        path = self.home / "media" / self.name / f"{maildir.unique_name()}-{safe}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def transcribe(self, path) -> str | None:
+        """Text of a voice note (Groq Whisper) marked as such, or None without a Groq key."""
+        if not self.config.provider("groq").api_key:
+            return None
+        from lib.errors import ProviderError
+        from lib.providers.client import transcribe
+        try:
+            return f"[voice note, transcribed] {transcribe(self.config, str(path))}"
+        except ProviderError as e:
+            log.warning("%s: %s", self.name, e)
+            return None
+
+    def reconnect_wait(self, attempt: int, cap: float = 60.0) -> bool:
+        """Sleep before reconnect number `attempt` (exponential, with jitter). False when stopping."""
+        delay = min(cap, self.backoff * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+        return not self.stopping.wait(delay)
 
     # --- sending ---
 
@@ -129,3 +173,59 @@ class Channel:
         msg["error"] = str(error)
         maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
         maildir.finish(path, "failed")
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Cut a long reply into parts of at most `limit` characters: between paragraphs where
+    possible, else between lines, else at spaces. A code block is kept whole when it fits in a
+    part; one that does not is cut between lines and each piece closed and reopened."""
+    parts, current = [], ""
+    for block in _blocks(text):
+        for piece in _fit(block, limit):
+            if current and len(current) + 2 + len(piece) <= limit:
+                current += "\n\n" + piece
+            else:
+                if current:
+                    parts.append(current)
+                current = piece
+    return parts + [current] if current else parts
+
+
+def _blocks(text: str) -> list[str]:
+    """Paragraphs, with each fenced code block as one block however many blank lines it has."""
+    blocks, lines, fenced = [], [], False
+    for line in text.strip("\n").split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not line.strip() and not fenced:
+            if lines:
+                blocks.append("\n".join(lines))
+            lines = []
+        else:
+            lines.append(line)
+    return blocks + ["\n".join(lines)] if lines else blocks
+
+
+def _fit(block: str, limit: int) -> list[str]:
+    if len(block) <= limit:
+        return [block]
+    lines = block.split("\n")
+    fence = lines[0].strip() if lines[0].lstrip().startswith("```") else ""
+    if fence:
+        lines = lines[1:-1] if lines[-1].strip().startswith("```") else lines[1:]
+    room = limit - (len(fence) + 5 if fence else 0)        # the fence lines around each piece
+    pieces, current = [], ""
+    for line in lines:
+        while len(line) > room:                             # a single line longer than a part
+            cut = line.rfind(" ", 0, room)
+            cut = cut if cut > room // 2 else room
+            pieces, current = pieces + ([current] if current else []), ""
+            pieces.append(line[:cut])
+            line = line[cut:].lstrip(" ")
+        if current and len(current) + 1 + len(line) > room:
+            pieces.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    pieces.append(current)
+    return [f"{fence}\n{p}\n```" if fence else p for p in pieces]
