@@ -91,6 +91,9 @@ class Gateway:
         self.watcher = Watcher()
         self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
         self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)
+        self._config_mtime = _mtime(self.config.path)
+        if self.config.path.parent.is_dir():
+            self.watcher.watch(self.config.path.parent, self._config_changed)
         self.parts = [self.worker, *self.channels]
         for name, part in self._optional_parts():
             self.services[name] = part
@@ -143,11 +146,37 @@ class Gateway:
                     maildir.fail(path, f"channel {target} is not running (channels.{target}."
                                  "enabled is false or it is not configured)")
 
+    def _config_changed(self):
+        """Allow lists and other settings apply at once; credentials and which channels run
+        need a restart (their connections are built from them)."""
+        mtime = _mtime(self.config.path)
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        from lib.config import load_config
+        from lib.errors import ConfigError
+        try:
+            config = load_config(str(self.config.path))
+        except ConfigError as e:
+            log.error("config not reloaded, the running one stays: %s", e)
+            return
+        self.config = self.agent.config = self.worker.config = config
+        for channel in self.channels:
+            channel.config = config
+        log.info("config reloaded from %s", config.path)
+
     def _prune(self):
         days = self.config.gateway.retention_days
         removed = maildir.prune(self.home / "inbox", days) + maildir.prune(self.home / "outbox", days)
         if removed:
             log.info("pruned %d message(s) older than %d days", removed, days)
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _watchdog_interval() -> float:

@@ -270,3 +270,18 @@ def test_kill_9_at_random_moments_loses_nothing_and_doubles_nothing(gateway, llm
     finals = [r["id"] for r in rows if r["role"] == "assistant" and not r.get("tool_calls")]
     assert sorted(finals) == sorted(users), "one final answer per message"
     assert not list((home / "inbox" / "cur").iterdir()) and not list((home / "inbox" / "new").iterdir())
+
+
+def test_allow_list_changes_apply_without_a_restart(gateway, llm, home):
+    base = (home / "config.yaml").read_text()
+    write_config(home, base + "channels:\n  telegram: {allow_from: ['1']}\n")
+    gateway.start()
+    drop(home, "a.json", {"channel": "telegram", "chat_id": "9", "sender_id": "9", "text": "hi"})
+    wait_for(lambda: (home / "inbox" / "failed" / "a.json").exists(), what="refusal")
+    write_config(home, base + "channels:\n  telegram: {allow_from: ['1', '9']}\n")
+    wait_for(lambda: "config reloaded" in gateway.logs(), what="reload")
+    drop(home, "b.json", {"channel": "telegram", "chat_id": "9", "sender_id": "9", "text": "hi"})
+    wait_for(lambda: (home / "inbox" / "done" / "b.json").exists(), what="accepted")
+    write_config(home, base + "channels:\n  telegram: {alow_from: ['9']}\n")      # a typo
+    wait_for(lambda: "config not reloaded" in gateway.logs(), what="refused reload")
+    assert gateway.proc.poll() is None and "did you mean allow_from" in gateway.logs()
