@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR := $(or $(NANOCLAW_HOME),$(HOME)/.nanoclaw)
 
-.PHONY: install run test bench lines clean
+.PHONY: install run test bench lines clean install-service
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,34 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench.py
+
+# Run 24/7 under systemd: renders deploy/nanoclaw.service for this checkout, this user and this
+# home folder, installs it as /etc/systemd/system/nanoclaw.service and starts it (now and at every
+# boot). Run it as yourself, not with sudo: it calls sudo for the steps that need root.
+UNIT_FILE := /etc/systemd/system/nanoclaw.service
+install-service: install
+	@set -e; \
+	if [ "$$(id -u)" = 0 ] && [ -n "$$SUDO_USER" ]; then \
+	  echo "Run 'make install-service' without sudo, as the user the assistant should run as; it asks for sudo itself." >&2; exit 2; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	user=$$(id -un); repo="$(CURDIR)"; home=$$(realpath -m "$(HOME_DIR)"); \
+	[ -e "$$home/config.yaml" ] || [ -e "$$home/config.json" ] || { \
+	  echo "No config in $$home yet: run 'make run' first (it onboards), set a provider key, then try again." >&2; exit 2; }; \
+	env -i HOME="$$HOME" NANOCLAW_HOME="$$home" $(BIN)/python nanoclaw.py status >/dev/null; \
+	ws=$$(env -i HOME="$$HOME" NANOCLAW_HOME="$$home" $(BIN)/python -c "from lib.config import load_config; \
+	  from lib.providers.registry import resolve; c = load_config(); resolve(c); print(c.workspace)" 2>/dev/null) || { \
+	  echo "The service would have no provider key: put it in $$home/config.yaml (a service does not see the variables exported in your shell)." >&2; exit 2; }; \
+	case "$$repo$$home$$ws" in *" "*) echo "Paths with spaces are not supported in the unit: $$repo, $$home, $$ws" >&2; exit 2;; esac; \
+	echo "This needs root (sudo) to write $(UNIT_FILE) and to start the service."; \
+	was=$$(systemctl is-active nanoclaw 2>/dev/null || true); \
+	sed -e "s|@REPO@|$$repo|g" -e "s|@PYTHON@|$$repo/$(BIN)/python|g" -e "s|@USER@|$$user|g" \
+	    -e "s|@NANOCLAW_HOME@|$$home|g" -e "s|@WORKSPACE@|$$ws|g" deploy/nanoclaw.service \
+	  | $$sudo tee $(UNIT_FILE) >/dev/null; \
+	echo "wrote $(UNIT_FILE): user $$user, code $$repo, home $$home, workspace $$ws"; \
+	$$sudo systemctl daemon-reload; echo "ran systemctl daemon-reload"; \
+	$$sudo systemctl enable --now nanoclaw; echo "ran systemctl enable --now nanoclaw (starts now and at every boot)"; \
+	if [ "$$was" = active ]; then $$sudo systemctl restart nanoclaw; echo "ran systemctl restart nanoclaw (it was already running)"; fi; \
+	echo "Check it: systemctl status nanoclaw    Follow its log: journalctl -u nanoclaw -f"
 
 # Lines of code (no blanks, no comment lines): the core promise is <= 3,000.
 lines:

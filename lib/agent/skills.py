@@ -38,7 +38,22 @@ class Skill:
                [f"environment variable {e}" for e in self.env if not os.environ.get(e)]
 
 
+_cache: dict = {}
+
+
 def parse(path: Path) -> Skill | None:
+    """The skill in a SKILL.md; parsed once per version of the file (every turn asks)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _cache:
+        _cache[key] = _parse(path)
+    return _cache[key]
+
+
+def _parse(path: Path) -> Skill | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

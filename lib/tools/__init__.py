@@ -122,6 +122,6 @@ def _coerce(tool, name, value, typ):
 
 
 def default_registry(exclude=()) -> Registry:
-    from lib.tools import files, message, shell, spawn, web
-    fns = files.TOOLS + shell.TOOLS + web.TOOLS + message.TOOLS + spawn.TOOLS
+    from lib.tools import cron, files, message, shell, spawn, web
+    fns = files.TOOLS + shell.TOOLS + web.TOOLS + message.TOOLS + spawn.TOOLS + cron.TOOLS
     return Registry([f for f in fns if f.__name__ not in exclude])
