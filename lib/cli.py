@@ -54,6 +54,25 @@ def _parser():
     s = sub.add_parser("channels", parents=[common], help="channel status (and WhatsApp login)")
     s.add_argument("action", choices=["status"])
     s.set_defaults(run=cmd_channels)
+    s = sub.add_parser("cron", parents=[common], help="scheduled jobs: add, list, remove, run")
+    s.set_defaults(run=cmd_cron)
+    cron = s.add_subparsers(dest="action", required=True, metavar="action")
+    c = cron.add_parser("add", parents=[common], help="add a job (one of --every, --cron, --at)")
+    c.add_argument("--name", required=True, help="a short label")
+    c.add_argument("--message", "-m", required=True, help="what the agent should do when it fires")
+    c.add_argument("--every", type=int, metavar="S", help="repeat every S seconds")
+    c.add_argument("--cron", metavar="EXPR", help="5-field cron expression, e.g. '0 8 * * 1-5'")
+    c.add_argument("--at", metavar="ISO", help="once, e.g. 2025-06-03T09:00:00+02:00")
+    c.add_argument("--deliver", action="store_true", help="send the reply to --channel/--to")
+    c.add_argument("--channel", help="e.g. telegram")
+    c.add_argument("--to", metavar="ID", help="chat id on that channel")
+    cron.add_parser("list", parents=[common], help="all jobs and their next run")
+    for action, text in (("remove", "delete a job"), ("enable", "enable (or --disable) a job"),
+                         ("run", "post a job into the inbox now")):
+        c = cron.add_parser(action, parents=[common], help=text)
+        c.add_argument("id")
+    c = cron.choices["enable"]
+    c.add_argument("--disable", action="store_true", help="disable instead")
     return p
 
 
@@ -236,3 +255,48 @@ def cmd_channels(args):
     counts = {f: len(list((inbox / f).glob("*.json"))) if (inbox / f).is_dir() else 0
               for f in ("new", "cur", "failed")}
     print(f"\ninbox: {counts['new']} waiting, {counts['cur']} in progress, {counts['failed']} failed")
+
+
+# --- cron ---
+
+def cmd_cron(args):
+    from lib.cron import CronService, describe, make_schedule
+    from lib.worker import CHANNELS
+    cfg = _config(args)
+    service = CronService(cfg)
+    if args.action == "add":
+        if args.deliver and not (args.channel and args.to):
+            raise UserError("--deliver needs --channel and --to, e.g. --channel telegram --to 123")
+        if (args.channel or args.to) and not args.deliver:
+            raise UserError("--channel and --to say where to deliver: add --deliver")
+        if args.deliver and args.channel not in CHANNELS:
+            raise UserError(f"unknown channel {args.channel!r}; use one of {', '.join(CHANNELS)}")
+        schedule = make_schedule(args.every, args.cron, args.at, service.tz,
+                                 ("--every", "--cron", "--at"))
+        job = service.add(args.name, args.message, schedule, args.deliver, args.channel or "",
+                          args.to or "")
+        print(f"added job {job['id']} ({job['name']}): {describe(schedule)}, next run "
+              f"{service.local(job['next_run'])}")
+    elif args.action == "list":
+        jobs = service.jobs()
+        rows = [("id", "name", "schedule", "enabled", "next run", "last status")] + [
+            (j["id"], str(j.get("name", "")), describe(j.get("schedule", {})),
+             "yes" if j.get("enabled") else "no",
+             service.local(j.get("next_run")) if j.get("enabled") else "-",
+             str(j.get("last_status") or "-")) for j in jobs]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows if jobs else ():
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if not jobs:
+            print(f"no jobs in {service.path}; add one with: nanoclaw cron add --name N "
+                  "--message M --every 3600")
+    elif args.action == "remove":
+        job = service.remove(args.id)
+        print(f"removed job {job['id']} ({job.get('name', '')})")
+    elif args.action == "enable":
+        job = service.enable(args.id, not args.disable)
+        state = "disabled" if args.disable else f"enabled, next {service.local(job['next_run'])}"
+        print(f"job {job['id']} ({job.get('name', '')}) {state}")
+    else:
+        path = service.run_now(args.id)
+        print(f"posted job {args.id} to {path}; the gateway will answer (if it is running)")

@@ -43,6 +43,11 @@ class Watcher:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
+        try:    # watchdog holds each moved-away event 0.5 s to pair it, and every event queued
+            from watchdog.observers import inotify_move_event_grouper as grouper   # behind it
+            grouper.InotifyMoveEventGrouper.delay = 0       # waits too; we need no pairs
+        except ImportError:
+            pass
 
         class Handler(FileSystemEventHandler):
             def __init__(self, callback):
@@ -100,8 +105,15 @@ class Gateway:
             self.parts.append(part)
 
     def _optional_parts(self):
-        """Cron, the heartbeat and sub-agents, as far as they exist in this version."""
-        return []
+        """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
+        from lib.agent.subagent import Subagents
+        from lib.cron import CronService
+        from lib.heartbeat import Heartbeat
+        cron = CronService(self.config, self.post)
+        self.watcher.watch(self.home / "cron", cron.wake)
+        return [("heartbeat", Heartbeat(self.config, self.post)),
+                ("spawn", Subagents(self.config, self.agent.provider, self.post)),
+                ("cron", cron)]
 
     def run(self) -> int:
         self.build()
@@ -160,9 +172,9 @@ class Gateway:
         except ConfigError as e:
             log.error("config not reloaded, the running one stays: %s", e)
             return
-        self.config = self.agent.config = self.worker.config = config
-        for channel in self.channels:
-            channel.config = config
+        self.config = self.agent.config = config
+        for part in self.parts:
+            part.config = config
         log.info("config reloaded from %s", config.path)
 
     def _prune(self):

@@ -80,7 +80,8 @@ def read_message(path: Path) -> dict:
 
 class Worker:
     def __init__(self, config, agent, services=None):
-        self.config, self.agent, self.services = config, agent, services or {}
+        self.config, self.agent = config, agent
+        self.services = {} if services is None else services     # the gateway fills it later
         self.home = config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._wake, self._stop = threading.Event(), threading.Event()

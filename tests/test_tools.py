@@ -71,7 +71,7 @@ def test_schema_from_signature_and_docstring():
 def test_default_registry_has_exactly_the_spec_tools():
     reg = default_registry()
     names = {"read_file", "write_file", "edit_file", "list_dir", "exec", "web_search", "web_fetch",
-             "message", "spawn"}
+             "message", "spawn", "cron"}
     assert set(reg.tools) == names
     assert {s["function"]["name"] for s in reg.schemas()} == names
     for s in reg.schemas():

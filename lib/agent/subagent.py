@@ -1,0 +1,142 @@
+"""Sub-agents: a long, self-contained job runs as a turn of its own in a background thread, and
+its result comes back to the inbox as a system message addressed to the chat that asked for it.
+
+Each task is written to state/subagents/<id>.json before it starts, its result is written there
+before it is posted, and the file goes only after the post: a kill -9 at any point loses nothing,
+and start() runs again (or just posts) whatever it finds there.
+"""
+import json
+import logging
+import threading
+import uuid
+
+from lib import maildir
+from lib.agent.context import now
+from lib.agent.loop import run_turn
+from lib.errors import ProviderError, ToolError
+from lib.sessions import Session, now_iso
+from lib.tools import Context, default_registry
+
+log = logging.getLogger(__name__)
+MAX_RESULT = 20_000
+
+
+class Stopped(Exception):
+    """The gateway is stopping: the task stays persisted for the next start."""
+
+
+class _Stoppable:
+    """The provider, except that a stop request ends the turn before the next model call."""
+
+    def __init__(self, provider, stop: threading.Event):
+        self.provider, self.stop = provider, stop
+
+    def complete(self, messages, tools=None):
+        if self.stop.is_set():
+            raise Stopped()
+        return self.provider.complete(messages, tools)
+
+
+class Subagents:
+    def __init__(self, config, provider, post, max_running=3):
+        self.config, self.post, self.max_running = config, post, max_running
+        self.dir = config.home / "state" / "subagents"
+        self._stop = threading.Event()
+        self.provider = _Stoppable(provider, self._stop)
+        skip = ("message", "spawn", "cron") + (() if config.tools.exec.enable else ("exec",))
+        self.tools = default_registry(exclude=skip)
+        self._running: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def start(self):
+        self._stop.clear()
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                job = json.loads(path.read_text(encoding="utf-8"))
+                log.info("background task %s (%s) was cut off by a restart; %s", job["id"],
+                         job["label"], "reporting it" if "result" in job else "running it again")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("%s is unreadable (%s); skipped", path, e)
+                continue
+            with self._lock:
+                self._launch(job)
+
+    def stop(self, timeout: float = 2.0):
+        self._stop.set()
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join(timeout / max(1, len(threads)))
+
+    def alive(self) -> bool:
+        return True                     # no thread of its own; each task has one while it runs
+
+    def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default") -> str:
+        if not task.strip():
+            raise ToolError("task is empty: describe the whole job, with everything it needs")
+        with self._lock:
+            if len(self._running) >= self.max_running:
+                raise ToolError(f"{self.max_running} background tasks are already running; "
+                                "wait for one to finish")
+            task_id = uuid.uuid4().hex[:8]
+            label = " ".join((label or task).split())[:40]
+            job = {"id": task_id, "task": task, "label": label, "origin": {
+                "channel": origin_channel, "chat_id": str(origin_chat)}, "created_at": now_iso()}
+            self._save(job)
+            self._launch(job)
+        return (f"Started background task '{label}' (id {task_id}); "
+                "its result will arrive as a message.")
+
+    def _launch(self, job):
+        thread = threading.Thread(target=self._run, args=(job,), name=f"subagent-{job['id']}",
+                                  daemon=True)
+        self._running[job["id"]] = thread
+        thread.start()
+
+    def _run(self, job):
+        try:
+            if "result" not in job:
+                try:
+                    result = self._work(job)
+                except ProviderError as e:
+                    result = f"the task failed: {e}"
+                except Stopped:
+                    return
+                except Exception as e:      # a bug must not lose the task's answer
+                    log.exception("background task %s failed", job["id"])
+                    result = f"the task failed: {type(e).__name__}: {e}"
+                job["result"] = result[:MAX_RESULT]
+                self._save(job)             # from here on a restart only reports it
+            self._report(job)
+        finally:
+            with self._lock:
+                self._running.pop(job["id"], None)
+
+    def _work(self, job) -> str:
+        ws = self.config.workspace
+        moment = now(self.config.agents.defaults.timezone)
+        prompt = ("You are a background worker for nanoclaw, a personal assistant. Do the task "
+                  "below with your tools; nobody can answer questions, so decide for yourself. "
+                  "End with a concise result: what you found or did, and where any files are.\n"
+                  f"- Time: {moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or ''}\n"
+                  f"- Workspace: {ws} (relative paths start here)")
+        session = Session(self.config.home, "subagent", job["id"])
+        task = {"role": "user", "content": job["task"]}
+        session.append(dict(task))
+        ctx = Context(self.config, ws, "subagent", job["id"])
+        new = run_turn([{"role": "system", "content": prompt}, task], self.provider, self.tools,
+                       ctx, self.config.agents.defaults.max_tool_iterations, session.append)
+        session.sync()
+        return (new[-1].get("content") or "").strip() or "(the sub-agent gave no answer)"
+
+    def _report(self, job):
+        origin = job["origin"]
+        text = (f"[Background task '{job['label']}' finished]\nTask: {job['task']}\n"
+                f"Result: {job['result']}\nTell the user the outcome briefly in your own words.")
+        self.post({"channel": "system", "chat_id": f"subagent:{job['id']}", "sender_id": "subagent",
+                   "text": text, "metadata": {"kind": "subagent", "task_id": job["id"],
+                                              "reply_to": origin}}, f"subagent-{job['id']}")
+        (self.dir / f"{job['id']}.json").unlink(missing_ok=True)
+
+    def _save(self, job):
+        maildir.atomic_write(self.dir / f"{job['id']}.json", json.dumps(job, ensure_ascii=False))

@@ -1,0 +1,403 @@
+"""Scheduled jobs: $NANOCLAW_HOME/cron/jobs.json, a 5-field cron parser, and the gateway thread
+that posts each due job into the inbox as a "system" message.
+
+Times are read in agents.defaults.timezone ("" is the system's). A wall time the clock skips
+(spring forward) runs at the first minute after the gap: 02:30 on the night Berlin jumps from
+02:00 to 03:00 runs at 03:00. A wall time the clock passes twice (fall back) runs once, the first
+time. A run missed while the gateway was down happens once on start, not once per missed slot.
+A one-off (`at`) job is deleted once posted. Each run's inbox file is named after the job and its
+scheduled second, so a crash between posting and saving next_run cannot post it twice.
+"""
+import fcntl
+import json
+import logging
+import os
+import secrets
+import threading
+from contextlib import contextmanager
+from datetime import datetime, time as dtime, timedelta, timezone
+
+from lib import maildir
+from lib.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+MAX_SLEEP_S = 60        # the Pi has no RTC: look at the wall clock again after NTP moves it
+FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+          ("day-of-week", 0, 7))
+MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+NAMES = ({}, {}, {}, dict(zip(MONTHS, range(1, 13))),
+         dict(zip("sun mon tue wed thu fri sat".split(), range(7))))
+BAD_JOB = (ValueError, KeyError, TypeError, AttributeError)     # a job mangled by a hand edit
+
+
+class CronError(UserError, ValueError):
+    """A bad schedule, an unknown job or an unreadable jobs.json: one line, exit 2 in the CLI."""
+
+
+def parse_cron(expr: str) -> tuple:
+    """(minutes, hours, days, months, weekdays, either) as sorted tuples; `either` is the OR rule:
+    when neither day field starts with *, a day matching one of them will do."""
+    parts = expr.split()
+    if len(parts) != 5:
+        raise CronError(f"cron expression {expr!r}: expected 5 fields (minute hour day-of-month "
+                        f"month day-of-week), got {len(parts)}")
+    sets = [_field(expr, text, *spec, names) for text, spec, names in zip(parts, FIELDS, NAMES)]
+    sets[4] = {d % 7 for d in sets[4]}                  # 7 is Sunday too
+    return (*(tuple(sorted(s)) for s in sets), parts[2][0] != "*" and parts[4][0] != "*")
+
+
+def _field(expr, text, name, lo, hi, names) -> set:
+    def number(s):
+        value = names.get(s.lower(), int(s) if s.isdigit() else None)
+        if value is None:
+            raise CronError(f"cron expression {expr!r}: {name} {s!r} is not a number"
+                            + (f" or a name ({', '.join(names)})" if names else ""))
+        if not lo <= value <= hi:
+            raise CronError(f"cron expression {expr!r}: {name} {s} is outside {lo}-{hi}")
+        return value
+
+    values = set()
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise CronError(f"cron expression {expr!r}: step {step!r} in the {name} field must be "
+                            "a whole number of at least 1")
+        if base == "*":
+            first, last = lo, hi
+        else:
+            a, dash, b = base.partition("-")
+            first = number(a)
+            last = number(b) if dash else hi if slash else first
+        if first > last:
+            raise CronError(f"cron expression {expr!r}: {name} range {base} goes backwards")
+        values.update(range(first, last + 1, int(step) if slash else 1))
+    return values
+
+
+def zone(name: str = ""):
+    """The tzinfo for a zone name; "" is the system's ($TZ, then /etc/localtime)."""
+    from zoneinfo import ZoneInfo
+    key = name or os.environ.get("TZ", "").lstrip(":")
+    try:
+        if key:
+            return ZoneInfo(key)
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (KeyError, ValueError, OSError):         # ZoneInfoNotFoundError is a KeyError
+        if name:
+            raise ConfigError(f"agents.defaults.timezone: unknown time zone {name!r}; expected a "
+                              'name like Europe/Berlin, or "" for the system\'s') from None
+    return datetime.now().astimezone().tzinfo          # a fixed offset: better than nothing
+
+
+def _resolve(wall: datetime, tz) -> datetime:
+    """Naive wall time -> aware: a doubled time's first occurrence, a skipped time's gap end."""
+    for _ in range(1441):
+        when = wall.replace(tzinfo=tz, fold=0)
+        if when.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == wall:
+            return when
+        wall += timedelta(minutes=1)
+    return when
+
+
+def parse_at(text: str, tz) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CronError(f"at {text!r} is not an ISO 8601 time; expected e.g. "
+                        "2025-06-03T09:00:00+02:00") from None
+    return when if when.tzinfo else _resolve(when, tz)
+
+
+def next_time(schedule: dict, after: datetime, tz) -> datetime | None:
+    """The first run strictly after `after` (aware), or None when there is none."""
+    tz = zone(tz) if isinstance(tz, str) else tz
+    kind = schedule.get("kind")
+    if kind == "every":
+        return after + timedelta(seconds=int(schedule["every_s"]))
+    if kind == "at":
+        when = parse_at(schedule["at"], tz)
+        return when if when > after else None
+    if kind != "cron":
+        raise CronError(f"unknown schedule kind {kind!r}; expected every, cron or at")
+    minutes, hours, days, months, weekdays, either = parse_cron(schedule["expr"])
+    start = after.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
+    start += timedelta(minutes=1)
+    day = start.date()
+    for _ in range(366 * 28):           # a leap day on a given weekday comes back within 28 years
+        dom, dow = day.day in days, day.isoweekday() % 7 in weekdays
+        if day.month in months and ((dom or dow) if either else (dom and dow)):
+            for h in hours:
+                for m in minutes:
+                    wall = datetime.combine(day, dtime(h, m))
+                    if wall >= start and (when := _resolve(wall, tz)) > after:
+                        return when
+        day += timedelta(days=1)
+    return None
+
+
+def make_schedule(every_s=None, expr=None, at=None, tz=None, names=("every_s", "expr", "at")):
+    """A checked schedule from exactly one of the three options (None or "" = not given)."""
+    given = [n for n, v in zip(names, (every_s, expr, at)) if v not in (None, "")]
+    if len(given) != 1:
+        raise CronError(f"give exactly one schedule: {', '.join(names)}"
+                        + (f" (got {' and '.join(given)})" if given else ""))
+    if expr:
+        parse_cron(expr)
+        return {"kind": "cron", "expr": " ".join(expr.split())}
+    if at:
+        return {"kind": "at", "at": parse_at(at, tz or zone()).isoformat()}
+    if int(every_s) < 1:
+        raise CronError(f"{names[0]} must be at least 1 second, got {every_s}")
+    return {"kind": "every", "every_s": int(every_s)}
+
+
+def describe(schedule: dict) -> str:
+    try:
+        if schedule["kind"] == "every":
+            s = int(schedule["every_s"])
+            return "every " + next(f"{s // d}{u}" for d, u in ((86400, "d"), (3600, "h"),
+                                                                (60, "m"), (1, "s")) if s % d == 0)
+        return f"{schedule['kind']} {schedule.get('expr') or schedule['at']}"
+    except BAD_JOB + (StopIteration,):
+        return f"invalid schedule {json.dumps(schedule)}"
+
+
+def iso(when: datetime | None) -> str | None:
+    return when and when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(text)
+        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+def _due(job, now) -> datetime | None:
+    when = _parse_iso(job.get("next_run"))
+    return when if job.get("enabled") and when and when <= now else None
+
+
+def _find(jobs, job_id) -> dict:
+    for job in jobs:
+        if job["id"] == job_id:
+            return job
+    raise CronError(f"no cron job with id {job_id!r}; ids are listed by `cron list`")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CronService:
+    """The gateway part, and the one API for the CLI and the cron tool (usable without start()).
+    jobs.json is read whole and replaced whole (atomic_write) under a lock file, so the CLI, the
+    tool and the gateway never lose each other's edits; a file that cannot be read is left alone."""
+
+    def __init__(self, config, post=None):
+        from lib.worker import post_inbox
+        self.config, self._tz_name = config, None
+        self.path = config.home / "cron" / "jobs.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)     # the file watcher needs it
+        self.tz                         # looked up now: a bad zone name stops start-up
+        self.post = post or (lambda msg, name=None: post_inbox(config.home, msg, name))
+        self._wake, self._stop, self._thread = threading.Event(), threading.Event(), None
+        self._jobs, self._stamp, self._seen, self._bad = [], "unread", {}, None
+
+    @property
+    def tz(self):
+        """The configured zone; the gateway may swap in a reloaded config at any time."""
+        if self._tz_name != self.config.agents.defaults.timezone:
+            self._tz_name = self.config.agents.defaults.timezone    # a bad name is reported once
+            self._tz = zone(self._tz_name)
+        return self._tz
+
+    def _load(self) -> list[dict]:
+        try:
+            data = json.loads(self.path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            return []
+        except ValueError as e:
+            where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
+            raise CronError(f"{self.path} is not valid JSON{where}; fix it or move it away "
+                            "(it was left as it is)") from None
+        if not (isinstance(data, dict) and isinstance(data.get("jobs"), list) and
+                all(isinstance(j, dict) and j.get("id") for j in data["jobs"])):
+            raise CronError(f'{self.path}: expected {{"version": 1, "jobs": [...]}} with an "id" '
+                            "in every job; fix it or move it away (it was left as it is)")
+        return data["jobs"]
+
+    def _file_stamp(self):
+        try:
+            st = os.stat(self.path)
+            return st.st_mtime_ns, st.st_size, st.st_ino
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _edit(self):
+        """Lock, load, let the caller change the list, save it if it changed."""
+        fd = os.open(self.path.with_name(".lock"), os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            jobs = self._load()
+            before = json.dumps(jobs)
+            yield jobs
+            if json.dumps(jobs) != before:
+                maildir.atomic_write(self.path, json.dumps({"version": 1, "jobs": jobs}, indent=2,
+                                                           ensure_ascii=False) + "\n")
+            self._saved = self._file_stamp()
+        finally:
+            os.close(fd)
+
+    def jobs(self) -> list[dict]:
+        with self._edit() as jobs:
+            return list(jobs)
+
+    def add(self, name, message, schedule, deliver=False, channel="", to="") -> dict:
+        now = _now()
+        when = next_time(schedule, now, self.tz)
+        if when is None:
+            why = f"is in the past (now: {self.local(iso(now))})" if schedule["kind"] == "at" \
+                else "never comes"
+            raise CronError(f"{describe(schedule)} {why}")
+        with self._edit() as jobs:
+            ids = {j["id"] for j in jobs}
+            job = {"id": next(i for i in (secrets.token_hex(4) for _ in range(99)) if i not in ids),
+                   "name": name, "enabled": True, "schedule": schedule, "message": message,
+                   "deliver": bool(deliver), "channel": channel, "to": str(to),
+                   "next_run": iso(when), "last_run": None, "last_status": None,
+                   "created_at": iso(now)}
+            jobs.append(job)
+        self.wake()
+        return job
+
+    def remove(self, job_id) -> dict:
+        with self._edit() as jobs:
+            jobs.remove(job := _find(jobs, job_id))
+        self.wake()
+        return job
+
+    def enable(self, job_id, on=True) -> dict:
+        with self._edit() as jobs:
+            job = _find(jobs, job_id)
+            job["enabled"] = bool(on)
+            if on:
+                job["next_run"] = iso(when := next_time(job["schedule"], _now(), self.tz))
+                if when is None:
+                    raise CronError(f"job {job_id} runs {describe(job['schedule'])}, which has "
+                                    "passed; add a new job instead")
+        self.wake()
+        return job
+
+    def run_now(self, job_id):
+        """Post the job into the inbox now, whatever its schedule; the inbox file's path."""
+        with self._edit() as jobs:
+            job = _find(jobs, job_id)
+            path = self.post(self._message(job, _now()), maildir.unique_name(f"cron-{job_id}-run-"))
+            job["last_run"], job["last_status"] = iso(_now()), "posted (run now)"
+        return path
+
+    def local(self, text) -> str:
+        when = _parse_iso(text)
+        return f"{when.astimezone(self.tz):%Y-%m-%d %H:%M %Z}" if when else "-"
+
+    def _message(self, job, due) -> dict:
+        text = (f"[A scheduled job fired: {job.get('name')!r} (cron job {job['id']}, due "
+                f"{due.astimezone(self.tz):%Y-%m-%d %H:%M %Z}). Do what it says now.]\n"
+                f"{job.get('message', '')}\n")
+        meta = {"kind": "cron", "job_id": job["id"]}
+        if job.get("deliver") and job.get("channel") and job.get("to"):
+            meta["reply_to"] = {"channel": job["channel"], "chat_id": str(job["to"])}
+            text += f"(Your reply is sent to {job['channel']}:{job['to']}.)"
+        else:
+            text += "(Your reply is only logged; use the message tool if someone should hear it.)"
+        return {"channel": "system", "chat_id": f"cron:{job['id']}", "sender_id": "cron",
+                "text": text, "metadata": meta}
+
+    # the gateway part
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="cron", daemon=True)
+        self._thread.start()
+
+    def wake(self):
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def stop(self, timeout: float = 3.0):
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                delay = self.tick()
+            except Exception:
+                log.exception("cron: unexpected error; trying again in %ds", MAX_SLEEP_S)
+                delay = MAX_SLEEP_S
+            self._wake.wait(delay)
+
+    def tick(self) -> float:
+        """Reload jobs.json if it changed, post what is due; the seconds until the next job."""
+        now, stamp, retry = _now(), self._file_stamp(), False
+        if stamp != self._stamp or any(_due(job, now) for job in self._jobs):
+            try:
+                with self._edit() as jobs:
+                    self._reconcile(jobs, now)
+                    retry = self._fire(jobs, now)
+            except CronError as e:
+                if stamp != self._bad:
+                    log.error("cron: %s", e)
+                self._jobs, self._stamp, self._bad = [], stamp, stamp
+                return MAX_SLEEP_S
+            self._jobs, self._stamp = jobs, self._saved
+        times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
+        wait = min([(t - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
+        return MAX_SLEEP_S if retry else max(wait, 0.0)
+
+    def _reconcile(self, jobs, now):
+        """Give enabled jobs without a next run one; a schedule edited by hand starts afresh."""
+        seen = {}
+        for job in jobs:
+            seen[job["id"]] = sig = json.dumps([job.get("schedule"), job.get("enabled")])
+            if self._seen.get(job["id"], sig) != sig or \
+                    job.get("enabled") and not _parse_iso(job.get("next_run")):
+                try:
+                    job["next_run"] = iso(next_time(job["schedule"], now, self.tz))
+                except BAD_JOB as e:
+                    job["next_run"] = None
+                    log.warning("cron job %s: bad schedule (%s); it will not run", job["id"], e)
+        self._seen = seen
+
+    def _fire(self, jobs, now) -> bool:
+        """Post every due job, then move it on; True when the inbox could not be written."""
+        retry = False
+        for job in list(jobs):
+            if not (due := _due(job, now)):
+                continue
+            name = f"cron-{job['id']}-{int(due.timestamp())}"
+            try:
+                if self.post(self._message(job, due), name) is None:
+                    log.info("cron job %s: %s was posted before a restart", job["id"], name)
+            except OSError as e:
+                log.error("cron job %s: cannot post to the inbox (%s); retrying", job["id"], e)
+                job["last_status"], retry = f"error: {e}", True
+                continue
+            job["last_run"], job["last_status"] = iso(now), "posted"
+            try:
+                if job["schedule"]["kind"] == "at":
+                    jobs.remove(job)
+                    continue
+                after = next_time(job["schedule"], due, self.tz)
+                job["next_run"] = iso(after if after and after > now else
+                                      next_time(job["schedule"], now, self.tz))
+            except BAD_JOB as e:
+                job["next_run"], job["last_status"] = None, f"error: {e}"
+        return retry

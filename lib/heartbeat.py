@@ -1,0 +1,85 @@
+"""The heartbeat: every heartbeat.interval_s, the owner's standing tasks in workspace/HEARTBEAT.md
+go to the agent as a system message. A file with nothing but comments, headings and empty list
+items costs nothing: no message, no model call. A beat is skipped while the last one still waits.
+"""
+import json
+import logging
+import re
+import threading
+
+from lib import maildir
+from lib.worker import HEARTBEAT_OK
+
+log = logging.getLogger(__name__)
+SUFFIX = ".heartbeat"               # inbox names end so; they still sort by arrival
+_COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.S)             # an unclosed one runs to the end
+_EMPTY_ITEM = re.compile(r"\s*(([-*+]|\d+[.)])(\s+\[[ xX]?\])?|[-*_=]{3,})\s*")
+_HEADING = re.compile(r"\s*#{1,6}(\s.*)?")
+
+
+def standing_tasks(text: str) -> str:
+    """The tasks in HEARTBEAT.md without comments, blank lines and empty items; "" when no line
+    but headings is left."""
+    lines = [line.rstrip() for line in _COMMENT.sub("", text).splitlines()
+             if line.strip() and not _EMPTY_ITEM.fullmatch(line)]
+    return "\n".join(lines) if any(not _HEADING.fullmatch(line) for line in lines) else ""
+
+
+class Heartbeat:
+    def __init__(self, config, post):
+        self.config, self.post = config, post         # post(msg, name) -> path
+        self.inbox = config.home / "inbox"
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        if self.config.heartbeat.enabled:
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return not self.config.heartbeat.enabled or bool(self._thread and self._thread.is_alive())
+
+    def _run(self):
+        interval = self.config.heartbeat.interval_s
+        while not self._stop.wait(interval if interval > 0 else 1800):     # 0 must not spin
+            try:
+                self.beat()
+            except Exception:           # one bad beat must not end the heartbeat
+                log.exception("heartbeat failed; trying again at the next beat")
+
+    def beat(self) -> bool:
+        """Post the tasks if there are any and the last beat is done. True when posted."""
+        path = self.config.workspace / "HEARTBEAT.md"
+        try:
+            tasks = standing_tasks(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return False
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("heartbeat: cannot read %s: %s", path, e)
+            return False
+        if not tasks:
+            return False
+        if self._waiting():
+            log.info("heartbeat skipped: the last one is still in the inbox")
+            return False
+        text = (f"[Heartbeat] The owner's standing tasks from {path}:\n\n{tasks}\n\n"
+                "Do what is due now. Tell the owner only what needs their attention; if nothing "
+                f"does, reply exactly {HEARTBEAT_OK} and nothing else.")
+        meta = {"kind": "heartbeat"}
+        try:
+            last = json.loads((self.config.home / "state" / "last_chat.json").read_text())
+            meta["reply_to"] = {"channel": last["channel"], "chat_id": str(last["chat_id"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                        # nobody has written yet: the answer stays on "system"
+        self.post({"channel": "system", "chat_id": "heartbeat", "sender_id": "heartbeat",
+                   "text": text, "metadata": meta}, maildir.unique_name() + SUFFIX)
+        return True
+
+    def _waiting(self) -> bool:
+        return any(any((self.inbox / f).glob("*" + SUFFIX + ".json")) for f in ("new", "cur"))

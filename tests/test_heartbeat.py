@@ -1,0 +1,137 @@
+"""The heartbeat part on a real home folder, and one beat through the worker and the fake model."""
+import dataclasses
+import json
+import time
+
+import pytest
+
+from lib import maildir
+from lib.agent.loop import Agent
+from lib.heartbeat import Heartbeat
+from lib.worker import Worker, post_inbox
+
+
+def wait_for(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.01)
+    return found
+
+
+def with_interval(config, seconds, enabled=True):
+    return dataclasses.replace(config, heartbeat=dataclasses.replace(
+        config.heartbeat, interval_s=seconds, enabled=enabled))
+
+
+def inbox(config, folder="new"):
+    return sorted((config.home / "inbox" / folder).glob("*.heartbeat.json"))
+
+
+@pytest.fixture(autouse=True)
+def folders(home):
+    maildir.ensure(home / "inbox")          # as the gateway's build() does
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+
+
+@pytest.fixture
+def beat(config):
+    hb = Heartbeat(config, lambda msg, name=None: post_inbox(config.home, msg, name))
+    yield hb
+    hb.stop()
+
+
+def write_tasks(config, text):
+    (config.workspace / "HEARTBEAT.md").write_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    None,                                           # the template as onboard writes it
+    "",
+    "\n\n   \n",
+    "# Tasks\n\n## Daily\n- \n* [ ]\n1.\n---\n",
+    "<!-- one comment -->\n## Tasks\n<!-- an unclosed one\n- check the disk\n",
+])
+def test_nothing_to_do_means_no_message_and_no_model_call(config, llm, beat, text):
+    if text is not None:
+        write_tasks(config, text)
+    assert not beat.beat()
+    assert not list((config.home / "inbox").rglob("*.json"))
+    assert llm.requests == []
+
+
+def test_a_missing_file_is_quiet(config, beat):
+    (config.workspace / "HEARTBEAT.md").unlink()
+    assert not beat.beat()
+
+
+def test_tasks_are_posted_once_to_the_last_active_chat(config, beat):
+    write_tasks(config, "<!-- notes -->\n## Tasks\n- Check free disk space with df -h\n- \n")
+    maildir.atomic_write(config.home / "state" / "last_chat.json",
+                         json.dumps({"channel": "telegram", "chat_id": "42"}))
+    assert beat.beat()
+    [path] = inbox(config)
+    msg = json.loads(path.read_text())
+    assert (msg["channel"], msg["chat_id"]) == ("system", "heartbeat")
+    assert msg["sender_id"] == "heartbeat"
+    assert msg["metadata"] == {"kind": "heartbeat",
+                               "reply_to": {"channel": "telegram", "chat_id": "42"}}
+    assert "## Tasks\n- Check free disk space with df -h\n\n" in msg["text"]
+    assert "notes" not in msg["text"] and "reply exactly HEARTBEAT_OK" in msg["text"]
+
+
+def test_without_a_last_chat_the_beat_stays_on_system(config, beat):
+    write_tasks(config, "- water the plants\n")
+    assert beat.beat()
+    assert json.loads(inbox(config)[0].read_text())["metadata"] == {"kind": "heartbeat"}
+
+
+def test_no_pile_up_while_the_last_beat_waits_or_runs(config, beat):
+    write_tasks(config, "- water the plants\n")
+    assert beat.beat() and not beat.beat()
+    [path] = inbox(config)
+    claimed = maildir.claim(config.home / "inbox", path.name)
+    assert not beat.beat()                  # in cur/: the worker is still on it
+    maildir.finish(claimed)
+    assert beat.beat()
+    assert len(inbox(config)) == 1 and len(inbox(config, "done")) == 1
+
+
+def test_a_tiny_interval_beats_again_and_again_until_stopped(config):
+    config = with_interval(config, 0.01)
+    write_tasks(config, "- water the plants\n")
+    hb = Heartbeat(config, lambda msg, name=None: post_inbox(config.home, msg, name))
+    hb.start()
+    try:
+        for _ in range(3):                  # play the worker: take each beat as it comes
+            path = wait_for(lambda: inbox(config))[0]
+            maildir.finish(maildir.claim(config.home / "inbox", path.name))
+        assert hb.alive()
+    finally:
+        hb.stop()
+    assert not hb.alive()
+
+
+def test_disabled_heartbeat_never_starts(config):
+    config = with_interval(config, 0.01, enabled=False)
+    write_tasks(config, "- water the plants\n")
+    hb = Heartbeat(config, lambda msg, name=None: pytest.fail("posted while disabled"))
+    hb.start()
+    assert hb.alive() and hb._thread is None
+    hb.stop()
+
+
+@pytest.mark.parametrize("answer, where", [("HEARTBEAT_OK", "sent"), ("Disk is 95% full!", "new")])
+def test_the_worker_sends_a_beat_only_when_it_matters(config, llm, beat, answer, where):
+    write_tasks(config, "- tell me if the disk is over 90% full\n")
+    maildir.atomic_write(config.home / "state" / "last_chat.json",
+                         json.dumps({"channel": "telegram", "chat_id": "42"}))
+    llm.script(answer)
+    beat.beat()
+    worker = Worker(config, Agent(config))
+    worker.drain()
+    [out] = list((config.home / "outbox" / where).glob("*.json"))
+    reply = json.loads(out.read_text())
+    assert reply["text"] == answer
+    assert reply["channel"] == ("system" if answer == "HEARTBEAT_OK" else "telegram")
+    assert "tell me if the disk" in llm.chat_requests[0]["messages"][-1]["content"]
