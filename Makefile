@@ -6,26 +6,34 @@ HOME_DIR := $(or $(NANOCLAW_HOME),$(HOME)/.nanoclaw)
 
 .PHONY: install run test bench lines clean install-service
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
+
+$(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
 
-# Onboard on the first run; then chat, or say which key is missing.
+# Onboard on the first run; then start the gateway, or say which key is missing.
 run: install
 	@[ -e "$(HOME_DIR)/config.yaml" ] || [ -e "$(HOME_DIR)/config.json" ] || $(BIN)/python nanoclaw.py onboard
 	@if $(BIN)/python -c "from lib.config import load_config; from lib.providers.registry import resolve; resolve(load_config())" 2>/dev/null; \
-	then $(BIN)/python nanoclaw.py agent; \
+	then echo "Starting the gateway (Ctrl+C stops it). To chat here instead: $(BIN)/python nanoclaw.py agent"; \
+	     exec $(BIN)/python nanoclaw.py gateway; \
 	else $(BIN)/python nanoclaw.py status; echo; \
 	     echo "Set one provider key (see 'provider' above) in $(HOME_DIR)/config.yaml, then run 'make run' again."; fi
 
-test: install
+test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
-bench: install
+bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/gateway_bench.py
 
 # Run 24/7 under systemd: renders deploy/nanoclaw.service for this checkout, this user and this
 # home folder, installs it as /etc/systemd/system/nanoclaw.service and starts it (now and at every
