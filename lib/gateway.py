@@ -68,6 +68,8 @@ class Watcher:
                 log.warning("file watcher %s unavailable (%s); polling instead", kind.__name__, e)
 
     def stop(self):
+        # watchdog may log a harmless ERROR when an emitter is stopped mid-read; we are leaving
+        logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
         self._observer.stop()
         self._observer.join(2)
 
