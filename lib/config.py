@@ -70,7 +70,7 @@ class AgentDefaults:
     max_tool_iterations: int = 20
     memory_window: int = 50
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
-    timezone: str = ""           # empty: the system's
+    timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
 
 @dataclass(frozen=True)
@@ -464,6 +464,12 @@ def _value(typ, fld, value, at, lines, file, fail):
             re.compile(value)
         except re.error as e:
             fail(f"has a pattern that is not a valid regular expression ({e}): {value!r}", at)
+    if fld.metadata.get("timezone") and value:
+        from zoneinfo import ZoneInfo
+        try:
+            ZoneInfo(value)
+        except (ValueError, OSError):
+            fail(f"is not a time zone name like Europe/Berlin or UTC: {value!r}", at)
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
         fail(f"must be one of {', '.join(choices)}, got {value!r}", at)

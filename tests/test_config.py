@@ -347,3 +347,11 @@ def test_an_invalid_deny_pattern_is_a_config_error(home):
     write_config(home, "tools:\n  exec:\n    deny_patterns: ['ok', '(unclosed']\n")
     with pytest.raises(ConfigError, match=r"tools\.exec\.deny_patterns \(line 3\).*not a valid regular expression"):
         load_config()
+
+
+def test_an_unknown_time_zone_is_a_config_error(home):
+    write_config(home, "agents:\n  defaults:\n    timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError, match=r"agents\.defaults\.timezone \(line 3\) is not a time zone"):
+        load_config()
+    write_config(home, "agents:\n  defaults:\n    timezone: Europe/Berlin\n")
+    assert load_config().agents.defaults.timezone == "Europe/Berlin"
