@@ -468,7 +468,7 @@ def _value(typ, fld, value, at, lines, file, fail):
         from zoneinfo import ZoneInfo
         try:
             ZoneInfo(value)
-        except (ValueError, OSError):
+        except (ValueError, OSError, KeyError, ImportError):    # KeyError: ZoneInfoNotFoundError
             fail(f"is not a time zone name like Europe/Berlin or UTC: {value!r}", at)
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
