@@ -355,3 +355,34 @@ def test_an_unknown_time_zone_is_a_config_error(home):
         load_config()
     write_config(home, "agents:\n  defaults:\n    timezone: Europe/Berlin\n")
     assert load_config().agents.defaults.timezone == "Europe/Berlin"
+
+
+def test_config_example_lists_every_key_with_its_default():
+    """SPEC §5: config.example.yaml lists every key with its default."""
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    import yaml
+
+    from lib.config import Config
+    example = yaml.safe_load((Path(__file__).parent.parent / "config.example.yaml").read_text())
+    documented_elsewhere = {"tools.exec.deny_patterns"}     # a long list: described in a comment
+
+    def walk(cls, data, path):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            key = f"{path}.{f.name}".lstrip(".")
+            if key in documented_elsewhere:
+                continue
+            assert isinstance(data, dict) and f.name in data, f"config.example.yaml lacks {key}"
+            typ = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(typ):
+                walk(typ, data[f.name], key)
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                value = data[f.name]
+                assert value == default or (value is None and default in ("", [], {})), \
+                    f"{key}: example says {value!r}, default is {default!r}"
+    walk(Config, example, "")
