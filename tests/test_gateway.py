@@ -285,3 +285,40 @@ def test_allow_list_changes_apply_without_a_restart(gateway, llm, home):
     write_config(home, base + "channels:\n  telegram: {alow_from: ['9']}\n")      # a typo
     wait_for(lambda: "config not reloaded" in gateway.logs(), what="refused reload")
     assert gateway.proc.poll() is None and "did you mean allow_from" in gateway.logs()
+
+
+def test_a_cron_job_added_from_the_cli_fires_in_the_running_gateway(gateway, llm, home):
+    from tests.conftest import run_cli
+    gateway.start()
+    llm.script(lambda body: "reminder: " + body["messages"][-1]["content"][-40:])
+    r = run_cli("cron", "add", "--name", "tick", "--message", "say tick", "--every", "1",
+                env={"NANOCLAW_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    reply = wait_for(lambda: [m for m in replies(home) if m["chat_id"].startswith("cron:")],
+                     what="the job's answer")[0]
+    assert "say tick" in llm.chat_requests[0]["messages"][-1]["content"]
+    assert reply["channel"] == "system"
+    done = wait_for(lambda: list((home / "inbox" / "done").glob("cron-*.json")), what="done/")
+    assert json.loads(done[0].read_text())["metadata"]["kind"] == "cron"
+
+
+def test_heartbeat_tasks_reach_the_owners_last_chat(gw_config, llm, home):
+    write_config(home, (home / "config.yaml").read_text().replace(
+        "heartbeat: {enabled: false}", "heartbeat: {enabled: true, interval_s: 1}"))
+    (home / "workspace").mkdir(exist_ok=True)
+    (home / "workspace" / "HEARTBEAT.md").write_text("<!-- tasks -->\n- water the plants\n")
+    (home / "state").mkdir(exist_ok=True)
+    (home / "state" / "last_chat.json").write_text('{"channel": "local", "chat_id": "owner"}')
+    llm.script("Time to water the plants.", *["HEARTBEAT_OK"] * 20)
+    g = Gateway(home).start()
+    try:
+        to_owner = lambda: [m for m in replies(home) if (m["channel"], m["chat_id"]) == ("local", "owner")]  # noqa: E731
+        reply = wait_for(to_owner, what="heartbeat message")[0]
+        assert reply["text"] == "Time to water the plants."
+        assert "water the plants" in llm.chat_requests[0]["messages"][-1]["content"]
+        wait_for(lambda: len(llm.chat_requests) >= 2, what="a second beat")
+        time.sleep(0.5)
+        assert [m["text"] for m in to_owner()] == ["Time to water the plants."]   # OK is not sent
+        assert any(m["text"] == "HEARTBEAT_OK" and m["channel"] == "system" for m in replies(home))
+    finally:
+        g.kill()
