@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import secrets
-import threading
 from contextlib import contextmanager
 from datetime import datetime, time as dtime, timedelta, timezone
 
 from lib import maildir
 from lib.errors import ConfigError, UserError
+from lib.part import Part
 
 log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60        # the Pi has no RTC: look at the wall clock again after NTP moves it
@@ -191,7 +191,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class CronService:
+class CronService(Part):
     """The gateway part, and the one API for the CLI and the cron tool (usable without start()).
     jobs.json is read whole and replaced whole (atomic_write) under a lock file, so the CLI, the
     tool and the gateway never lose each other's edits; a file that cannot be read is left alone."""
@@ -203,7 +203,7 @@ class CronService:
         self.path.parent.mkdir(parents=True, exist_ok=True)     # the file watcher needs it
         self.tz                         # looked up now: a bad zone name stops start-up
         self.post = post or (lambda msg, name=None: post_inbox(config.home, msg, name))
-        self._wake, self._stop, self._thread = threading.Event(), threading.Event(), None
+        super().__init__()
         self._jobs, self._stamp, self._seen, self._bad = [], "unread", {}, None
 
     @property
@@ -317,32 +317,11 @@ class CronService:
         return {"channel": "system", "chat_id": f"cron:{job['id']}", "sender_id": "cron",
                 "text": text, "metadata": meta}
 
-    # the gateway part
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="cron", daemon=True)
-        self._thread.start()
+    # the gateway part: Part runs step() in a thread
+    name = "cron"
 
-    def wake(self):
-        self._wake.set()
-
-    def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
-
-    def stop(self, timeout: float = 3.0):
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                delay = self.tick()
-            except Exception:
-                log.exception("cron: unexpected error; trying again in %ds", MAX_SLEEP_S)
-                delay = MAX_SLEEP_S
-            self._wake.wait(delay)
+    def step(self) -> float:
+        return self.tick()
 
     def tick(self) -> float:
         """Reload jobs.json if it changed, post what is due; the seconds until the next job."""

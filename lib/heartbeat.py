@@ -5,9 +5,9 @@ items costs nothing: no message, no model call. A beat is skipped while the last
 import json
 import logging
 import re
-import threading
 
 from lib import maildir
+from lib.part import Part
 from lib.worker import HEARTBEAT_OK
 
 log = logging.getLogger(__name__)
@@ -25,33 +25,29 @@ def standing_tasks(text: str) -> str:
     return "\n".join(lines) if any(not _HEADING.fullmatch(line) for line in lines) else ""
 
 
-class Heartbeat:
+class Heartbeat(Part):
+    name = "heartbeat"
+
     def __init__(self, config, post):
+        super().__init__()
         self.config, self.post = config, post         # post(msg, name) -> path
         self.inbox = config.home / "inbox"
-        self._stop = threading.Event()
-        self._thread = None
+        self._first = True
 
     def start(self):
         if self.config.heartbeat.enabled:
-            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 2.0):
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout)
+            super().start()
 
     def alive(self) -> bool:
-        return not self.config.heartbeat.enabled or bool(self._thread and self._thread.is_alive())
+        return not self.config.heartbeat.enabled or super().alive()
 
-    def _run(self):
+    def step(self) -> float:
+        """The first beat comes one interval after start (a restart loop must not beat)."""
+        if not self._first:
+            self.beat()
+        self._first = False
         interval = self.config.heartbeat.interval_s
-        while not self._stop.wait(interval if interval > 0 else 1800):     # 0 must not spin
-            try:
-                self.beat()
-            except Exception:           # one bad beat must not end the heartbeat
-                log.exception("heartbeat failed; trying again at the next beat")
+        return interval if interval > 0 else 1800      # 0 must not spin
 
     def beat(self) -> bool:
         """Post the tasks if there are any and the last beat is done. True when posted."""

@@ -7,12 +7,12 @@ A message found in cur/ at start-up is looked up in that order and finished wher
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 
 from lib import maildir
 from lib.config import allowed
 from lib.errors import ProviderError
+from lib.part import Part
 from lib.sessions import Session, now_iso
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,15 @@ def read_message(path: Path) -> dict:
     return msg
 
 
-class Worker:
+class Worker(Part):
+    name = "worker"
+
     def __init__(self, config, agent, services=None):
+        super().__init__()
         self.config, self.agent = config, agent
         self.services = {} if services is None else services     # the gateway fills it later
         self.home = config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._thread = None
         self._sessions: dict[str, Session] = {}
         self._recovered: set[str] = set()
         self.busy = False
@@ -96,27 +97,15 @@ class Worker:
         self._recovered = {Path(n).stem for n in maildir.recover(self.inbox)}
         if self._recovered:
             log.info("finishing %d message(s) left by the last run", len(self._recovered))
-        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
-        self._thread.start()
-
-    def wake(self):
-        self._wake.set()
-
-    def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
+        super().start()
 
     def stop(self, timeout: float = 3.0):
         """A turn in progress may take longer: then its message stays in cur/ for the next start."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
+        super().stop(timeout)
 
-    def _run(self):
-        while not self._stop.is_set():
-            self._wake.clear()
-            self.drain()
-            self._wake.wait(RESCAN_S)
+    def step(self) -> float:
+        self.drain()
+        return RESCAN_S
 
     def drain(self):
         for name in maildir.waiting(self.inbox):
