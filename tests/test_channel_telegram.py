@@ -1,0 +1,280 @@
+"""The Telegram channel against a fake Bot API server: through the real gateway where the whole
+path matters, in-process (the channel object alone) for the details."""
+import json
+
+import pytest
+
+from lib import maildir
+from lib.channels.telegram import render, to_html
+from tests.conftest import write_config
+from tests.fakes.telegram_server import TOKEN, FakeTelegram, parse_html
+from tests.test_gateway import Gateway, wait_for
+
+ALICE = (42, "alice")
+
+
+@pytest.fixture
+def tg():
+    with FakeTelegram() as server:
+        yield server
+
+
+def configure(home, llm, tg, allow="[alice]", extra=""):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n{extra}"
+                       "agents:\n  defaults: {model: fake-model}\nheartbeat: {enabled: false}\n"
+                       f"channels:\n  telegram:\n    enabled: true\n    token: '{TOKEN}'\n"
+                       f"    api_base: '{tg.api_base}'\n    allow_from: {allow}\n")
+
+
+@pytest.fixture
+def gateway(home):
+    g = Gateway(home)
+    yield g
+    if g.proc and g.proc.poll() is None:
+        g.kill()
+
+
+@pytest.fixture
+def channel(home, llm, tg):
+    """A TelegramChannel run in-process (no worker): messages stop in inbox/new."""
+    from lib.channels.telegram import TelegramChannel
+    from lib.config import load_config
+    started = []
+
+    def make(allow="[alice]", extra="", groups=False):
+        configure(home, llm, tg, allow, extra)
+        if groups:
+            (home / "config.yaml").write_text((home / "config.yaml").read_text() +
+                                              "    groups: true\n")
+        maildir.ensure(home / "inbox")
+        maildir.ensure(home / "outbox", ("sent", "failed"))
+        ch = TelegramChannel(load_config(), home)
+        ch.start()
+        started.append(ch)
+        return ch
+    yield make
+    for ch in started:
+        ch.stop()
+
+
+def inbox(home):
+    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+
+
+def consumed(home, update_id):
+    """True once the channel has saved its offset past `update_id`."""
+    try:
+        saved = json.loads((home / "state" / "telegram_offset.json").read_text())
+        return saved["offset"] > update_id
+    except (OSError, ValueError):
+        return False
+
+
+def reply(home, ch, text, to=None, chat="42"):
+    from lib.worker import post_outbox
+    post_outbox(home, "telegram", chat, text, reply_to="m1" if to else None,
+                metadata={"message_id": to} if to else {})
+    ch.wake()
+
+
+# --- through the gateway ---
+
+def test_a_message_reaches_the_model_and_the_reply_comes_back_as_html(home, llm, tg, gateway):
+    configure(home, llm, tg)
+    gateway.start()
+    llm.script("**Hello** <friend> & `x < y`")
+    m = tg.message("hi there", user=ALICE)
+    sent = wait_for(lambda: tg.sent, what="the reply")[0]
+    assert llm.chat_requests[0]["messages"][-1]["content"] == "hi there"
+    assert sent["chat_id"] == 42 and sent["parse_mode"] == "HTML"
+    assert sent["text"] == "<b>Hello</b> &lt;friend&gt; &amp; <code>x &lt; y</code>"
+    assert sent["reply_parameters"]["message_id"] == m["message_id"]
+    typing = tg.calls_of("sendChatAction")
+    assert typing and typing[0]["params"] == {"chat_id": 42, "action": "typing"}
+    assert typing[0]["time"] < sent["time"]
+
+
+def test_a_stranger_is_refused_before_the_model_and_told_their_id_once(home, llm, tg, gateway):
+    configure(home, llm, tg, allow="['7']")
+    gateway.start()
+    tg.message("let me in", user=(999, "mallory"))
+    refusal = wait_for(lambda: tg.sent, what="the refusal")[0]
+    assert refusal["text"] == "This assistant is private. Your telegram id is 999."
+    tg.message("please?", user=(999, "mallory"))
+    tg.message("it's me", user=(7, None))           # the owner, by numeric id
+    wait_for(lambda: len(tg.sent) == 2, what="the owner's reply")
+    assert tg.sent[1]["chat_id"] == 7 and tg.sent[1]["shown"] == "echo: it's me"
+    assert [r["messages"][-1]["content"] for r in llm.chat_requests] == ["it's me"]
+
+
+def test_a_long_reply_is_split_at_the_limit(home, llm, tg, gateway):
+    configure(home, llm, tg)
+    gateway.start()
+    paragraphs = [f"Paragraph {i}: " + " ".join(["lorem *ipsum* dolor"] * 30) for i in range(25)]
+    llm.script("\n\n".join(paragraphs))
+    tg.message("tell me everything", user=ALICE)
+    wait_for(lambda: list((home / "outbox" / "sent").glob("telegram.*.json")),
+             what="the whole reply to be sent")
+    shown = [s["shown"] for s in tg.sent]
+    assert len(shown) >= 3 and all(len(s) <= 4096 for s in shown)
+    assert "\n\n".join(shown) == "\n\n".join(p.replace("*", "") for p in paragraphs)
+    assert "reply_parameters" in tg.sent[0]
+    assert all("reply_parameters" not in s for s in tg.sent[1:])
+
+
+def test_a_dropped_connection_loses_nothing_and_repeats_nothing(home, llm, tg, gateway):
+    configure(home, llm, tg)
+    gateway.start()
+    tg.message("one", user=ALICE)
+    wait_for(lambda: len(tg.sent) == 1, what="the first reply")
+    llm.script({"delay": 0.5})                      # the reply to "two" is due while down
+    tg.message("two", user=ALICE)
+    wait_for(lambda: len(llm.chat_requests) == 2, what="the model to be asked")
+    tg.go_down()
+    tg.message("three", user=ALICE)
+    wait_for(lambda: tg.dropped >= 3, what="reconnects and sends to fail")
+    tg.go_up()
+    wait_for(lambda: len(tg.sent) == 3, timeout=30, what="every reply after the outage")
+    wait_for(lambda: len(list((home / "outbox" / "sent").glob("telegram.*.json"))) == 3,
+             what="the replies to be filed as sent")
+    gateway.kill()                                  # and a crash for good measure
+    gateway.start()
+    tg.message("four", user=ALICE)
+    wait_for(lambda: len(tg.sent) == 4, what="the reply after the restart")
+    assert sorted(s["shown"] for s in tg.sent) == [f"echo: {n}" for n in
+                                                    ("four", "one", "three", "two")]
+    assert [r["messages"][-1]["content"] for r in llm.chat_requests] == \
+        ["one", "two", "three", "four"]
+
+
+def test_a_rate_limit_answer_is_honoured(home, llm, tg, gateway):
+    configure(home, llm, tg)
+    gateway.start()
+    tg.fail_next("sendMessage", 429, retry_after=2)
+    tg.message("quick", user=ALICE)
+    wait_for(lambda: tg.sent, what="the reply")
+    tries = tg.calls_of("sendMessage")
+    assert len(tries) == 2 and tries[1]["time"] - tries[0]["time"] >= 1.95
+    assert len(tg.sent) == 1
+
+
+# --- the channel alone ---
+
+def test_typing_repeats_while_busy_and_stops_with_the_reply(home, tg, channel, monkeypatch):
+    monkeypatch.setattr("lib.channels.telegram.TYPING_EVERY", 0.1)
+    ch = channel(allow="[alice, bob]")
+    m = tg.message("think hard", user=ALICE)
+    wait_for(lambda: len(tg.calls_of("sendChatAction")) >= 3, what="repeated typing")
+    reply(home, ch, "done", to=m["message_id"])
+    at = wait_for(lambda: tg.sent, what="the reply")[0]["time"]
+    tg.message("and me?", user=(43, "bob"))        # a clock: bob's typing ticks on
+    wait_for(lambda: len([c for c in tg.calls_of("sendChatAction")
+                          if c["params"]["chat_id"] == 43]) >= 4, what="bob's typing")
+    late = [c for c in tg.calls_of("sendChatAction")
+            if c["params"]["chat_id"] == 42 and c["time"] > at]
+    assert len(late) <= 1                           # at most one already on its way
+
+
+def test_photos_documents_and_voice_notes_are_downloaded(home, llm, tg, channel):
+    ch = channel(extra=f"  groq: {{api_key: gsk-test, api_base: '{llm.url}'}}\n")
+    small = tg.add_file(b"s", "photos/file_1.jpg")
+    large = tg.add_file(b"LARGE", "photos/file_2.jpg")
+    tg.message(None, user=ALICE, caption="look",
+               photo=[dict(small, width=90, height=90), dict(large, width=800, height=800)])
+    doc = tg.add_file(b"%PDF", "documents/file_3.pdf")
+    tg.message(None, user=ALICE, document=dict(doc, file_name="report.pdf"))
+    voice = tg.add_file(b"OggS", "voice/file_4.oga")
+    tg.message(None, user=ALICE, voice=dict(voice, duration=3, mime_type="audio/ogg"))
+    huge = tg.add_file(b"x", "documents/file_5.bin", size=25 * 1024 * 1024)
+    last = tg.message("too big?", user=ALICE, document=dict(huge, file_name="huge.bin"))
+    wait_for(lambda: len(inbox(home)) == 4, what="four messages")
+    photo, pdf, note, big = inbox(home)
+    assert photo["text"] == "look" and open(photo["media"][0], "rb").read() == b"LARGE"
+    assert pdf["media"][0].endswith("report.pdf") and open(pdf["media"][0], "rb").read() == b"%PDF"
+    assert note["text"] == "[voice note, transcribed] hello from a voice note"
+    assert note["media"][0].endswith(".ogg")
+    assert big["media"] == [] and "huge.bin was not downloaded" in big["text"]
+    assert photo["sender_id"] == "42|alice" and big["metadata"]["message_id"] == last["message_id"]
+    assert [c["params"]["file_id"] for c in tg.calls_of("getFile")] == \
+        [large["file_id"], doc["file_id"], voice["file_id"]]
+    del ch
+
+
+def test_html_telegram_refuses_is_sent_again_as_plain_text(home, tg, channel):
+    ch = channel()
+    reply(home, ch, "**bold _both** end_")          # renders to crossing tags
+    wait_for(lambda: tg.sent, what="the plain reply")
+    assert len(tg.calls_of("sendMessage")) == 2
+    assert tg.sent[0]["text"] == "**bold _both** end_" and "parse_mode" not in tg.sent[0]
+
+
+def test_groups_only_when_enabled_and_addressed(home, tg, channel):
+    ch = channel(groups=False)
+    first = tg.inject({"message_id": 1, "date": 0, "from": {"id": 42, "is_bot": False,
+                       "first_name": "A", "username": "alice"}, "chat": {"id": -100,
+                       "type": "supergroup"}, "text": "@nano_test_bot hello"})
+    wait_for(lambda: consumed(home, first), what="the group message to be skipped")
+    assert inbox(home) == []
+    ch.stop()
+    ch = channel(groups=True)
+    tg.message("just chatting", user=ALICE, chat=-100, chat_type="supergroup")
+    tg.message("@nano_test_bot what time is it?", user=ALICE, chat=-100, chat_type="supergroup")
+    bot_msg = {"message_id": 5, "date": 0, "chat": {"id": -100, "type": "supergroup"},
+               "from": tg.me, "text": "earlier answer"}
+    tg.message("and tomorrow?", user=ALICE, chat=-100, chat_type="supergroup",
+               reply_to_message=bot_msg)
+    tg.message("/new@nano_test_bot", user=ALICE, chat=-100, chat_type="supergroup")
+    wait_for(lambda: len(inbox(home)) == 3, what="the addressed messages")
+    assert [m["text"] for m in inbox(home)] == ["what time is it?", "and tomorrow?", "/new"]
+    assert {m["chat_id"] for m in inbox(home)} == {"-100"}
+
+
+def test_a_saved_offset_means_a_restart_repeats_nothing(home, tg, channel):
+    old = [tg.message(f"old {i}", user=ALICE) for i in range(2)]
+    maildir.atomic_write(home / "state" / "telegram_offset.json",
+                         json.dumps({"bot": TOKEN.split(":")[0], "offset": 3}))
+    channel()
+    tg.message("new", user=ALICE)
+    wait_for(lambda: inbox(home), what="the new message")
+    assert [m["text"] for m in inbox(home)] == ["new"] and old
+
+
+def test_a_webhook_conflict_deletes_the_webhook_once(home, tg, channel):
+    tg.webhook = True
+    channel()
+    tg.message("after the webhook", user=ALICE)
+    wait_for(lambda: inbox(home), what="the message")
+    assert len(tg.calls_of("deleteWebhook")) == 1
+
+
+def test_a_bad_gateway_answer_while_polling_means_reconnect(home, tg, channel):
+    tg.fail_next("getUpdates", 502)
+    channel()
+    tg.message("still there?", user=ALICE)
+    wait_for(lambda: inbox(home), what="the message after the 502")
+    assert len(tg.calls_of("getUpdates")) >= 2
+
+
+# --- markdown to Telegram HTML ---
+
+@pytest.mark.parametrize("md,html", [
+    ("# Title\nText", "<b>Title</b>\nText"),
+    ("- one\n* two", "• one\n• two"),
+    ("a & b < c > d", "a &amp; b &lt; c &gt; d"),
+    ("**b** *i* _i_ ~~s~~ ||x||", "<b>b</b> <i>i</i> <i>i</i> <s>s</s> <tg-spoiler>x</tg-spoiler>"),
+    ("[site](https://e.com/?a=1&b=2)", '<a href="https://e.com/?a=1&amp;b=2">site</a>'),
+    ("```python\nif a < b:\n    **x**\n```", '<pre><code class="language-python">if a &lt; b:\n'
+                                             '    **x**</code></pre>'),
+    ("> quoted\n> more\nafter", "<blockquote>quoted\nmore</blockquote>\nafter"),
+    ("snake_case_name and 2*3*4", "snake_case_name and 2*3*4"),
+])
+def test_markdown_becomes_telegram_html(md, html):
+    assert to_html(md) == html
+    parse_html(html)                                # and Telegram (the fake) accepts it
+
+
+def test_rendered_parts_are_checked_again_after_rendering():
+    text = "😀" * 3000                               # 3000 characters, 6000 UTF-16 units
+    parts = render(text)
+    assert len(parts) >= 2 and all(len(h.encode("utf-16-le")) // 2 <= 4096 for _, h in parts)
+    assert "".join(md for md, _ in parts) == text
