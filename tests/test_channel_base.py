@@ -197,3 +197,16 @@ def test_no_transcription_without_a_groq_key(config, home, tmp_path):
     audio = tmp_path / "v.ogg"
     audio.write_bytes(b"x")
     assert Recorder(config, home).transcribe(audio) is None
+
+
+def test_a_message_received_twice_with_its_platform_key_enters_the_inbox_once(home):
+    from lib.config import load_config
+    (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['42']}\n")
+    ch = Recorder(load_config(), home)
+    for _ in range(2):                                   # e.g. re-fetched after a crash
+        ch.receive("100", "42", "hello", key="100-7", at=1764000000.5)
+    ch.receive("100", "42", "later", key="100-8", at=1764000001.0)
+    names = sorted(p.name for p in (home / "inbox" / "new").iterdir())
+    assert names == ["01764000000500000000.telegram.100-7.json", "01764000001000000000.telegram.100-8.json"]
+    from lib.maildir import unique_name
+    assert unique_name() > names[-1]                    # sorts with the gateway's own names

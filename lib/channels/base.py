@@ -75,15 +75,20 @@ class Channel:
         """Receive until self.stopping is set. Subclasses override."""
         self.stopping.wait()
 
-    def receive(self, chat_id, sender_id, text, media=(), metadata=None) -> bool:
+    def receive(self, chat_id, sender_id, text, media=(), metadata=None, key=None, at=None) -> bool:
         """Hand a message to the assistant (via the inbox) if the sender may talk to it.
-        A stranger is logged and told their id, at most once a day; the model never sees them."""
+        A stranger is logged and told their id, at most once a day; the model never sees them.
+        With the platform's message `key` and time `at` (epoch seconds) the inbox name is fixed,
+        so the same message received again (after a crash, a redelivery) is dropped."""
         if not allowed(self.settings.allow_from, str(sender_id)):
             self._refuse(str(chat_id), str(sender_id), metadata)
             return False
+        name = None
+        if key is not None and at is not None:     # sorts among unique_name()s by time
+            name = f"{int(at * 1e9):020d}.{self.name}.{re.sub(r'[^A-Za-z0-9_-]', '_', str(key))}"
         post_inbox(self.home, {"channel": self.name, "chat_id": str(chat_id),
                                "sender_id": str(sender_id), "text": text, "media": list(media),
-                               "metadata": metadata or {}})
+                               "metadata": metadata or {}}, name)
         return True
 
     def _refuse(self, chat_id, sender_id, metadata):

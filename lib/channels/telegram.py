@@ -183,7 +183,8 @@ class TelegramChannel(Channel):
                 "first_name": user.first_name, "chat_type": chat.type}
         if m.is_topic_message and m.message_thread_id:
             meta["thread_id"] = m.message_thread_id
-        if not self.receive(chat.id, sender, text.strip(), media, meta):
+        if not self.receive(chat.id, sender, text.strip(), media, meta,       # the same update
+                            key=f"{chat.id}-{m.message_id}", at=m.date.timestamp()):  # once
             return None
         entry = self._typing.setdefault(str(chat.id), [0, 0.0])
         entry[0], entry[1] = entry[0] + 1, time.monotonic()
