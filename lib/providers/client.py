@@ -1,5 +1,5 @@
 """One chat-completion call through the openai SDK, with retries the user never has to see."""
-import email.utils
+import json
 import logging
 import random
 import time
@@ -67,7 +67,9 @@ class Provider:
             kwargs["tools"] = tools
         for attempt in range(self.retries + 1):
             try:
-                return _reply(self.client().chat.completions.create(**kwargs))
+                # the raw JSON: building the SDK's pydantic objects would cost ~1 MB for nothing
+                raw = self.client().chat.completions.with_raw_response.create(**kwargs)
+                return _reply(raw.text)
             except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
                 status = getattr(e, "status_code", None)
                 if getattr(e, "code", None) == "insufficient_quota":
@@ -96,17 +98,18 @@ class Provider:
         return f"{self.name} rejected the request (HTTP {status}): {detail}"
 
 
-def _reply(resp) -> Reply:
-    if not getattr(resp, "choices", None):
-        raise ProviderError("the model returned an empty answer")
-    choice = resp.choices[0]
-    msg = choice.message
-    calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments or "{}"}
-             for c in (msg.tool_calls or [])]
-    extra = getattr(msg, "model_extra", None) or {}
-    usage = resp.usage.model_dump() if getattr(resp, "usage", None) else {}
-    return Reply(msg.content, calls, extra.get("reasoning_content") or extra.get("reasoning"),
-                 choice.finish_reason or "stop", usage)
+def _reply(body: str) -> Reply:
+    try:
+        choice = json.loads(body)["choices"][0]
+        msg = choice["message"]
+        calls = [{"id": c["id"], "name": c["function"]["name"],
+                  "arguments": c["function"].get("arguments") or "{}"}
+                 for c in msg.get("tool_calls") or []]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ProviderError(f"the model's answer is not a chat completion: {body[:200]!r}") from None
+    usage = json.loads(body).get("usage") or {}
+    return Reply(msg.get("content"), calls, msg.get("reasoning_content") or msg.get("reasoning"),
+                 choice.get("finish_reason") or "stop", usage)
 
 
 def _retry_after(e) -> float | None:
@@ -124,6 +127,7 @@ def _retry_after(e) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        import email.utils
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time()) if when else None
 

@@ -1,5 +1,4 @@
 """cron: the model's way to schedule reminders and recurring tasks (SPEC §7)."""
-from lib.cron import CronService, describe, make_schedule
 from lib.errors import NanoclawError, ToolError
 
 SILENT = ("cli", "local", "system")         # no one to deliver a reply to later
@@ -18,6 +17,7 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
         at: for add: one run at an ISO 8601 time with UTC offset, e.g. 2025-06-03T09:00:00+02:00
         job_id: for remove: the job's id, as shown by list
     """
+    from lib.cron import CronService, describe, make_schedule     # only when the tool is used
     try:
         service = ctx.services.get("cron") or CronService(ctx.config)
         if action == "list":
@@ -51,6 +51,7 @@ def _name(message: str) -> str:
 
 
 def _list(service) -> str:
+    from lib.cron import describe
     jobs = service.jobs()
     if not jobs:
         return "No scheduled jobs."

@@ -1,13 +1,10 @@
 """Web tools: search with the Brave Search API, fetch a page as readable text."""
 
-import html
-import ipaddress
 import json
 import os
 import re
 import socket
 import time
-from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
 from lib.errors import ToolError
@@ -15,7 +12,7 @@ from lib.errors import ToolError
 TIMEOUT, DEADLINE = 10, 30  # seconds: for each connect or read, and for a whole fetch
 MAX_BODY, MAX_REDIRECTS = 2 * 2**20, 5
 METADATA_HOSTS = {"metadata", "metadata.google.internal"}
-METADATA_IPS = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
+METADATA_IPS = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 
 
 def web_search(ctx, query: str, count: int = 0) -> str:
@@ -44,8 +41,13 @@ def web_search(ctx, query: str, count: int = 0) -> str:
     if not results:
         return f"No results for: {query}"
     return "\n".join(f"{i}. {item.get('title') or '(no title)'}\n   {item.get('url', '')}\n   "
-                     + html.unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))  # drops <strong>
+                     + _unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))  # drops <strong>
                      for i, item in enumerate(results[:count], 1))
+
+
+def _unescape(text: str) -> str:
+    import html
+    return html.unescape(text)
 
 
 def _search_error(r) -> str:
@@ -89,7 +91,8 @@ def web_fetch(ctx, url: str, max_chars: int = 0) -> str:
         raise ToolError(f"{r.url} looks like binary data; web_fetch only reads web pages and text")
     parser = None
     if mime in ("text/html", "application/xhtml+xml") or (not mime and "<html" in text[:1000].lower()):
-        parser = _TextExtractor(r.url)
+        from lib.tools.htmltext import TextExtractor      # only when a page is fetched
+        parser = TextExtractor(r.url)
         parser.feed(text)
         parser.close()
         text = parser.text()
@@ -119,10 +122,12 @@ def _check_url(url: str) -> None:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError, ValueError):
         raise ToolError(f"cannot resolve the host in {url}") from None
+    import ipaddress
+    metadata = {ipaddress.ip_address(a) for a in METADATA_IPS}
     for info in infos:  # refuse if ANY address is bad: the connection may use any of them
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
         ip = (ip.ipv4_mapped or ip) if ip.version == 6 else ip  # ::ffff:169.254.x.x
-        if ip in METADATA_IPS or ip.is_link_local:
+        if ip in metadata or ip.is_link_local:
             raise ToolError(f"refusing to fetch {url}: {host} is {ip}, a link-local or metadata address")
 
 
@@ -158,66 +163,6 @@ def _read(r, deadline: float) -> tuple[bytes, bool]:
             return bytes(buf[:MAX_BODY]), True
         _time_left(deadline, r.url)
     return bytes(buf), False
-
-
-class _TextExtractor(HTMLParser):
-    """HTML to text: '# ' headings, '- ' list items, 'text (href)' links, <pre> kept as it is."""
-
-    SKIP = {"script", "style", "noscript", "svg", "head", "template"}
-    LINE, PARA = "\n", "\x01"  # a line break; a blank line (both collapse with their neighbours in text())
-    BREAKS = dict.fromkeys("div section article header footer nav main aside ul ol li tr dl dt dd br hr form "
-                           "figure figcaption details summary address".split(), LINE) | \
-        dict.fromkeys("p pre blockquote table h1 h2 h3 h4 h5 h6".split(), PARA)
-    PREFIX = {"li": "- ", "td": " ", "th": " ", **{f"h{n}": "#" * n + " " for n in range(1, 7)}}
-
-    def __init__(self, base: str):
-        super().__init__()
-        self.base, self.title, self.parts, self.pres, self.skip, self.links = base, "", [], [], [], []
-        self.in_title = self.in_pre = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "body" and "head" in self.skip:
-            self.skip.remove("head")  # </head> is optional
-        if tag in self.SKIP:
-            self.skip.append(tag)
-        self.in_title = self.in_title or (tag == "title" and set(self.skip) <= {"head"} and not self.title)
-        if self.skip:
-            return
-        self.parts += [self.BREAKS.get(tag, ""), self.PREFIX.get(tag, "")]
-        if tag == "pre":
-            self.in_pre = True
-            self.pres.append("")
-            self.parts.append(f"\0{len(self.pres) - 1}\0")  # put back after whitespace is collapsed
-        elif tag == "a":
-            self.links.append((dict(attrs).get("href") or "", len(self.parts)))
-
-    def handle_endtag(self, tag):
-        if tag in self.skip:
-            del self.skip[len(self.skip) - 1 - self.skip[::-1].index(tag):]
-        self.in_title = self.in_title and tag != "title"
-        if self.skip:
-            return
-        self.in_pre = self.in_pre and tag != "pre"
-        if tag == "a" and self.links:
-            href, start = self.links.pop()
-            full = urljoin(self.base, href.strip())
-            label = "".join(self.parts[start:]).strip()
-            if urlsplit(full).scheme in ("http", "https", "mailto") and label != full and href[:1] != "#":
-                self.parts.append(f" ({full})")
-        self.parts.append(self.BREAKS.get(tag, ""))
-
-    def handle_data(self, data):
-        if self.in_title:
-            self.title += data
-        elif self.in_pre and not self.skip:
-            self.pres[-1] += data
-        elif not self.skip:
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-    def text(self) -> str:
-        text = re.sub(r" ?\n[\n ]*", "\n", re.sub(r" +", " ", "".join(self.parts)))
-        text = re.sub(r"[\s\x01]*\x01[\s\x01]*", "\n\n", text).strip()
-        return re.sub(r"\0(\d+)\0", lambda m: self.pres[int(m.group(1))].strip("\n"), text)
 
 
 TOOLS = [web_search, web_fetch]
