@@ -148,12 +148,6 @@ def test_gateway_without_a_key_is_a_config_error(home):
     assert r.returncode == 2 and "ANTHROPIC_API_KEY" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_gateway_with_an_unbuilt_channel_enabled_says_so(home, llm):
-    fake_config(home, llm, "channels:\n  qq: {enabled: true, app_id: a, secret: s}\n")
-    r = run_cli("gateway")
-    assert r.returncode == 2 and "channel qq is not available" in r.stderr
-
-
 def test_message_tool_to_another_chat_is_queued_for_the_gateway(home, llm):
     fake_config(home, llm)
     llm.script({"tool_calls": [{"name": "message", "arguments": {

@@ -36,13 +36,16 @@ class GatewaySession:
     """`url()` gives the address for a new session (it may raise FatalError); `identify()` gives
     the `d` of IDENTIFY, whose "token" RESUME reuses; `dispatch(event, data)` receives every
     DISPATCH (READY first); `wait(attempt)` pauses before a reconnect and returns False when
-    stopping; `query` is added to every address; `fatal` maps close codes to what to fix."""
+    stopping; `query` is added to every address; `fatal` maps close codes to what to fix;
+    `new_session` are the close codes after which the session cannot be resumed (QQ's differ)."""
 
     invalid_session_wait = (1.0, 5.0)
 
-    def __init__(self, name, *, url, identify, dispatch, stopping, wait, query="", fatal=None):
+    def __init__(self, name, *, url, identify, dispatch, stopping, wait, query="", fatal=None,
+                 new_session=NEW_SESSION_CLOSES):
         self.name, self.url, self.identify, self.dispatch = name, url, identify, dispatch
         self.stopping, self.wait, self.query, self.fatal = stopping, wait, query, fatal or {}
+        self.new_session = new_session
         self.session_id = self.resume_url = self.seq = None
         self.healthy = False            # this connection reached READY or RESUMED
         self._events = queue.Queue()
@@ -143,7 +146,7 @@ class GatewaySession:
             if code in self.fatal:
                 raise FatalError(f"the gateway closed the connection with {code} {reason}: "
                                  f"{self.fatal[code]}")
-            if code in NEW_SESSION_CLOSES:
+            if code in self.new_session:
                 self.session_id = self.resume_url = self.seq = None
             raise _Reconnect(f"closed by the server ({code} {reason})".strip())
         if opcode not in (0x1, 0x2):

@@ -1,0 +1,258 @@
+"""QQ (official bot API v2), private chats only: the Discord-style gateway in
+lib/channels/wsgateway.py brings C2C_MESSAGE_CREATE events; replies go over REST.
+
+Every call carries an app access token (POST token_url with appId and clientSecret), cached and
+fetched again a minute before it expires, or at once when QQ answers 401. A reply answers the
+user's message: `msg_id` of that message and a `msg_seq` that must be new for that msg_id (QQ
+drops a repeated one as a duplicate), so each part of a long reply gets the next number and a
+retried part keeps its own. "Typing…" is QQ's input notice (msg_type 6).
+"""
+import collections
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lib.channels.base import Channel, SendError, split_message
+from lib.channels.wsgateway import FatalError, GatewaySession
+from lib.config import allowed
+from lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+# QQ does not document the length limit of a text message precisely (figures from 2,000 to
+# several thousand characters circulate); 2,000 is safely below all of them.
+LIMIT = 2000
+INTENTS = 1 << 25                       # PUBLIC_MESSAGES: C2C (and group @) messages
+TYPING_SECONDS = 60
+MAX_DOWNLOAD = 20 * 1024 * 1024
+AUDIO = (".silk", ".amr", ".wav", ".mp3", ".ogg", ".m4a")
+DUPLICATE = 40054005                    # this msg_seq was already used for this msg_id
+RATE_LIMITED = {22009}                  # "msg limit exceed"
+RATE_WAIT = 2.0                         # when a rate-limit answer names no time
+REPLY_WINDOW_GONE = {40034005, 40034128, 304103, 304027, 40034024, 40034025, 40034026, 40034027}
+NEW_SESSION = {4006, 4007}              # session invalid, bad seq: IDENTIFY again (4009 resumes)
+FATAL = {
+    4010: "invalid shard; nanoclaw uses a single connection",
+    4011: "this bot needs more than one gateway connection (sharding)",
+    4012: "invalid gateway API version; check channels.qq.api_base",
+    4013: "invalid intents",
+    4014: "the bot may not receive private messages: enable C2C messages for the bot on "
+          "q.qq.com",
+    4914: "QQ reports the bot offline (unpublished or taken down; only its sandbox may connect): "
+          "check the bot's status on q.qq.com",
+    4915: "QQ has banned this bot",
+}
+PIP = {"websocket": "websocket-client"}
+
+
+class BadCredentials(Exception):
+    pass
+
+
+class QQChannel(Channel):
+    name = "qq"
+
+    def __init__(self, config, home):
+        super().__init__(config, home)
+        try:
+            import requests  # noqa: F401  (fail at start-up, naming the package to install)
+            import websocket  # noqa: F401
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"channel qq needs the Python package {PIP.get(e.name, e.name)}: "
+                              ".venv/bin/pip install -r requirements.txt") from None
+        self.http = None
+        self._token, self._token_until = "", 0.0
+        self._token_lock, self._seq_lock = threading.Lock(), threading.Lock()
+        self._seqs = collections.OrderedDict()          # msg_id -> last msg_seq used
+        self._seen = collections.deque(maxlen=512)      # message ids, in case one comes twice
+        self._unconfirmed = False       # an IDENTIFY/RESUME went out without READY/RESUMED since
+
+    def start(self):
+        import requests
+        self.http = requests.Session()
+        self.http.headers["User-Agent"] = "nanoclaw (QQ bot)"
+        super().start()
+
+    # --- token and REST ---
+
+    def token(self, force: bool = False) -> str:
+        with self._token_lock:
+            if force or not self._token or time.monotonic() >= self._token_until:
+                s = self.settings
+                r = self.http.post(s.token_url, timeout=30,
+                                   json={"appId": str(s.app_id), "clientSecret": s.secret})
+                try:
+                    body = r.json()
+                except ValueError:
+                    body = {}
+                if not body.get("access_token"):
+                    if r.status_code >= 500 or r.status_code == 429:
+                        r.raise_for_status()
+                    raise BadCredentials(
+                        f"QQ refused the app credentials ({body.get('code')}: "
+                        f"{body.get('message') or r.status_code}); check channels.qq.app_id and "
+                        "channels.qq.secret (AppID and AppSecret on q.qq.com)")
+                life = float(body.get("expires_in") or 7200)    # a string in QQ's answer
+                self._token = body["access_token"]
+                self._token_until = time.monotonic() + life - min(60.0, life / 2)
+            return self._token
+
+    def api(self, method: str, path: str, timeout: float = 30, **kw):
+        """A REST call; a 401 fetches a new token and tries once more."""
+        url = self.settings.api_base.rstrip("/") + path
+        for force in (False, True):
+            headers = {"Authorization": f"QQBot {self.token(force)}",
+                       "X-Union-Appid": str(self.settings.app_id)}
+            r = self.http.request(method, url, headers=headers, timeout=timeout, **kw)
+            if r.status_code != 401 or force:
+                return r
+            log.info("qq: the access token was refused; fetching a new one")
+
+    # --- receiving ---
+
+    def listen(self):
+        GatewaySession(self.name, url=self._gateway_url, identify=self._identify,
+                       dispatch=self._dispatch, stopping=self.stopping, wait=self.reconnect_wait,
+                       fatal=FATAL, new_session=NEW_SESSION).run()
+
+    def _gateway_url(self) -> str:
+        try:
+            r = self.api("GET", "/gateway")
+        except BadCredentials as e:
+            raise FatalError(str(e)) from None
+        r.raise_for_status()
+        return r.json()["url"]
+
+    def _identify(self) -> dict:
+        # also asked for RESUME's token; a second try without READY in between gets a new token
+        force, self._unconfirmed = self._unconfirmed, True
+        try:
+            token = self.token(force)
+        except BadCredentials as e:
+            raise FatalError(str(e)) from None
+        return {"token": f"QQBot {token}", "intents": INTENTS, "shard": [0, 1],
+                "properties": {"$os": sys.platform, "$browser": "nanoclaw", "$device": "nanoclaw"}}
+
+    def _dispatch(self, event: str, d: dict):
+        if event in ("READY", "RESUMED"):
+            self._unconfirmed = False
+            if event == "READY":
+                log.info("qq: connected as %s", (d.get("user") or {}).get("username"))
+            return
+        if event != "C2C_MESSAGE_CREATE" or d.get("id") in self._seen:
+            return
+        self._seen.append(d.get("id"))
+        openid = (d.get("author") or {}).get("user_openid")
+        text, attachments = (d.get("content") or "").strip(), d.get("attachments") or ()
+        if not openid or not text and not attachments:
+            return
+        media = []
+        if allowed(self.settings.allow_from, openid):     # strangers' files are not fetched
+            self._typing(openid, d.get("id"))
+            text, media = self._attachments(text, attachments)
+        self.receive(openid, openid, text, media, {"message_id": d.get("id")})
+
+    def _typing(self, openid: str, msg_id: str):
+        body = {"msg_type": 6, "input_notify": {"input_type": 1, "input_second": TYPING_SECONDS},
+                "msg_id": msg_id, "msg_seq": self._next_seq(msg_id)}
+        try:
+            self.api("POST", f"/v2/users/{openid}/messages", json=body, timeout=10)
+        except Exception as e:
+            log.debug("qq: input notice: %s", e)
+
+    def _attachments(self, text: str, attachments) -> tuple[str, list]:
+        media = []
+        for a in attachments:
+            voice = a.get("content_type") == "voice" or \
+                (a.get("filename") or "").lower().endswith(AUDIO)
+            wav = voice and a.get("voice_wav_url")      # QQ's WAV copy of a SILK voice note
+            url, name = wav or a.get("url") or "", a.get("filename") or "file"
+            name = Path(name).stem + ".wav" if wav else name
+            try:
+                path = self._download(url, name)
+            except Exception as e:
+                log.warning("qq: cannot download attachment %s: %s", name, e)
+                text += f"\n[attachment {name} could not be downloaded]"
+                continue
+            media.append(str(path))
+            if voice:
+                heard = self.transcribe(path)
+                if not heard and a.get("asr_refer_text"):
+                    heard = f"[voice note, transcribed by QQ] {a['asr_refer_text']}"
+                text = f"{text}\n{heard}".strip() if heard else text
+        return text, media
+
+    def _download(self, url: str, name: str) -> Path:
+        import requests
+        url = "https:" + url if url.startswith("//") else url
+        url = url if "://" in url else "https://" + url          # QQ sometimes omits the scheme
+        path = self.media_path(name)
+        try:        # a plain GET: the access token must not go to the file server
+            with requests.get(url, stream=True, timeout=60) as r, open(path, "wb") as f:
+                r.raise_for_status()
+                for chunk in r.iter_content(65536):
+                    if f.tell() + len(chunk) > MAX_DOWNLOAD:
+                        raise ValueError(f"larger than {MAX_DOWNLOAD // 2**20} MB")
+                    f.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    # --- sending ---
+
+    def _next_seq(self, msg_id: str) -> int:
+        with self._seq_lock:
+            seq = self._seqs.pop(msg_id, 0) + 1
+            self._seqs[msg_id] = seq
+            while len(self._seqs) > 1000:
+                self._seqs.popitem(last=False)
+            return seq
+
+    def deliver(self, msg: dict):
+        text = msg.get("text") or ""
+        for p in msg.get("media") or ():        # QQ takes files only from a public URL
+            text += f"\n[file not sent over QQ: {Path(p).name}]"
+        for i, part in enumerate(split_message(text, LIMIT)):
+            if i < msg.get("_done", 0):
+                continue                        # sent before a retry was needed
+            self._send_part(msg, str(i), part)
+            msg["_done"] = i + 1
+
+    def _send_part(self, msg: dict, part: str, text: str):
+        msg_id = None if msg.get("_unprompted") else (msg.get("metadata") or {}).get("message_id")
+        seqs = msg.setdefault("_seqs", {})      # part -> msg_seq, kept when a part is retried
+        retry = part in seqs
+        for _ in range(5):
+            body = {"content": text, "msg_type": 0}
+            if msg_id:
+                seqs[part] = seqs.get(part) or self._next_seq(msg_id)
+                body.update(msg_id=msg_id, msg_seq=seqs[part])
+            try:
+                r = self.api("POST", f"/v2/users/{msg['chat_id']}/messages", json=body)
+            except BadCredentials as e:
+                raise SendError(str(e), permanent=True) from None
+            if r.status_code < 300:
+                return
+            try:
+                err = r.json()
+            except ValueError:
+                err = {}
+            code = err.get("code")
+            if code == DUPLICATE and msg_id:
+                if retry:
+                    return          # the earlier try got through; only its answer was lost
+                del seqs[part]      # a number taken before a restart: use the next one
+            elif code in REPLY_WINDOW_GONE and msg_id:
+                log.info("qq: message %s can no longer be answered (%s); sending unprompted",
+                         msg_id, err.get("message"))
+                msg["_unprompted"], msg_id = True, None
+            elif r.status_code == 429 or code in RATE_LIMITED:
+                wait = float(r.headers.get("Retry-After") or RATE_WAIT)
+                raise SendError(f"rate limited ({code}) for {wait:.1f}s", retry_after=wait)
+            else:
+                raise SendError(f"QQ answered {r.status_code}: {code} "
+                                f"{err.get('message') or r.text[:200]}",
+                                permanent=400 <= r.status_code < 500 and r.status_code != 401)
+        raise SendError("QQ kept refusing the message sequence numbers")
