@@ -1,0 +1,401 @@
+"""Mochat (Claw IM): Socket.IO over a websocket for incoming messages, the HTTP long poll
+`/api/claw/sessions/watch` (and panel polling) while the socket is down, REST for replies.
+
+Our own small Socket.IO client on websocket-client (Engine.IO v4, JSON): open packet `0{…}`, the
+server pings "2" and we pong "3", CONNECT `40{"token"}`, events `42[name, data]`, calls `42<n>[…]`
+acked by `43<n>[…]`. Cursors, seen message ids and held-back panel messages live in
+state/mochat.json, so a restart neither repeats nor loses a message.
+"""
+import json
+import logging
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from lib import maildir
+from lib.channels.base import Channel, SendError, split_message
+from lib.config import allowed
+from lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+LIMIT = 4000
+WATCH_MS, WATCH_LIMIT, SEEN_MAX = 25000, 100, 2000
+REFRESH_S, PANEL_POLL_S = 30.0, 15.0
+
+
+class MochatChannel(Channel):
+    name = "mochat"
+
+    def __init__(self, config, home):
+        super().__init__(config, home)
+        try:
+            import requests  # noqa: F401  (fail at start-up, naming the package to install)
+            import websocket  # noqa: F401
+        except ModuleNotFoundError as e:
+            package = "websocket-client" if e.name == "websocket" else e.name
+            raise ConfigError(f"channel mochat needs the Python package {package}: "
+                              ".venv/bin/pip install -r requirements.txt") from None
+        self.lock, self.path = threading.RLock(), self.home / "state" / "mochat.json"
+        self.state, self.seen, self.saved = {"cursors": {}, "pending": {}}, {}, ""
+        self.sessions, self.panels, self.threads, self.timers, self.acks = set(), set(), {}, {}, {}
+        self.down = threading.Event()       # the socket is not subscribed: poll over HTTP
+        self.ws = self.http = None
+        self.live, self.calls = False, 0
+
+    def start(self):
+        import requests
+        self.http = requests.Session()
+        self.http.headers["X-Claw-Token"] = self.settings.claw_token
+        if not (self.settings.sessions or self.settings.panels):
+            log.warning('mochat: sessions and panels are both empty, so nothing is heard; set '
+                        'them to ["*"] for all')
+        self.load()
+        super().start()
+
+    def stop(self, timeout: float = 2.0):
+        self.stopping.set()                 # held-back messages stay in the state file
+        self.down.set()                     # wakes the idle pollers, which then see `stopping`
+        super().stop(timeout)
+
+    def api(self, path: str, body: dict, timeout: float = 30) -> dict:
+        """POST {base_url}/api/claw/<path>; the `data` of `{code: 200, data}`, else SendError."""
+        r = self.http.post(f"{self.settings.base_url.rstrip('/')}/api/claw/{path}", json=body,
+                           timeout=timeout)
+        try:
+            got = r.json()
+        except ValueError:
+            got = {}
+        got = got if isinstance(got, dict) else {}
+        code = got["code"] if isinstance(got.get("code"), int) else r.status_code
+        if 429 in (code, r.status_code):
+            wait = float(got.get("retry_after") or r.headers.get("Retry-After") or 1)
+            raise SendError(f"rate limited for {wait:.2f}s", retry_after=wait)
+        if r.status_code >= 300 or code != 200:
+            why = got.get("message") or r.text[:200]
+            raise SendError(f"Mochat answered {code} to {path}: {why}", permanent=400 <= code < 500)
+        data = got.get("data", got)
+        return data if isinstance(data, dict) else {"items": data}
+
+    # --- receiving: the socket, and HTTP polling while it is down ---
+
+    def listen(self):
+        for key in list(self.state["pending"]):
+            self.arm(key)
+        self.discover()
+        self.spawn("refresh", self.refresh)
+        attempt = 0
+        while not self.stopping.is_set():
+            self.live = False
+            try:
+                self.socket()
+            except Exception as e:          # refused, dropped, silent, or a failed subscription
+                (log.info if attempt else log.warning)(  # once per failing streak, then quieter
+                    "mochat: socket: %s: %s; polling over HTTP meanwhile", type(e).__name__,
+                    str(e).split(" -+-+- ")[0][:200])
+            self.down.set()
+            attempt = 0 if self.live else attempt + 1
+            if not self.reconnect_wait(attempt):
+                return
+
+    def socket(self):
+        import websocket
+        s = self.settings
+        u = urlsplit(s.socket_url or s.base_url)    # as python-socketio: scheme and host only
+        ws = websocket.create_connection(f"{u.scheme.replace('http', 'ws')}://{u.netloc}/"
+                                         f"{s.socket_path.strip('/')}/?EIO=4&transport=websocket",
+                                         timeout=15)
+        try:
+            opened = ws.recv()
+            if not opened.startswith("0"):
+                raise ConnectionError(f"expected an Engine.IO open packet, got {opened[:80]!r}")
+            hello = json.loads(opened[1:])
+            silence = (hello.get("pingInterval", 25000) + hello.get("pingTimeout", 20000)) / 1000
+            ws.send("40" + json.dumps({"token": s.claw_token}))
+            heard = begun = time.monotonic()
+            ws.settimeout(1.0)
+            while not self.stopping.is_set():
+                if time.monotonic() - heard > silence:
+                    raise ConnectionError(f"the server sent nothing for {silence:.0f}s")
+                if not self.live and time.monotonic() - begun > 30:
+                    raise ConnectionError("the subscription was not answered in 30s")
+                try:
+                    packet = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    continue
+                heard = time.monotonic()
+                if isinstance(packet, bytes):
+                    continue                # binary attachments: not used by the Claw events
+                if packet == "2":
+                    ws.send("3")
+                elif packet.startswith("40"):
+                    self.ws = ws
+                    self.subscribe(sorted(self.sessions), sorted(self.panels))
+                elif packet.startswith("44"):
+                    raise ConnectionError(f"connection refused: {packet[2:200]}")
+                elif packet[:2] in ("42", "43"):
+                    self.packet(ws, packet)
+                elif packet in ("", "1") or packet.startswith("41"):
+                    raise ConnectionError("closed by the server")
+        finally:
+            self.ws = None
+            self.down.set()
+            ws.close(timeout=1)
+
+    def packet(self, ws, packet: str):
+        try:
+            kind, num, body = re.match(r"4([23])(\d*)(\[.*)", packet, re.S).groups()
+            args = json.loads(body)
+        except (AttributeError, ValueError):
+            return log.debug("mochat: ignored packet %r", packet[:80])
+        if kind == "3":
+            with self.lock:
+                answer = self.acks.pop(int(num or -1), None)
+            return answer and answer(args[0] if args else {})
+        if num:
+            ws.send(f"43{num}[]")
+        name, data = args[0], (args[1] if len(args) > 1 else None)
+        if name in ("claw.session.events", "claw.panel.events"):
+            self.handle(name.split(".")[1], data)
+        elif name == "notify:chat.message.add" and isinstance(data, dict) and data.get("groupId"):
+            event = {"type": "message.add", "payload": {"messageId": data.get("_id"), **data}}
+            self.handle("panel", {"sessionId": data.get("converseId") or data.get("panelId"),
+                                  "events": [event]})
+
+    def subscribe(self, sessions, panels):
+        todo = [2]
+
+        def answered(ack):
+            if not isinstance(ack, dict) or not ack.get("result"):
+                raise ConnectionError(f"subscription refused: {str(ack)[:200]}")
+            data = ack.get("data")
+            for payload in data if isinstance(data, list) else \
+                    (data.get("sessions") or [data]) if isinstance(data, dict) else ():
+                self.handle("session", payload)
+            todo[0] -= 1
+            if not todo[0]:
+                self.live = True
+                self.down.clear()
+                log.info("mochat: subscribed to %d session(s), %d panel(s)", len(sessions),
+                         len(panels))
+        for event, data in (("com.claw.im.subscribeSessions", {"sessionIds": sessions, "limit":
+                             WATCH_LIMIT, "cursors": dict(self.state["cursors"])}),
+                            ("com.claw.im.subscribePanels", {"panelIds": panels})):
+            with self.lock:
+                self.calls += 1
+                n, self.acks[self.calls] = self.calls, answered
+            self.ws.send(f"42{n}" + json.dumps([event, data]))
+
+    def discover(self):
+        """The sessions and panels to follow: those listed, and with "*" all there are."""
+        s, found = self.settings, {}
+        for kind, names, path in (("session", s.sessions, "sessions/list"),
+                                  ("panel", s.panels, "groups/get")):
+            found[kind] = {str(n) for n in names if n != "*"}
+            try:
+                listed = self.api(path, {}).get(kind + "s") or [] if "*" in names else []
+            except Exception as e:
+                log.warning("mochat: cannot list the %ss: %s", kind, e)
+                continue
+            found[kind] |= {str(x.get("sessionId") or x.get("id") or x.get("_id")) for x in listed
+                            if isinstance(x, dict) and (kind == "session" or not x.get("type"))}
+        with self.lock:
+            new_s, new_p = found["session"] - self.sessions, found["panel"] - self.panels
+            self.sessions |= new_s
+            self.panels |= new_p
+        for sid in new_s:
+            self.spawn(sid, self.watch, sid)
+        if self.panels:
+            self.spawn("panels", self.poll_panels)
+        if (new_s or new_p) and self.ws and not self.down.is_set():
+            self.subscribe(sorted(new_s), sorted(new_p))
+
+    def refresh(self):
+        while not self.stopping.wait(REFRESH_S):
+            self.discover()
+
+    def spawn(self, key, target, *args):
+        if key not in self.threads:
+            self.threads[key] = threading.Thread(target=self._guard, args=(lambda: target(*args),),
+                                                 name=f"mochat-{key}", daemon=True)
+            self.threads[key].start()
+
+    def watch(self, sid: str):
+        attempt = 0
+        while self.down.wait() and not self.stopping.is_set():
+            body = {"sessionId": sid, "cursor": self.state["cursors"].get(sid, 0),
+                    "timeoutMs": WATCH_MS, "limit": WATCH_LIMIT}
+            try:
+                got = self.api("sessions/watch", body, timeout=WATCH_MS / 1000 + 15)
+                self.handle("session", {"sessionId": sid, **got})
+                attempt = 0
+            except Exception as e:
+                log.warning("mochat: watching %s: %s", sid, e)
+                attempt += 1
+                if not self.reconnect_wait(attempt):
+                    return
+
+    def poll_panels(self):
+        while self.down.wait() and not self.stopping.is_set():
+            live = False
+            while not live:
+                live = not self.down.is_set()   # one more round once the socket is back
+                for pid in sorted(self.panels):
+                    try:
+                        got = self.api("groups/panels/messages", {"panelId": pid, "limit": 50})
+                    except Exception as e:
+                        log.warning("mochat: polling panel %s: %s", pid, e)
+                        continue
+                    events = [{"type": "message.add", "payload": {"groupId": got.get("groupId"),
+                                                                  **m}}
+                              for m in reversed(got.get("messages") or []) if isinstance(m, dict)]
+                    self.handle("panel", {"sessionId": pid, "events": events})
+                if self.stopping.wait(0 if live else PANEL_POLL_S):
+                    return
+
+    # --- from events to inbox messages ---
+
+    def handle(self, kind: str, payload):
+        if not isinstance(payload, dict) or self.stopping.is_set():
+            return
+        target, cursors = str(payload.get("sessionId") or ""), self.state["cursors"]
+        names = self.settings.sessions if kind == "session" else self.settings.panels
+        if not target or not ("*" in names or target in names):
+            return
+        with self.lock:
+            for event in payload.get("events") or ():      # seen ones are skipped by id
+                if not isinstance(event, dict):
+                    continue
+                if kind == "session" and isinstance(event.get("seq"), int):
+                    cursors[target] = max(cursors.get(target, 0), event["seq"])
+                if event.get("type") == "message.add" and isinstance(event.get("payload"), dict):
+                    self.message(kind, target, event["payload"], event.get("timestamp"))
+            if kind == "session" and isinstance(payload.get("cursor"), int):
+                cursors[target] = max(cursors.get(target, 0), payload["cursor"])
+            self.save()
+
+    def message(self, kind, target, p, stamp):
+        s, author = self.settings, str(p.get("author") or "")
+        mid = str(p.get("messageId") or p.get("_id") or "")
+        if not author or author == s.agent_user_id or mid in self.seen or \
+                self.old(p.get("createdAt") or stamp):
+            return
+        self.remember(mid)
+        info = p.get("authorInfo") if isinstance(p.get("authorInfo"), dict) else {}
+        content = p.get("content")
+        text = content.strip() if isinstance(content, str) else \
+            json.dumps(content, ensure_ascii=False) if content is not None else ""
+        entry = {"text": text or "[empty message]", "author": author, "message_id": mid,
+                 "name": info.get("nickname") or info.get("email") or info.get("agentId") or "",
+                 "group_id": str(p.get("groupId") or ""), "mentioned": mentions(p, s.agent_user_id)}
+        if not allowed(s.allow_from, author):
+            if kind == "session" or entry["mentioned"]:     # refused (and told) by receive()
+                self.dispatch(kind, target, [entry])
+        elif kind == "panel" and s.reply_delay_mode == "non-mention":
+            key = f"{kind}:{target}"
+            held = self.state["pending"].setdefault(key, {"kind": kind, "target": target,
+                                                          "entries": []})
+            held["entries"].append(entry)
+            if entry["mentioned"]:
+                self.flush(key, True)
+            else:
+                self.arm(key)
+        else:
+            self.dispatch(kind, target, [entry])
+
+    def arm(self, key: str):
+        """Answer what waits under `key` after reply_delay_ms, unless more comes meanwhile."""
+        with self.lock:
+            if key in self.timers:
+                self.timers[key].cancel()
+            t = self.timers[key] = threading.Timer(self.settings.reply_delay_ms / 1000,
+                                                   self.flush, (key,))
+            t.daemon = True
+            t.start()
+
+    def flush(self, key: str, now: bool = False):
+        """Post what waits under `key` as one message: at once for a mention, else on its timer."""
+        with self.lock:
+            if self.stopping.is_set() or not now and self.timers.get(key) is not \
+                    threading.current_thread():
+                return                      # stopped, or re-armed since this timer started
+            timer = self.timers.pop(key, None)
+            if timer:
+                timer.cancel()
+            held = self.state["pending"].pop(key, None)
+            if held and held["entries"]:
+                self.dispatch(held["kind"], held["target"], held["entries"])
+            self.save()
+
+    def dispatch(self, kind, target, entries):
+        last = entries[-1]
+        text = "\n".join(f"{e['name'] or e['author']}: {e['text']}" if last["group_id"] else
+                         e["text"] for e in entries) if len(entries) > 1 else last["text"]
+        self.receive(target, last["author"], text, metadata={
+            "kind": kind, "message_id": last["message_id"], "group_id": last["group_id"],
+            "sender_name": last["name"], "mentioned": any(e["mentioned"] for e in entries),
+            "batched": len(entries)})
+
+    # --- state ---
+
+    def load(self):
+        try:
+            self.state.update(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            pass
+        self.state.setdefault("since", int(time.time() * 1000))    # older is history: ignored
+        self.seen = dict.fromkeys(self.state.get("seen", []))
+        self.save()
+
+    def save(self):
+        with self.lock:
+            self.state["seen"] = list(self.seen)[-SEEN_MAX:]
+            data = json.dumps(self.state, ensure_ascii=False)
+            if data != self.saved:
+                maildir.atomic_write(self.path, data)
+                self.saved = data
+
+    def remember(self, mid: str):
+        with self.lock:
+            self.seen[mid] = None
+            while len(self.seen) > SEEN_MAX:
+                del self.seen[next(iter(self.seen))]
+
+    def old(self, stamp) -> bool:
+        try:
+            t = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return t.replace(tzinfo=t.tzinfo or timezone.utc).timestamp() * 1000 < self.state["since"]
+
+    # --- sending ---
+
+    def deliver(self, msg: dict):
+        chat, meta = msg["chat_id"], msg.get("metadata") or {}
+        panel = meta.get("kind", "session" if chat.startswith("session_") else "panel") == "panel"
+        if msg.get("media"):
+            log.warning("mochat: attachments cannot be sent; only the text goes")
+        for i, part in enumerate(split_message(msg.get("text") or "", LIMIT)):
+            if i < msg.get("_done", 0):
+                continue                    # sent before a retry was needed
+            body = {"panelId" if panel else "sessionId": chat, "content": part}
+            if i == 0 and meta.get("message_id"):
+                body["replyTo"] = meta["message_id"]
+            if panel and meta.get("group_id"):
+                body["groupId"] = meta["group_id"]
+            sent = self.api("groups/panels/send" if panel else "sessions/send", body)
+            if sent.get("messageId") or sent.get("_id"):        # so its echo is not answered
+                self.remember(str(sent.get("messageId") or sent.get("_id")))
+            msg["_done"] = i + 1
+
+
+def mentions(p: dict, me: str) -> bool:
+    meta = p.get("meta") if isinstance(p.get("meta"), dict) else {}
+    if meta.get("mentioned") is True or meta.get("wasMentioned") is True:
+        return True
+    ids = [m if isinstance(m, str) else m.get("id") or m.get("userId") or m.get("_id")
+           for key in ("mentions", "mentionIds", "mentionedUserIds", "mentionedUsers")
+           for m in (meta.get(key) if isinstance(meta.get(key), list) else ())
+           if isinstance(m, (str, dict))]
+    return bool(me) and (me in ids or f"@{me}" in str(p.get("content") or ""))

@@ -1,0 +1,347 @@
+"""A fake Mochat on 127.0.0.1: the Claw REST API and its Socket.IO websocket.
+
+    with FakeMochat() as mochat:
+        # channels.mochat: {base_url: mochat.url, claw_token: mochat.token, agent_user_id: AGENT}
+        mochat.say("session_dm", "hello")            # the owner writes in a session
+        mochat.post("panel_general", "hi all")       # someone writes in a panel
+        mochat.wait_for(lambda: mochat.texts("session_dm"))
+
+REST: POST /api/claw/<route> with `X-Claw-Token` (else 401 `{"code": 401, "message"}`); answers
+`{"code": 200, "data": …}`. Routes: sessions/watch (long poll: the events after `cursor`, waiting
+up to `timeoutMs` for one), sessions/send, sessions/list, groups/get, groups/panels/messages
+(newest first), groups/panels/send, groups/createInvite, agents/selfRegister, agents/bind,
+agents/owner. Over-long content is a 400;
+`rate_limit(s)` makes the next send a 429 with `retry_after` and Retry-After. What the agent
+sends comes back as an event in its session or panel, as on the real service.
+
+Socket.IO (Engine.IO v4) at /socket.io/?EIO=4&transport=websocket: open packet, a ping ("2")
+every `ping_ms` (no pong "3" within `ping_timeout_ms` and the fake hangs up), CONNECT with
+`{"token"}` checked (44 on a wrong one), the acked calls com.claw.im.subscribeSessions (the
+backlog after each cursor comes back in the ack) and com.claw.im.subscribePanels, then
+`claw.session.events` / `claw.panel.events` as messages arrive. `drop()` cuts every socket;
+`refuse_socket = True` answers the handshake with 403; `mute()` makes the open sockets go
+silent (no pings, no events).
+"""
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.ws import Closed, accept, is_upgrade
+
+AGENT, OWNER, GROUP = "agent-0001", "user-owner", "group-0001"
+MAX_CONTENT = 4000
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FakeMochat:
+    token = "claw_fake_token"
+
+    def __init__(self, ping_ms=25000, ping_timeout_ms=20000, socket_path="/socket.io"):
+        self.ping_ms, self.ping_timeout_ms, self.socket_path = ping_ms, ping_timeout_ms, socket_path
+        self.sessions = {}              # id -> list of events (seq from 1)
+        self.panels = {}                # id -> list of messages, oldest first
+        self.sent, self.calls = [], []  # sends; socket calls (name, data)
+        self.requests = []              # [route, body, status], logged on arrival
+        self.refuse_socket, self.handshakes, self.pongs = False, 0, 0
+        self._socks = []                # connected clients: {"ws", "sessions", "panels"}
+        self._limits = []
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition(threading.RLock())
+        self._stopped = False
+
+    # --- life ---
+
+    def start(self):
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self.drop()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    __enter__ = start
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    # --- what a test does ---
+
+    def session(self, sid):
+        with self._cond:
+            self.sessions.setdefault(sid, [])
+
+    def panel(self, pid):
+        with self._cond:
+            self.panels.setdefault(pid, [])
+
+    def say(self, sid, text, author=OWNER, name="owner", meta=None, everyone=False) -> str:
+        """Someone writes in session `sid`: a message.add event, pushed to subscribed sockets
+        (to every socket with `everyone`, as a server that ignores subscriptions would)."""
+        mid = f"m{next(self._ids)}"
+        with self._cond:
+            events = self.sessions.setdefault(sid, [])
+            event = {"seq": len(events) + 1, "type": "message.add", "timestamp": now_iso(),
+                     "payload": {"messageId": mid, "author": author, "content": text,
+                                 "meta": meta or {}, "groupId": "", "converseId": sid[8:],
+                                 "authorInfo": {"nickname": name, "email": f"{name}@x.io"}}}
+            events.append(event)
+            self._cond.notify_all()
+        self._push("claw.session.events", {"sessionId": sid, "cursor": event["seq"], "events":
+                                           [event]}, lambda c: everyone or sid in c["sessions"])
+        return mid
+
+    def post(self, pid, text, author="user-alice", name="alice", mentions=(),
+             everyone=False) -> str:
+        """Someone writes in panel `pid`; @AGENT in `mentions` mentions the agent."""
+        mid = f"p{next(self._ids)}"
+        msg = {"messageId": mid, "author": author, "content": text, "createdAt": now_iso(),
+               "meta": {"mentions": list(mentions)}, "authorInfo": {"nickname": name}}
+        with self._cond:
+            self.panels.setdefault(pid, []).append(msg)
+        event = {"type": "message.add", "timestamp": msg["createdAt"],
+                 "payload": dict(msg, groupId=GROUP, converseId=pid)}
+        self._push("claw.panel.events", {"sessionId": pid, "events": [event]},
+                   lambda c: everyone or pid in c["panels"])
+        return mid
+
+    def rate_limit(self, *retry_after: float):
+        self._limits.extend(retry_after)
+
+    def drop(self):
+        with self._cond:
+            socks, self._socks = self._socks, []
+        for c in socks:
+            c["ws"].drop()
+
+    def mute(self):
+        """The connections stay open but the server says nothing more: a zombie connection."""
+        for c in list(self._socks):
+            c["mute"] = True
+
+    @property
+    def connected(self) -> bool:
+        return any(c["subscribed"] and not c["mute"] for c in self._socks)
+
+    def texts(self, target):
+        return [s["body"]["content"] for s in self.sent
+                if s["status"] == 200 and target in (s["body"].get("sessionId"),
+                                                     s["body"].get("panelId"))]
+
+    def wait_for(self, check, timeout=15, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    # --- Socket.IO ---
+
+    def _push(self, event, data, wanted):
+        for c in list(self._socks):
+            if c["subscribed"] and not c["mute"] and wanted(c):
+                try:
+                    c["ws"].send("42" + json.dumps([event, data]))
+                except Closed:
+                    pass
+
+    def _socket(self, ws):
+        conn = {"ws": ws, "sessions": set(), "panels": set(), "subscribed": False, "mute": False}
+        ws.send("0" + json.dumps({"sid": uuid.uuid4().hex, "upgrades": [], "maxPayload": 1000000,
+                                  "pingInterval": self.ping_ms,
+                                  "pingTimeout": self.ping_timeout_ms}))
+        ping_at, pong_due = time.monotonic() + self.ping_ms / 1000, None
+        try:
+            while True:
+                now = time.monotonic()
+                if pong_due and now > pong_due:
+                    ws.drop()               # no pong: the server gives up on the client
+                    raise Closed()
+                if conn["mute"]:
+                    ping_at, pong_due = now + 3600, None
+                if now >= ping_at:
+                    ws.send("2")
+                    ping_at, pong_due = now + self.ping_ms / 1000, now + self.ping_timeout_ms / 1000
+                packet = ws.recv(timeout=0.05)
+                if packet == "3":
+                    self.pongs, pong_due = self.pongs + 1, None
+                elif packet and packet.startswith("40"):
+                    auth = json.loads(packet[2:] or "{}")
+                    if auth.get("token") != self.token:
+                        ws.send("44" + json.dumps({"message": "invalid claw token"}))
+                        continue
+                    with self._cond:
+                        self._socks.append(conn)
+                    ws.send("40" + json.dumps({"sid": uuid.uuid4().hex}))
+                elif packet and packet.startswith("42") and conn in self._socks:
+                    num, body = re.match(r"42(\d*)(.*)", packet, re.S).groups()
+                    name, data = json.loads(body)
+                    self.calls.append((name, data))
+                    ws.send(f"43{num}" + json.dumps([self._call(conn, name, data)]))
+                elif packet and packet.startswith("41"):
+                    break
+        except Closed:
+            pass
+        finally:
+            with self._cond:
+                if conn in self._socks:
+                    self._socks.remove(conn)
+
+    def _call(self, conn, name, data):
+        if name == "com.claw.im.subscribeSessions":
+            backlog = []
+            with self._cond:
+                for sid in data.get("sessionIds") or ():
+                    conn["sessions"].add(sid)
+                    events = self.sessions.get(sid, [])
+                    after = (data.get("cursors") or {}).get(sid, 0)
+                    backlog.append({"sessionId": sid, "cursor": len(events),
+                                    "events": events[after:][:data.get("limit") or 100]})
+                conn["subscribed"] = True       # events from now on are pushed
+            return {"result": True, "data": backlog}
+        if name == "com.claw.im.subscribePanels":
+            conn["panels"].update(data.get("panelIds") or ())
+            return {"result": True, "data": {"panelIds": sorted(conn["panels"])}}
+        return {"result": False, "message": f"unknown method {name}"}
+
+    # --- REST ---
+
+    def _rest(self, h, route, body):
+        if h.headers.get("X-Claw-Token") != self.token and not route.endswith("selfRegister"):
+            return 401, {"code": 401, "message": "Invalid claw token"}
+        if route == "sessions/watch":
+            return self._watch(body)
+        if route in ("sessions/send", "groups/panels/send"):
+            return self._send(route, body)
+        if route == "sessions/list":
+            return 200, {"code": 200, "data": {"sessions": [
+                {"sessionId": s, "converseId": s[8:]} for s in sorted(self.sessions)]}}
+        if route == "groups/get":
+            panels = [{"id": p, "name": p, "type": 0} for p in sorted(self.panels)]
+            return 200, {"code": 200, "data": {"_id": GROUP, "panels": panels + [
+                {"id": "folder-1", "name": "Folder", "type": 1}]}}
+        if route == "groups/panels/messages":
+            msgs = self.panels.get(body.get("panelId"))
+            if msgs is None:
+                return 404, {"code": 404, "message": "panel not found"}
+            return 200, {"code": 200, "data": {"groupId": GROUP,
+                                               "messages": msgs[::-1][:body.get("limit") or 50]}}
+        if route == "agents/selfRegister":
+            return 200, {"code": 200, "data": {"workspaceId": "claw_square", "groupId": GROUP,
+                                               "botUserId": AGENT, "token": self.token}}
+        if route == "groups/createInvite":
+            return 200, {"code": 200, "data": {"code": "inv12345", "inviteType": "normal"}}
+        if route == "agents/owner":
+            return 200, {"code": 200, "data": {"owner": {"userId": OWNER, "nickname": "owner"}}}
+        if route == "agents/bind":
+            sid = "session_dm-owner"
+            self.say(sid, body.get("greeting_msg") or "hello", author=AGENT, name="agent")
+            return 200, {"code": 200, "data": {"success": True, "ownerUserId": OWNER,
+                                               "sessionId": sid, "converseId": sid[8:]}}
+        return 404, {"code": 404, "message": f"no route {route}"}
+
+    def _watch(self, body):
+        sid, cursor = body.get("sessionId"), int(body.get("cursor") or 0)
+        deadline = time.monotonic() + min(int(body.get("timeoutMs") or 0), 30000) / 1000
+        with self._cond:
+            if sid not in self.sessions:
+                return 404, {"code": 404, "message": "session not found"}
+            while len(self.sessions[sid]) <= cursor and not self._stopped:
+                if not self._cond.wait(max(0, deadline - time.monotonic())) and \
+                        time.monotonic() >= deadline:
+                    break
+            events = self.sessions[sid][cursor:][:body.get("limit") or 100]
+            last = events[-1]["seq"] if events else max(cursor, 0)
+        return 200, {"code": 200, "data": {"sessionId": sid, "cursor": last, "events": events}}
+
+    def _send(self, route, body):
+        record = {"route": route, "body": body, "at": time.monotonic()}
+        self.sent.append(record)
+        if self._limits:
+            wait = self._limits.pop(0)
+            record["status"] = 429
+            return 429, {"code": 429, "message": "Too many requests", "retry_after": wait}, \
+                {"Retry-After": str(max(1, round(wait)))}
+        if not body.get("content") or len(body["content"]) > MAX_CONTENT:
+            record["status"] = 400
+            return 400, {"code": 400, "message": f"content must be 1 to {MAX_CONTENT} characters"}
+        target = body.get("sessionId") or body.get("panelId")
+        if target not in (self.sessions if route.startswith("sessions") else self.panels):
+            record["status"] = 404
+            return 404, {"code": 404, "message": "target not found"}
+        record["status"] = 200
+        if route.startswith("sessions"):       # our own message comes back as an event
+            mid = self.say(target, body["content"], author=AGENT, name="agent")
+        else:
+            mid = self.post(target, body["content"], author=AGENT, name="agent")
+        return 200, {"code": 200, "data": {"messageId": mid, "content": body["content"]}}
+
+
+def _handler(fake):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if url.path.rstrip("/") != fake.socket_path or not is_upgrade(self):
+                return self._answer(404, {"code": 404, "message": "not found"})
+            if query.get("EIO") != ["4"] or query.get("transport") != ["websocket"]:
+                return self._answer(400, {"code": 0, "message": "Transport unknown"})
+            fake.handshakes += 1             # every attempt, refused ones too
+            if fake.refuse_socket:
+                return self._answer(403, {"code": 4, "message": "Forbidden"})
+            fake._socket(accept(self))
+
+        def do_POST(self):
+            path = urlsplit(self.path).path
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return self._answer(400, {"code": 400, "message": "invalid JSON"})
+            if not path.startswith("/api/claw/"):
+                return self._answer(404, {"code": 404, "message": "not found"})
+            record = [path[len("/api/claw/"):], body, None]     # logged on arrival
+            fake.requests.append(record)
+            status, answer, *headers = fake._rest(self, record[0], body)
+            record[2] = status
+            self._answer(status, answer, headers[0] if headers else {})
+
+        def _answer(self, status, body, headers=None):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+            except OSError:
+                pass                        # the client gave up on a long poll
+
+        def log_message(self, *args):
+            pass
+
+    return Handler

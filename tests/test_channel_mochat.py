@@ -1,0 +1,304 @@
+"""Mochat against a fake Mochat (Claw REST API and Socket.IO websocket) on 127.0.0.1: through the
+real gateway subprocess where the whole path matters, in-process for the receive paths' corners."""
+import json
+import re
+import time
+
+import pytest
+
+from lib import maildir
+from lib.agent import skills
+from lib.config import load_config
+from lib.worker import post_outbox
+from tests.conftest import write_config
+from tests.fakes.mochat_server import AGENT, OWNER, FakeMochat
+from tests.test_gateway import Gateway, wait_for
+
+DM = "session_dm"
+
+
+@pytest.fixture
+def mochat():
+    with FakeMochat(ping_ms=300, ping_timeout_ms=2000) as fake:
+        fake.session(DM)
+        yield fake
+
+
+def configure(home, llm, mochat, **over):
+    settings = {"enabled": True, "base_url": mochat.url, "claw_token": mochat.token,
+                "agent_user_id": AGENT, "sessions": ["*"], "panels": ["*"],
+                "allow_from": [OWNER], "reply_delay_mode": "off", **over}
+    write_config(home, f"""
+providers:
+  custom: {{api_base: '{llm.url}'}}
+agents: {{defaults: {{model: fake-model, provider: custom}}}}
+heartbeat: {{enabled: false}}
+channels:
+  mochat: {json.dumps(settings)}
+""")
+
+
+@pytest.fixture
+def gateway(home, llm, mochat):
+    configure(home, llm, mochat)
+    g = Gateway(home)
+    yield g
+    if g.proc and g.proc.poll() is None:
+        g.kill()
+
+
+def answered(mochat, n, target=DM):
+    return mochat.wait_for(lambda: len(mochat.texts(target)) >= n and mochat.texts(target),
+                           what=f"{n} replies in {target}")
+
+
+def test_a_dm_reaches_the_model_and_the_reply_answers_it(gateway, llm, mochat):
+    gateway.start()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mid = mochat.say(DM, "hello there")
+    assert answered(mochat, 1) == ["echo: hello there"]
+    sent = mochat.sent[0]
+    assert sent["route"] == "sessions/send" and sent["body"]["replyTo"] == mid
+    assert llm.chat_requests[-1]["messages"][-1]["content"] == "hello there"
+    subscribed = dict(mochat.calls)
+    assert subscribed["com.claw.im.subscribeSessions"]["sessionIds"] == [DM]
+    mochat.wait_for(lambda: mochat.pongs >= 2, what="pongs to the server's pings")
+    mochat.say(DM, "and again")                     # the reply's echo was not taken as a message
+    answered(mochat, 2)
+    assert len(llm.chat_requests) == 2 and mochat.handshakes == 1
+
+
+def test_a_stranger_is_refused_before_the_model_and_told_once(gateway, llm, mochat):
+    gateway.start()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.say(DM, "let me in", author="user-mallory", name="mallory")
+    assert answered(mochat, 1) == ["This assistant is private. Your mochat id is user-mallory."]
+    mochat.say(DM, "please", author="user-mallory")
+    mochat.say(DM, "it's me")
+    mochat.wait_for(lambda: "echo: it's me" in mochat.texts(DM), what="the owner's reply")
+    assert len(mochat.texts(DM)) == 2 and len(llm.chat_requests) == 1
+    assert "user-mallory" in gateway.logs() and "channels.mochat.allow_from" in gateway.logs()
+
+
+def test_a_long_reply_is_split_at_4000_characters(gateway, llm, mochat):
+    text = "\n\n".join(f"Paragraph {i}: " + "words " * 300 for i in range(8))
+    llm.script(text)
+    gateway.start()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.say(DM, "tell me a long story")
+    parts = mochat.wait_for(lambda: len(" ".join(mochat.texts(DM))) >= len(text) - 50 and
+                            mochat.texts(DM), what="every part")
+    assert len(parts) >= 3 and all(len(p) <= 4000 for p in parts)
+    assert " ".join(" ".join(parts).split()) == " ".join(text.split())
+    assert ["replyTo" in s["body"] for s in mochat.sent] == [True] + [False] * (len(parts) - 1)
+
+
+def test_drops_and_a_refused_socket_lose_nothing(gateway, llm, mochat):
+    gateway.start()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.say(DM, "m1")
+    answered(mochat, 1)
+    mochat.drop()                                   # no close frame: a lost network
+    mochat.say(DM, "m2")                            # while the socket is away
+    mochat.say(DM, "m3")
+    mochat.wait_for(lambda: mochat.connected, what="the socket back")
+    mochat.say(DM, "m4")
+    answered(mochat, 4)
+    mochat.refuse_socket = True                     # now the socket cannot come back at all
+    tries = mochat.handshakes
+    mochat.drop()
+    mochat.say(DM, "m5")
+    mochat.say(DM, "m6")
+    answered(mochat, 6)                             # answered through sessions/watch
+    mochat.wait_for(lambda: mochat.handshakes > tries, what="a refused reconnection")
+    assert not mochat.connected
+    mochat.refuse_socket = False
+    mochat.wait_for(lambda: mochat.connected, what="the socket back again", timeout=20)
+    mochat.say(DM, "m7")
+    answered(mochat, 7)
+    wait_for(lambda: len(list((gateway.home / "inbox" / "done").glob("*.json"))) == 7,
+             what="done/")
+    assert sorted(mochat.texts(DM)) == [f"echo: m{i}" for i in range(1, 8)]    # each once
+    assert any(r[0] == "sessions/watch" for r in mochat.requests)
+
+
+def test_the_long_poll_alone_is_a_complete_receive_path(home, llm, mochat):
+    mochat.refuse_socket = True
+    configure(home, llm, mochat)
+    g = Gateway(home).start()
+    try:
+        wait_for(lambda: any(r[0] == "sessions/watch" for r in mochat.requests), what="a watch")
+        mochat.say(DM, "over http")
+        assert answered(mochat, 1) == ["echo: over http"]
+        assert mochat.handshakes >= 1 and not mochat.connected
+        assert "polling over HTTP" in g.logs()
+    finally:
+        g.kill()
+
+
+# --- in-process: the channel object ---
+
+@pytest.fixture
+def channel(home, llm, mochat):
+    from lib.channels.mochat import MochatChannel
+    created = []
+
+    def make(**over):
+        configure(home, llm, mochat, **over)
+        maildir.ensure(home / "inbox")
+        maildir.ensure(home / "outbox", ("sent", "failed"))
+        ch = MochatChannel(load_config(), home)
+        ch.backoff = 0.05
+        ch.start()
+        created.append(ch)
+        return ch
+    yield make
+    for ch in created:
+        ch.stop()
+
+
+def inbox(home):
+    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+
+
+def state(home):
+    path = home / "state" / "mochat.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_a_rate_limit_is_honoured(channel, mochat, home):
+    ch = channel()
+    mochat.rate_limit(0.6)
+    post_outbox(home, "mochat", DM, "hi after a pause")
+    ch.wake()
+    mochat.wait_for(lambda: len(mochat.sent) >= 2, what="the retry")
+    limited, ok = mochat.sent[0], mochat.sent[1]
+    assert limited["status"] == 429 and ok["status"] == 200
+    assert ok["at"] - limited["at"] >= 0.6          # waited retry_after, not the 0.05 s backoff
+    wait_for(lambda: list((home / "outbox" / "sent").glob("mochat.*")), what="sent/")
+
+
+def test_a_silent_server_is_left_and_the_socket_reopened(channel, mochat, home):
+    channel()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.mute()                                   # no pings: gone quiet, yet not closed
+    mochat.say(DM, "said to a zombie connection")
+    mochat.wait_for(lambda: mochat.handshakes == 2 and mochat.connected, what="a new socket")
+    mochat.say(DM, "said on the new one")
+    wait_for(lambda: len(inbox(home)) == 2, what="both messages")
+    assert [m["text"] for m in inbox(home)] == ["said to a zombie connection",
+                                                "said on the new one"]
+
+
+def test_cursors_survive_a_restart_and_history_is_not_answered(channel, mochat, home):
+    mochat.say(DM, "written before nanoclaw ever started")
+    mochat.refuse_socket = True                     # the watch long poll carries everything
+    ch = channel()
+    wait_for(lambda: state(home).get("cursors", {}).get(DM) == 1, what="the first cursor")
+    mochat.say(DM, "m1")
+    wait_for(lambda: len(inbox(home)) == 1, what="m1")
+    wait_for(lambda: state(home)["cursors"][DM] == 2, what="the cursor saved")
+    ch.stop()
+    mochat.say(DM, "m2 while stopped")
+    mochat.say(DM, "m3 while stopped")
+    channel()
+    wait_for(lambda: len(inbox(home)) == 3, what="m2 and m3")
+    time.sleep(0.3)                                 # a chance for anything else to turn up
+    assert [m["text"] for m in inbox(home)] == ["m1", "m2 while stopped", "m3 while stopped"]
+    watches = [b for r, b, _ in mochat.requests if r == "sessions/watch"]
+    assert any(b["cursor"] == 2 for b in watches) and all(b["cursor"] >= 0 for b in watches)
+
+
+def test_panel_messages_without_a_mention_are_batched_after_the_delay(channel, mochat, home):
+    mochat.panel("panel_general")
+    channel(reply_delay_mode="non-mention", reply_delay_ms=1500,
+            allow_from=[OWNER, "user-alice", "user-bob"])
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.post("panel_general", "first", author="user-alice", name="alice")
+    mochat.post("panel_general", "second", author="user-bob", name="bob")
+    posted = time.monotonic()
+    mochat.say(DM, "a DM is not held back")
+    wait_for(lambda: len(inbox(home)) == 2, what="the DM and the batch")
+    arrived = time.monotonic()
+    dm, batch = inbox(home)
+    assert dm["text"] == "a DM is not held back"
+    assert batch["text"] == "alice: first\nbob: second" and batch["chat_id"] == "panel_general"
+    assert batch["metadata"]["batched"] == 2 and batch["metadata"]["kind"] == "panel"
+    assert arrived - posted >= 1.5                  # not before reply_delay_ms
+    wait_for(lambda: not state(home)["pending"], what="nothing left held")
+
+
+def test_a_mention_answers_at_once_with_what_was_held_and_held_messages_survive_a_restart(
+        channel, mochat, home):
+    mochat.panel("panel_general")
+    allow = [OWNER, "user-alice"]
+    ch = channel(reply_delay_mode="non-mention", reply_delay_ms=600000, allow_from=allow)
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    mochat.post("panel_general", "anyone around?", author="user-alice", name="alice")
+    mochat.post("panel_general", f"@{AGENT} you?", author="user-alice", name="alice",
+                mentions=[AGENT])
+    msg = wait_for(lambda: inbox(home), what="the mention")[0]
+    assert msg["text"] == f"alice: anyone around?\nalice: @{AGENT} you?"
+    assert msg["metadata"]["mentioned"] is True
+    mochat.post("panel_general", "held over a restart", author="user-alice", name="alice")
+    wait_for(lambda: state(home)["pending"], what="the held message saved")
+    ch.stop()
+    channel(reply_delay_mode="non-mention", reply_delay_ms=200, allow_from=allow)
+    wait_for(lambda: len(inbox(home)) == 2, what="the held message")
+    assert inbox(home)[1]["text"] == "held over a restart"
+    wait_for(lambda: not state(home)["pending"], what="nothing left held")
+
+
+def test_sessions_and_panels_filter_what_is_heard(channel, mochat, home):
+    for sid in ("session_a", "session_b"):
+        mochat.session(sid)
+    for pid in ("panel_1", "panel_2"):
+        mochat.panel(pid)
+    channel(sessions=["session_a"], panels=["panel_1"])
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    calls = dict(mochat.calls)
+    assert calls["com.claw.im.subscribeSessions"]["sessionIds"] == ["session_a"]
+    assert calls["com.claw.im.subscribePanels"]["panelIds"] == ["panel_1"]
+    mochat.say("session_b", "not followed", everyone=True)     # even if the server sends it
+    mochat.post("panel_2", "not followed either", author=OWNER, everyone=True)
+    mochat.say("session_a", "followed")
+    mochat.post("panel_1", "followed too", author=OWNER)
+    wait_for(lambda: len(inbox(home)) == 2, what="the followed ones")
+    time.sleep(0.3)
+    assert sorted(m["text"] for m in inbox(home)) == ["followed", "followed too"]
+
+
+def test_a_star_follows_every_session_and_text_panel(channel, mochat):
+    mochat.session("session_b")
+    mochat.panel("panel_1")
+    channel()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    calls = dict(mochat.calls)
+    assert calls["com.claw.im.subscribeSessions"]["sessionIds"] == ["session_b", DM]
+    assert calls["com.claw.im.subscribePanels"]["panelIds"] == ["panel_1"]     # not the folder
+
+
+def test_the_bundled_skill_sets_mochat_up_with_real_endpoints(tmp_path, mochat):
+    skill = {s.name: s for s in skills.discover(tmp_path)}["mochat"]
+    assert skill.path.parent.name == "mochat" and "Register on MoChat" in skill.description
+    assert skill.bins == ["curl"] and not skill.always
+    routes = set(re.findall(r"/api/claw/([\w/]+)", skill.body))
+    assert {"agents/selfRegister", "agents/bind"} <= routes
+    import requests
+    for route in routes:                            # every endpoint it names is a real one
+        r = requests.post(f"{mochat.url}/api/claw/{route}", json={},
+                          headers={"X-Claw-Token": mochat.token}, timeout=5)
+        assert "no route" not in r.text, route
+    for key in ("claw_token", "agent_user_id", "allow_from", "edit_file", "restart"):
+        assert key in skill.body
+
+
+def test_a_missing_package_is_one_line_naming_it(home, llm, mochat, monkeypatch):
+    import sys
+    from lib.channels import enabled
+    from lib.errors import ConfigError
+    configure(home, llm, mochat)
+    monkeypatch.setitem(sys.modules, "websocket", None)    # `import websocket` fails
+    with pytest.raises(ConfigError, match="needs the Python package websocket-client: "
+                                          r"\.venv/bin/pip install -r requirements\.txt"):
+        enabled(load_config(), home)
