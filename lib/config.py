@@ -31,7 +31,6 @@ LEGACY_IGNORED = {
         "mistral", "stepfun", "ovms")),
     "channels.send_progress", "channels.send_tool_hints", "channels.send_max_retries",
     "channels.matrix", "channels.telegram.reply_to_message", "channels.discord.group_policy",
-    "channels.feishu.react_emoji",
     "channels.slack.mode", "channels.slack.webhook_path", "channels.slack.user_token_read_only",
     *(f"channels.mochat.{k}" for k in (
         "socket_disable_msgpack", "socket_reconnect_delay_ms", "socket_max_reconnect_delay_ms",
@@ -127,6 +126,7 @@ class WhatsApp:
     bridge_url: str = "ws://127.0.0.1:3001"
     bridge_token: str = ""
     allow_from: list[str] = _f([])
+    start_bridge: bool = True      # the gateway runs bridge/index.js itself
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ class Feishu:
     verification_token: str = ""
     allow_from: list[str] = _f([])
     domain: str = "https://open.feishu.cn"
+    react_emoji: str = "OnIt"   # the "working on it" reaction (a Feishu emoji_type); "" for none
 
 
 @dataclass(frozen=True)
