@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR := $(or $(NANOCLAW_HOME),$(HOME)/.nanoclaw)
 
-.PHONY: install run test bench lines clean install-service
+.PHONY: install run test bench lines clean install-service bridge
 
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -30,6 +30,12 @@ run: install
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
+	@if command -v node >/dev/null; then node --test bridge/test/; \
+	else echo "note: node is not installed: skipped the WhatsApp bridge tests (node --test bridge/test/)"; fi
+
+# The WhatsApp bridge's packages (Node.js 20+ and npm), exactly as bridge/package-lock.json pins them.
+bridge:
+	cd bridge && npm ci --no-audit --no-fund
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench.py

@@ -52,7 +52,8 @@ def _parser():
     s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
     s.set_defaults(run=cmd_gateway)
     s = sub.add_parser("channels", parents=[common], help="channel status (and WhatsApp login)")
-    s.add_argument("action", choices=["status"])
+    s.add_argument("action", choices=["status", "login"],
+                   help="status: the channel table; login: link WhatsApp (QR code)")
     s.set_defaults(run=cmd_channels)
     s = sub.add_parser("cron", parents=[common], help="scheduled jobs: add, list, remove, run")
     s.set_defaults(run=cmd_cron)
@@ -243,6 +244,9 @@ def cmd_gateway(args):
 
 def cmd_channels(args):
     cfg = _config(args)
+    if args.action == "login":
+        from lib.channels.whatsapp import login
+        return login(cfg)
     from lib.channels import describe
     rows = describe(cfg)
     print(f"{'channel':<10} {'enabled':<8} {'configured':<11} {'waiting':>7} {'sending':>7} "

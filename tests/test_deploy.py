@@ -107,7 +107,7 @@ def test_unit_is_hardened_but_lets_exec_run_ordinary_programs():
                        "ProtectHome": "read-only", "PrivateTmp": "yes",
                        "ProtectKernelTunables": "yes", "ProtectControlGroups": "yes",
                        "RestrictSUIDSGID": "yes", "LockPersonality": "yes",
-                       "MemoryMax": "300M"}.items():
+                       "MemoryMax": "400M"}.items():
         assert service.get(key) == [value], key
     # Writable again inside the read-only /home: the home folder (required) and the workspace.
     assert service["ReadWritePaths"] == ["@NANOCLAW_HOME@", "-@WORKSPACE@"]

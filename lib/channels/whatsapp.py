@@ -1,0 +1,353 @@
+"""WhatsApp, through the Node bridge in bridge/ (Baileys: an unofficial WhatsApp Web client).
+
+With `start_bridge` the channel runs `node bridge/index.js --supervised` as a child, restarts it
+when it dies and stops it on stop() (it also exits when its stdin closes: a killed gateway leaves
+no bridge behind). The channel connects to `bridge_url`, authenticates with the token and speaks
+JSON: `message` (media as file paths), `status`, `qr` in; `send` (answered by `ack`), `presence`
+(typing) and `received` (the message is in the inbox) out. The bridge sends unconfirmed messages
+again after a reconnect and never sends a `send` id twice: a drop loses nothing.
+"""
+import collections
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lib.channels.base import Channel, SendError, split_message
+from lib.config import allowed
+from lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridge"
+INSTALL = "WhatsApp needs Node.js 20+ (apt install nodejs npm) and `cd bridge && npm ci`"
+NODE_MAJOR = 20
+LIMIT = 4000                    # WhatsApp takes far longer texts; this keeps each one readable
+PING_S = 30.0                   # this long without a frame: ping; as long again: the link is dead
+CONNECT_WAIT, ACK_WAIT = 30.0, 60.0
+TYPING_EVERY, TYPING_CAP = 10.0, 120.0
+LOOPBACK = {"127.0.0.1", "localhost"}     # where the bridge listens
+
+
+def node_command() -> list[str]:
+    """`node bridge/index.js`, or a ConfigError saying what to install."""
+    node = shutil.which("node")
+    if not node:
+        raise ConfigError(f"{INSTALL}: node is not on PATH")
+    try:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                                 timeout=15).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError(f"{INSTALL}: {node} does not run ({e})") from None
+    major = re.match(r"v(\d+)\.", version)
+    if not major or int(major.group(1)) < NODE_MAJOR:
+        raise ConfigError(f"{INSTALL}: {node} is {version or 'of an unknown version'}")
+    if not (BRIDGE_DIR / "node_modules" / "baileys").is_dir():
+        raise ConfigError(f"{INSTALL}: {BRIDGE_DIR / 'node_modules'} is missing")
+    return [node, str(BRIDGE_DIR / "index.js")]
+
+
+def bridge_env(home: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    return {**env, "NANOCLAW_HOME": str(home), "AUTH_DIR": str(home / "whatsapp-auth"),
+            "MEDIA_DIR": str(home / "media" / "whatsapp"), **extra}
+
+
+def login(config) -> int:
+    """`channels login`: the bridge shows QR codes in this terminal until the phone links it."""
+    return subprocess.call(node_command() + ["--login"], env=bridge_env(config.home), cwd=BRIDGE_DIR)
+
+
+class WhatsAppChannel(Channel):
+    name = "whatsapp"
+
+    def __init__(self, config, home):
+        super().__init__(config, home)
+        try:
+            import websocket  # noqa: F401  (fail at start-up, naming the package to install)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"channel whatsapp needs the Python package {e.name}: "
+                              ".venv/bin/pip install -r requirements.txt") from None
+        s, url = self.settings, urlparse(self.settings.bridge_url)
+        if url.scheme not in ("ws", "wss") or not url.hostname:
+            raise ConfigError(f"channels.whatsapp.bridge_url must look like ws://127.0.0.1:3001, "
+                              f"not {s.bridge_url!r}")
+        self.token, self.proc = s.bridge_token, None
+        if s.start_bridge:
+            if url.hostname not in LOOPBACK:
+                raise ConfigError("channels.whatsapp.bridge_url must be on 127.0.0.1 when the "
+                                  "gateway starts the bridge; set start_bridge: false to use a "
+                                  "bridge you run yourself")
+            self.command = node_command() + ["--supervised"]
+            self.port = url.port or 3001
+            self.token = self.token or secrets.token_urlsafe(24)
+        elif not self.token:
+            raise ConfigError("channels.whatsapp.bridge_token is not set: give it the BRIDGE_TOKEN "
+                              "your bridge runs with")
+        self._ws, self._state, self._authed = None, "", False
+        self._ready = threading.Event()     # authenticated, and the bridge is on WhatsApp
+        self._lock = threading.Lock()
+        self._acks = {}                     # send id -> [Event, answer or None]
+        self._seen = collections.OrderedDict()
+        self._typing = {}                   # chat -> [stop event, replies awaited]
+
+    def start(self):
+        if self.settings.start_bridge:
+            t = threading.Thread(target=self._guard, args=(self._supervise,),
+                                 name="whatsapp-bridge", daemon=True)
+            t.start()
+            self._threads.append(t)
+        super().start()
+
+    def stop(self, timeout: float = 2.0):
+        self.stopping.set()
+        with self._lock:
+            for stop, _ in self._typing.values():
+                stop.set()
+        ws, proc = self._ws, self.proc
+        if ws is not None:
+            ws.abort()                      # wakes the listen thread out of its read
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        super().stop(timeout)
+
+    # --- the bridge process ---
+
+    def _supervise(self):
+        attempt = 0
+        env = bridge_env(self.home, BRIDGE_PORT=str(self.port), BRIDGE_TOKEN=self.token)
+        while not self.stopping.is_set():
+            began = time.monotonic()
+            try:
+                self.proc = proc = subprocess.Popen(
+                    self.command, cwd=BRIDGE_DIR, env=env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                    start_new_session=True)     # Ctrl+C reaches us; we stop the bridge
+            except OSError as e:
+                log.error("whatsapp: cannot start the bridge: %s", e)
+            else:
+                if self.stopping.is_set():
+                    proc.terminate()
+                for line in proc.stdout:        # until the bridge exits
+                    line = line.rstrip().removeprefix("whatsapp-bridge: ")
+                    (log.warning if line.startswith(("warn", "error")) else log.info)(
+                        "whatsapp bridge: %s", line)
+                code = proc.wait()
+                if self.stopping.is_set():
+                    return
+                log.warning("whatsapp: the bridge exited with code %s; starting it again", code)
+            attempt = 0 if time.monotonic() - began > 60 else attempt + 1
+            if not self.reconnect_wait(attempt):
+                return
+
+    # --- receiving ---
+
+    def listen(self):
+        attempt = 0
+        while not self.stopping.is_set():
+            self._authed = False
+            try:
+                self._session()
+            except Exception as e:              # refused, dropped, closed, bad JSON
+                if not self.stopping.is_set():
+                    quiet = self.settings.start_bridge and attempt < 4 and not self._authed
+                    (log.info if quiet else log.warning)(
+                        "whatsapp: bridge connection: %s: %s; reconnecting", type(e).__name__, e)
+            finally:
+                ws, self._ws = self._ws, None
+                self._ready.clear()
+                with self._lock:
+                    for entry in self._acks.values():
+                        entry[0].set()          # answer None: the connection was lost
+                if ws is not None:
+                    ws.abort()
+            attempt = 0 if self._authed else attempt + 1
+            if not self.reconnect_wait(attempt):
+                return
+
+    def _session(self):
+        import websocket
+        ws = websocket.create_connection(self.settings.bridge_url, timeout=PING_S,
+                                         suppress_origin=True, enable_multithread=True)
+        self._ws = ws
+        ws.send(json.dumps({"type": "auth", "token": self.token}))
+        quiet = False
+        while not self.stopping.is_set():
+            try:
+                opcode, data = ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                if quiet:
+                    raise ConnectionError(f"no answer to a ping in {PING_S:.0f}s") from None
+                quiet = True
+                ws.ping()
+                continue
+            quiet = False
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                if code == 4001:
+                    log.error("whatsapp: the bridge at %s refused our token (is another bridge "
+                              "using the port?)", self.settings.bridge_url)
+                raise ConnectionError(f"the bridge closed the connection ({code})")
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._frame(json.loads(data))
+
+    def _frame(self, f: dict):
+        kind = f.get("type")
+        if kind == "status":
+            self._authed = True
+            state, self._state = f.get("state"), f.get("state")
+            (self._ready.set if state == "connected" else self._ready.clear)()
+            if state == "logged_out":
+                log.error("whatsapp: not linked to a phone: run `python nanoclaw.py channels "
+                          "login` and scan the QR code")
+            else:
+                log.info("whatsapp: the bridge is %s", state)
+        elif kind == "qr":
+            log.warning("whatsapp: not linked yet: scan the QR code the bridge shows")
+        elif kind == "ack":
+            with self._lock:
+                entry = self._acks.get(f.get("id"))
+                if entry:
+                    entry[1] = f
+                    entry[0].set()
+        elif kind == "message":
+            if f.get("id") not in self._seen:
+                try:
+                    self._message(f)
+                except Exception:           # not confirmed: the bridge offers it again later
+                    log.exception("whatsapp: cannot take message %s", f.get("id"))
+                    return
+                self._seen[f.get("id")] = True
+                if len(self._seen) > 2000:
+                    self._seen.popitem(last=False)
+            self._send({"type": "received", "id": f.get("id")})
+        elif kind == "error":
+            log.warning("whatsapp: the bridge says: %s", f.get("error"))
+
+    def _message(self, f: dict):
+        chat, jid, phone = f.get("chat") or "", f.get("sender") or f.get("chat") or "", \
+            f.get("phone") or ""
+        number = jid.split("@")[0].split(":")[0]
+        sender = "|".join(dict.fromkeys(x for x in (phone, number, jid) if x))
+        text, group = f.get("text") or "", bool(f.get("isGroup"))
+        media = [p for p in f.get("media") or () if Path(p).is_file()]
+        meta = {"message_id": f.get("id"), "sender": jid, "phone": phone, "is_group": group,
+                "name": f.get("name") or ""}
+        addressed = not group or f.get("mentioned")     # in groups: what @mentions or answers us
+        if not (addressed and allowed(self.settings.allow_from, sender)):
+            mine = (self.home / "media" / self.name).resolve()
+            for p in media:                     # files not for us, or from strangers: not kept
+                if Path(p).resolve().is_relative_to(mine):
+                    Path(p).unlink(missing_ok=True)
+            if not addressed:
+                return
+            if group:                           # no "this assistant is private" in groups
+                log.info("whatsapp: ignored %s in group %s (not in allow_from)", sender, chat)
+            else:
+                self.receive(chat, sender, text, (), meta)
+            return
+        if not text and not media:
+            return
+        self._start_typing(chat)
+        if f.get("kind") == "audio" and media:
+            heard = self.transcribe(media[0])
+            text = f"{text}\n{heard}".strip() if heard else text
+        self.receive(chat, sender, text, media, meta)
+
+    # --- typing ---
+
+    def _start_typing(self, chat: str):
+        with self._lock:
+            if chat in self._typing:
+                self._typing[chat][1] += 1
+                return
+            stop = threading.Event()
+            self._typing[chat] = [stop, 1]
+        threading.Thread(target=self._type, args=(chat, stop), name="whatsapp-typing",
+                         daemon=True).start()
+
+    def _type(self, chat: str, stop: threading.Event):
+        end = time.monotonic() + TYPING_CAP
+        while not stop.is_set() and time.monotonic() < end:
+            self._presence(chat, "composing")
+            stop.wait(TYPING_EVERY)
+        self._presence(chat, "paused")
+        with self._lock:
+            if self._typing.get(chat, [None])[0] is stop:
+                del self._typing[chat]
+
+    def _presence(self, chat: str, state: str):
+        try:
+            self._send({"type": "presence", "to": chat, "state": state})
+        except SendError:
+            pass
+
+    def _replied(self, chat: str):
+        with self._lock:
+            entry = self._typing.get(chat)
+            if entry:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    entry[0].set()
+                    del self._typing[chat]
+
+    # --- sending ---
+
+    def deliver(self, msg: dict):
+        chat, media = msg["chat_id"], [str(p) for p in msg.get("media") or ()]
+        for p in media:
+            if not Path(p).is_file():
+                raise SendError(f"attachment {p} does not exist", permanent=True)
+        frames = [{"text": part} for part in split_message(msg.get("text") or "", LIMIT)]
+        frames = frames or ([{"text": ""}] if media else [])
+        if media:
+            frames[-1]["media"] = media         # the files follow the last part
+        for i, body in enumerate(frames):
+            if i < msg.get("_done", 0):
+                continue                        # sent before a retry was needed
+            answer = self._request({"type": "send", "id": f"{msg['id']}.{i}", "to": chat, **body})
+            if not answer.get("ok"):
+                raise SendError(f"WhatsApp: {answer.get('error')}", permanent=bool(
+                    answer.get("permanent")), retry_after=answer.get("retry_after"))
+            msg["_done"] = i + 1
+        if msg.get("reply_to"):
+            self._replied(chat)
+
+    def _request(self, frame: dict) -> dict:
+        deadline = time.monotonic() + CONNECT_WAIT
+        while not self._ready.wait(0.5):        # short waits, so that stop() is not held up
+            if self.stopping.is_set() or time.monotonic() > deadline:
+                raise SendError(f"WhatsApp is not connected ({self._state or 'no bridge'})")
+        entry = [threading.Event(), None]
+        with self._lock:
+            self._acks[frame["id"]] = entry
+        try:
+            self._send(frame)
+            if not entry[0].wait(ACK_WAIT):
+                raise SendError(f"the bridge did not answer in {ACK_WAIT:.0f}s")
+            if entry[1] is None:
+                raise SendError("the connection to the bridge was lost")
+            return entry[1]
+        finally:
+            with self._lock:
+                self._acks.pop(frame["id"], None)
+
+    def _send(self, frame: dict):
+        ws = self._ws
+        if ws is None:
+            raise SendError("not connected to the bridge")
+        try:
+            ws.send(json.dumps(frame, ensure_ascii=False))
+        except Exception as e:
+            raise SendError(f"cannot write to the bridge: {e}") from None
