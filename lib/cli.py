@@ -30,6 +30,12 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:             # `status | head`: the reader has gone; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:                # a home folder that cannot be written, a full disk
+        term.print_error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        return 1
 
 
 def _parser():

@@ -41,11 +41,13 @@ LEGACY_IGNORED = {
 }
 
 
-def _f(default, *choices):
-    """A field with a default (copied when mutable) and, optionally, the values it may take."""
+def _f(default, *choices, low=None, high=None):
+    """A field with a default (copied when mutable) and, optionally, the values it may take:
+    one of `choices`, or a number from `low` to `high`."""
+    meta = {"choices": choices, "low": low, "high": high}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"choices": choices})
-    return field(default=default, metadata={"choices": choices})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,10 @@ Providers = dataclasses.make_dataclass(
 class AgentDefaults:
     model: str = "anthropic/claude-opus-4-5"
     provider: str = _f("auto", "auto", *[p.name for p in PROVIDERS])
-    max_tokens: int = 8192
-    temperature: float = 0.7
-    max_tool_iterations: int = 20
-    memory_window: int = 50
+    max_tokens: int = _f(8192, low=1)
+    temperature: float = _f(0.7, low=0.0, high=2.0)
+    max_tool_iterations: int = _f(20, low=1)
+    memory_window: int = _f(50, low=1)
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
@@ -180,13 +182,13 @@ class Email:
     enabled: bool = False
     consent_granted: bool = False
     imap_host: str = ""
-    imap_port: int = 993
+    imap_port: int = _f(993, low=1, high=65535)
     imap_username: str = ""
     imap_password: str = ""
     imap_mailbox: str = "INBOX"
     imap_use_ssl: bool = True
     smtp_host: str = ""
-    smtp_port: int = 587
+    smtp_port: int = _f(587, low=1, high=65535)
     smtp_username: str = ""
     smtp_password: str = ""
     smtp_use_tls: bool = True
@@ -194,7 +196,7 @@ class Email:
     from_address: str = ""
     ca_file: str = ""
     auto_reply_enabled: bool = True
-    poll_interval_seconds: int = 30
+    poll_interval_seconds: int = _f(30, low=1)
     mark_seen: bool = True       # false: leave mail unread on the server
     max_body_chars: int = 12000
     subject_prefix: str = "Re: "
@@ -229,7 +231,7 @@ DENY_PATTERNS = [
 @dataclass(frozen=True)
 class Exec:
     enable: bool = True          # false: no shell tool at all
-    timeout: int = 60
+    timeout: int = _f(60, low=1)
     deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
                                      metadata={"regex": True})
 
@@ -238,12 +240,12 @@ class Exec:
 class Search:
     api_key: str = ""
     api_base: str = "https://api.search.brave.com/res/v1/web/search"
-    max_results: int = 5
+    max_results: int = _f(5, low=1)
 
 
 @dataclass(frozen=True)
 class Fetch:
-    max_chars: int = 50000
+    max_chars: int = _f(50000, low=1)
 
 
 @dataclass(frozen=True)
@@ -262,15 +264,15 @@ class Tools:
 @dataclass(frozen=True)
 class Gateway:
     host: str = "127.0.0.1"
-    port: int = 18790
-    retention_days: int = 7
+    port: int = _f(18790, low=1, high=65535)
+    retention_days: int = _f(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     enabled: bool = True
-    interval_s: int = 1800
+    interval_s: int = _f(1800, low=1)
 
 
 @dataclass(frozen=True)
@@ -351,7 +353,7 @@ def _read(path: Path):
         if isinstance(n, yaml.SequenceNode):
             return [walk(v, p + (str(i),)) for i, v in enumerate(n.value)]
         value = loader.construct_object(n)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and n.style is None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not n.style:
             return _Number(n.value, value)
         return value
 
@@ -474,6 +476,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     choices = fld.metadata.get("choices")
     if choices and value not in choices:
         fail(f"must be one of {', '.join(choices)}, got {value!r}", at)
+    low, high = fld.metadata.get("low"), fld.metadata.get("high")
+    if low is not None and not value >= low or high is not None and not value <= high:  # NaN too
+        fail(f"must be {f'from {low} to {high}' if high is not None else f'at least {low}'}, "
+             f"got {value!r}", at)
     return value
 
 

@@ -224,9 +224,10 @@ class CronService(Part):
             raise CronError(f"{self.path} is not valid JSON{where}; fix it or move it away "
                             "(it was left as it is)") from None
         if not (isinstance(data, dict) and isinstance(data.get("jobs"), list) and
-                all(isinstance(j, dict) and j.get("id") for j in data["jobs"])):
-            raise CronError(f'{self.path}: expected {{"version": 1, "jobs": [...]}} with an "id" '
-                            "in every job; fix it or move it away (it was left as it is)")
+                all(isinstance(j, dict) and j.get("id") and isinstance(j["id"], str)
+                    for j in data["jobs"])):
+            raise CronError(f'{self.path}: expected {{"version": 1, "jobs": [...]}} with a text '
+                            '"id" in every job; fix it or move it away (it was left as it is)')
         return data["jobs"]
 
     def _file_stamp(self):
@@ -285,7 +286,12 @@ class CronService(Part):
             job = _find(jobs, job_id)
             job["enabled"] = bool(on)
             if on:
-                job["next_run"] = iso(when := next_time(job["schedule"], _now(), self.tz))
+                try:
+                    when = next_time(job["schedule"], _now(), self.tz)
+                except BAD_JOB as e:
+                    raise CronError(f"job {job_id} has a bad schedule ({describe(job.get('schedule'))}"
+                                    f": {e}); remove it and add it again") from None
+                job["next_run"] = iso(when)
                 if when is None:
                     raise CronError(f"job {job_id} runs {describe(job['schedule'])}, which has "
                                     "passed; add a new job instead")

@@ -39,11 +39,12 @@ class Heartbeat(Part):
             super().start()
 
     def alive(self) -> bool:
-        return not self.config.heartbeat.enabled or super().alive()
+        """Not started (disabled at start-up) is not dead, even once a reload enables it."""
+        return self._thread is None or super().alive()
 
     def step(self) -> float:
         """The first beat comes one interval after start (a restart loop must not beat)."""
-        if not self._first:
+        if not self._first and self.config.heartbeat.enabled:     # a reload may turn it off
             self.beat()
         self._first = False
         interval = self.config.heartbeat.interval_s

@@ -40,14 +40,14 @@ class Session:
                     obj = json.loads(raw)
                     if not isinstance(obj, dict):
                         raise ValueError("not an object")
-                except ValueError:
+                    kind = obj.get("_type")
+                    if kind == "consolidated":
+                        self.consolidated = int(obj.get("upto", 0))
+                except (ValueError, TypeError):     # TypeError: "upto": null
                     if raw.strip():
                         log.warning("%s line %d is torn or corrupt; skipped", self.path, n)
                     continue
-                kind = obj.get("_type")
-                if kind == "consolidated":
-                    self.consolidated = int(obj.get("upto", 0))
-                elif kind is None and "role" in obj:
+                if kind is None and "role" in obj:
                     self.messages.append(obj)
 
     def append(self, msg: dict):
@@ -84,14 +84,21 @@ class Session:
 
     def history(self, window: int) -> list[dict]:
         """The last `window` unconsolidated messages, as the model expects them: starting at a
-        user message (a tool result without its call is an error), with our own fields removed."""
+        user message (a tool result without its call is an error), with our own fields removed.
+        A tool call left without its result (Ctrl+C during exec) gets one saying so: the API
+        refuses a conversation with a dangling call, and the chat would be stuck until /new."""
         recent = self.messages[self.consolidated:][-window:] if window > 0 else []
         while recent and recent[0].get("role") != "user":
             recent = recent[1:]
-        return [{k: m[k] for k in _MODEL_KEYS if k in m} for m in recent]
-
-    def has_reply_to(self, msg_id: str) -> bool:
-        return any(m.get("id") == msg_id and m.get("role") == "assistant" for m in self.messages)
+        out, unanswered = [], []
+        for m in recent:
+            if m.get("role") == "tool":
+                unanswered = [c for c in unanswered if c.get("id") != m.get("tool_call_id")]
+            else:
+                out += [_interrupted(c) for c in unanswered]
+                unanswered = list(m.get("tool_calls") or [])
+            out.append({k: m[k] for k in _MODEL_KEYS if k in m})
+        return out + [_interrupted(c) for c in unanswered]
 
     def archive(self):
         """Start over: the old file moves to sessions/archive/ (kept, not deleted)."""
@@ -100,3 +107,9 @@ class Session:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
         self.messages, self.consolidated = [], 0
+
+
+def _interrupted(call: dict) -> dict:
+    return {"role": "tool", "tool_call_id": call.get("id"),
+            "name": (call.get("function") or {}).get("name", ""),
+            "content": "Error: interrupted before this tool finished."}

@@ -22,6 +22,7 @@ NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent
 MAX_BYTES = 1024 * 1024
 RESCAN_S = 5.0          # a safety net under the file watcher
 HEARTBEAT_OK = "HEARTBEAT_OK"
+PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 
 
 def post_inbox(home: Path, msg: dict, name: str | None = None) -> Path | None:
@@ -37,6 +38,8 @@ def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=N
                 metadata=None, key: str = "") -> Path:
     """Queue a message for a channel. `key` (the inbox file's name) marks a reply, so a restart
     can see that the reply exists. Channels without a remote side file it as sent at once."""
+    if channel not in CHANNELS:         # it becomes part of a file name: no "../"
+        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
     name = maildir.unique_name(f"{channel}.") + (f".r{key}" if key else "")
     obj = {"id": name, "channel": channel, "chat_id": str(chat_id), "text": text,
            "media": list(media), "metadata": metadata or {}, "created_at": now_iso()}
@@ -89,7 +92,6 @@ class Worker(Part):
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
         self._recovered: set[str] = set()
-        self.busy = False
 
     def start(self):
         maildir.ensure(self.inbox)
@@ -98,10 +100,6 @@ class Worker(Part):
         if self._recovered:
             log.info("finishing %d message(s) left by the last run", len(self._recovered))
         super().start()
-
-    def stop(self, timeout: float = 3.0):
-        """A turn in progress may take longer: then its message stays in cur/ for the next start."""
-        super().stop(timeout)
 
     def step(self) -> float:
         self.drain()
@@ -113,11 +111,7 @@ class Worker(Part):
                 return
             path = maildir.claim(self.inbox, name)
             if path:
-                self.busy = True
-                try:
-                    self.handle(path)
-                finally:
-                    self.busy = False
+                self.handle(path)       # a turn cut off by stop() stays in cur/ for the next start
 
     def handle(self, path: Path):
         try:
@@ -136,7 +130,9 @@ class Worker(Part):
                 maildir.fail(path, reason)
                 return
         key = path.stem
-        if key in self._recovered and self._reply_exists(key):
+        recovered = key in self._recovered      # a script may drop the same name again later
+        self._recovered.discard(key)
+        if recovered and self._reply_exists(key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
         channel, chat_id = self._target(msg)
@@ -144,7 +140,7 @@ class Worker(Part):
         try:
             reply = self.agent.respond(channel, chat_id, msg["text"], media=msg.get("media", ()),
                                        msg_id=msg["id"], send=self.send, session=session,
-                                       services=self.services)
+                                       services=self.services, resume=recovered)
         except ProviderError as e:
             reply = str(e)
         except Exception as e:      # a bug must not stop the service or lose the message
@@ -154,7 +150,9 @@ class Worker(Part):
         meta = msg.get("metadata", {})
         if meta.get("kind") == "heartbeat" and reply.strip() == HEARTBEAT_OK:
             channel = "system"          # nothing worth saying: recorded, not sent
-        post_outbox(self.home, channel, chat_id, reply, reply_to=msg["id"], metadata=meta, key=key)
+        proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
+        post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
+                    metadata=meta, key=key)
         maildir.finish(path)
         if msg["channel"] not in NO_REMOTE:
             self._remember_chat(msg["channel"], msg["chat_id"])

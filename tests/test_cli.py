@@ -157,3 +157,21 @@ def test_message_tool_to_another_chat_is_queued_for_the_gateway(home, llm):
     import json
     queued = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*.json")]
     assert [(m["chat_id"], m["text"]) for m in queued] == [("55", "ping from cli")]
+
+
+def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(home, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    r = run_cli("onboard", env={"NANOCLAW_HOME": str(tmp_path / "a-file" / "home")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "a-file" in r.stderr
+
+
+def test_output_to_a_closed_pipe_is_no_traceback(home):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "status"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()                 # like `| head` that has already left
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 1 and err == ""

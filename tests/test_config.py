@@ -386,3 +386,28 @@ def test_config_example_lists_every_key_with_its_default():
                 assert value == default or (value is None and default in ("", [], {})), \
                     f"{key}: example says {value!r}, default is {default!r}"
     walk(Config, example, "")
+
+
+def test_ids_written_as_numbers_keep_their_digits_with_libyaml(home):
+    """libyaml marks a plain scalar with style '' (the pure-Python loader with None): 0123 must
+    not become 83 nor +49 lose its plus."""
+    write_config(home, "channels:\n  telegram: {allow_from: [0123, +4917612345]}\n"
+                       "  whatsapp: {bridge_token: 00123}\nagents:\n  defaults: {max_tokens: 100}\n")
+    cfg = load_config()
+    assert cfg.channels.telegram.allow_from == ["0123", "+4917612345"]
+    assert cfg.channels.whatsapp.bridge_token == "00123" and cfg.agents.defaults.max_tokens == 100
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("gateway: {port: 99999999}", "gateway.port (line 1) must be from 1 to 65535, got 99999999"),
+    ("gateway: {retention_days: -1}", "gateway.retention_days (line 1) must be at least 0, got -1"),
+    ("heartbeat: {interval_s: 0}", "heartbeat.interval_s (line 1) must be at least 1, got 0"),
+    ("agents:\n  defaults: {memory_window: 0}", "agents.defaults.memory_window (line 2) must be at"),
+    ("agents:\n  defaults: {max_tool_iterations: -3}", "max_tool_iterations (line 2) must be at"),
+    ("agents:\n  defaults: {max_tokens: 0}", "agents.defaults.max_tokens (line 2) must be at least"),
+    ("agents:\n  defaults: {temperature: .nan}", "agents.defaults.temperature (line 2) must be from"),
+    ("agents:\n  defaults: {temperature: 7}", "temperature (line 2) must be from 0.0 to 2.0, got 7.0"),
+    ("tools:\n  exec: {timeout: 0}", "tools.exec.timeout (line 2) must be at least 1, got 0"),
+])
+def test_a_number_out_of_range_is_a_config_error(home, text, expected):
+    assert expected in config_error(home, text + "\n")

@@ -559,3 +559,17 @@ def test_a_reloaded_config_changes_the_time_zone(cfg):
     tokyo = dataclasses.replace(cfg.agents.defaults, timezone="Asia/Tokyo")
     svc.config = dataclasses.replace(cfg, agents=dataclasses.replace(cfg.agents, defaults=tokyo))
     assert svc.local("2025-06-01T23:00:00Z") == "2025-06-02 08:00 JST"
+
+
+@pytest.mark.parametrize("schedule", [{"kind": "every", "every_s": "x"}, "garbage"])
+def test_enabling_a_job_with_a_mangled_schedule_is_one_line(home, schedule):
+    write_jobs(home, [job(schedule=schedule, enabled=False)])
+    r = run_cli("cron", "enable", "abc123")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "bad schedule" in r.stderr
+    assert read_jobs(home)[0]["enabled"] is False                  # left as it was
+
+
+def test_a_job_id_that_is_not_text_is_reported_not_a_crash(home):
+    write_jobs(home, [job(id=5)])
+    r = run_cli("cron", "list")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and '"id"' in r.stderr

@@ -322,3 +322,23 @@ def test_heartbeat_tasks_reach_the_owners_last_chat(gw_config, llm, home):
         assert any(m["text"] == "HEARTBEAT_OK" and m["channel"] == "system" for m in replies(home))
     finally:
         g.kill()
+
+
+def test_done_and_sent_are_pruned_after_retention_days_and_failed_is_kept(config, home):
+    import dataclasses
+    from lib.gateway import Gateway as Service
+    config = dataclasses.replace(config, gateway=dataclasses.replace(config.gateway,
+                                                                     retention_days=3))
+    old = time.time() - 4 * 86400
+    for box, folder in (("inbox", "done"), ("outbox", "sent"), ("inbox", "failed"),
+                        ("outbox", "failed"), ("inbox", "new")):
+        for name, when in (("old.json", old), ("recent.json", time.time() - 2 * 86400)):
+            path = home / box / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+            os.utime(path, (when, when))
+    Service(config, agent=object())._prune()
+    left = sorted(str(p.relative_to(home)) for p in home.glob("*box/*/*.json"))
+    assert left == ["inbox/done/recent.json", "inbox/failed/old.json", "inbox/failed/recent.json",
+                    "inbox/new/old.json", "inbox/new/recent.json", "outbox/failed/old.json",
+                    "outbox/failed/recent.json", "outbox/sent/recent.json"]

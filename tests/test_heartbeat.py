@@ -135,3 +135,17 @@ def test_the_worker_sends_a_beat_only_when_it_matters(config, llm, beat, answer,
     assert reply["text"] == answer
     assert reply["channel"] == ("system" if answer == "HEARTBEAT_OK" else "telegram")
     assert "tell me if the disk" in llm.chat_requests[0]["messages"][-1]["content"]
+
+
+def test_a_reload_that_turns_the_heartbeat_on_or_off_raises_no_alarm_and_is_obeyed(config):
+    """The gateway swaps in a reloaded config: enabling needs a restart (the part is not dead
+    meanwhile, or the watchdog would stop pinging), disabling stops the beats at once."""
+    write_tasks(config, "- water the plants\n")
+    off = Heartbeat(with_interval(config, 0.01, enabled=False), lambda *a: None)
+    off.start()
+    off.config = with_interval(config, 0.01, enabled=True)
+    assert off.alive()
+    on = Heartbeat(with_interval(config, 3600), lambda *a: pytest.fail("posted while disabled"))
+    on._first = False
+    on.config = with_interval(config, 3600, enabled=False)
+    assert on.step() == 3600 and on.alive()

@@ -277,3 +277,25 @@ def test_transcribe_error_is_a_provider_error(home, llm, tmp_path):
     voice.write_bytes(b"")
     with pytest.raises(ProviderError, match="transcription failed: file is empty"):
         transcribe(cfg, str(voice))
+
+
+def test_tool_arguments_sent_as_an_object_become_json_text(config, home):
+    """Some OpenAI-compatible servers send `arguments` as an object; the loop logs a slice of it,
+    the session stores it and the next request must carry it as text."""
+    import json as _json
+    from lib.agent.loop import run_turn
+    from lib.providers.client import _reply
+    from lib.tools import Context, default_registry
+    body = {"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function",
+                            "function": {"name": "list_dir", "arguments": {"path": "."}}}]}}]}
+    reply = _reply(_json.dumps(body))
+    assert reply.tool_calls[0]["arguments"] == '{"path": "."}'
+
+    class Scripted:
+        replies = [reply, _reply(_json.dumps({"choices": [{"message": {"content": "done"}}]}))]
+
+        def complete(self, messages, tools=None):
+            return self.replies.pop(0)
+    new = run_turn([], Scripted(), default_registry(), Context(config, config.workspace), 5)
+    assert new[-1]["content"] == "done" and not new[1]["content"].startswith("Error")

@@ -72,3 +72,30 @@ def test_archive_moves_the_file_and_starts_empty(home):
     archived = list((home / "sessions" / "archive").glob("cli_a.*.jsonl"))
     assert len(archived) == 1 and "old" in archived[0].read_text()
     assert Session(home, "cli", "a").messages == []
+
+
+def test_a_line_of_valid_json_with_a_bad_value_is_skipped_not_fatal(home, caplog):
+    s = Session(home, "cli", "v")
+    s.append({"role": "user", "content": "a"})
+    with open(s.path, "a") as f:
+        f.write('{"_type": "consolidated", "upto": "x"}\n{"_type": "consolidated", "upto": null}\n')
+    again = Session(home, "cli", "v")
+    assert [m["content"] for m in again.messages] == ["a"] and again.consolidated == 0
+    assert "torn or corrupt" in caplog.text
+
+
+def test_a_tool_call_cut_off_without_its_result_gets_one_in_the_history(home):
+    """Ctrl+C during exec in `agent` leaves a call with no result; the API would refuse every
+    later request of the chat."""
+    s = Session(home, "cli", "d")
+    s.append({"role": "user", "content": "run it"})
+    s.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "exec", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]})
+    s.append({"role": "tool", "tool_call_id": "c1", "name": "exec", "content": "done"})
+    s.append({"role": "user", "content": "next"})
+    h = s.history(50)
+    assert [(m["role"], m.get("tool_call_id")) for m in h] == [
+        ("user", None), ("assistant", None), ("tool", "c1"), ("tool", "c2"), ("user", None)]
+    assert h[3]["name"] == "list_dir" and h[3]["content"].startswith("Error:")
+    assert len(Session(home, "cli", "d").messages) == 4          # the file is not rewritten

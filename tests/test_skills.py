@@ -50,3 +50,12 @@ def test_prompt_section_inlines_always_skills_and_lists_the_rest_with_what_they_
     assert "ALWAYS BODY" in text and "B BODY" not in text
     assert "- b: Needs a tool." in text and "unavailable: needs command no-such-binary-xyz" in text
     assert "SKILL.md" in text
+
+
+def test_requirements_written_as_one_name_or_nonsense_do_not_break_the_prompt(tmp_path):
+    """A skill the model wrote with `bins: curl` or `bins: 5` must not fail every turn."""
+    one = skills.parse(make(tmp_path, "one", "---\nrequires: {bins: sh, env: HOME}\n---\nbody"))
+    assert (one.bins, one.env) == (["sh"], ["HOME"])
+    odd = skills.parse(make(tmp_path, "odd", "---\nrequires: {bins: 5, env: {a: 1}}\n---\nbody"))
+    assert (odd.bins, odd.env) == ([], [])
+    assert "odd" in skills.prompt_section(skills.discover(tmp_path))

@@ -404,6 +404,16 @@ def test_message_empty_content(ctx, content):
     assert sent == []
 
 
+@pytest.mark.parametrize("channel", ["../../escaped", "pigeon"])
+def test_message_to_an_unknown_channel_is_an_error_and_writes_nothing(ctx, home, channel):
+    from lib.worker import Worker
+    worker = Worker(ctx.config, agent=None)
+    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42", send=worker.send)
+    out = call(ctx, "message", content="hi", channel=channel, chat_id="1")
+    assert out.startswith("Error: unknown channel") and "telegram" in out
+    assert not [p for p in home.rglob("*.json") if "escaped" in p.name or "pigeon" in p.name]
+
+
 def test_message_without_send(ctx):
     out = call(ctx, "message", content="hello")
     assert out.startswith("Error:") and "not available" in out

@@ -59,7 +59,9 @@ class Agent:
         self.memory = Memory(config.workspace)
 
     def respond(self, channel: str, chat_id: str, text: str, *, media=(), msg_id=None,
-                send=None, services=None, session: Session | None = None) -> str:
+                send=None, services=None, session: Session | None = None, resume=True) -> str:
+        """One turn. With `resume`, a message whose id the session already has is taken up where
+        it stopped (a restart after a crash); without it, the message is new whatever its id."""
         session = session or Session(self.config.home, channel, chat_id)
         command = text.strip().lower()
         if command == "/help":
@@ -71,10 +73,10 @@ class Agent:
                 " I saved a summary of the last one to memory." if saved else
                 " (The model could not summarise the last one; it is kept in sessions/archive/.)")
         d = self.config.agents.defaults
-        done = self._resume(session, msg_id)
+        done = self._resume(session, msg_id) if resume else None
         if done is not None:
             return done
-        if not any(m.get("id") == msg_id for m in session.messages if msg_id):
+        if not resume or not any(m.get("id") == msg_id for m in session.messages if msg_id):
             user = {"role": "user", "content": _with_media_note(text, media), "id": msg_id}
             session.append(dict(user, media=list(media)) if media else user)
         messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)}]

@@ -84,8 +84,14 @@ def _parse(path: Path) -> Skill | None:
     return Skill(name=str(meta.get("name") or path.parent.name),
                  description=str(meta.get("description") or first_line),
                  path=path, body=body.strip(), always=bool(meta.get("always")),
-                 bins=[str(b) for b in requires.get("bins") or []],
-                 env=[str(e) for e in requires.get("env") or []])
+                 bins=_names(requires.get("bins")), env=_names(requires.get("env")))
+
+
+def _names(value) -> list[str]:
+    """`[curl, git]`, or a single `curl`; anything else in hand-written front matter: none."""
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def discover(workspace: Path) -> list[Skill]:

@@ -103,13 +103,18 @@ def _reply(body: str) -> Reply:
         choice = json.loads(body)["choices"][0]
         msg = choice["message"]
         calls = [{"id": c["id"], "name": c["function"]["name"],
-                  "arguments": c["function"].get("arguments") or "{}"}
+                  "arguments": _json_text(c["function"].get("arguments") or "{}")}
                  for c in msg.get("tool_calls") or []]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ProviderError(f"the model's answer is not a chat completion: {body[:200]!r}") from None
     usage = json.loads(body).get("usage") or {}
     return Reply(msg.get("content"), calls, msg.get("reasoning_content") or msg.get("reasoning"),
                  choice.get("finish_reason") or "stop", usage)
+
+
+def _json_text(arguments) -> str:
+    """Tool arguments as the JSON text the API sends back later; a few servers send an object."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 def _retry_after(e) -> float | None:

@@ -16,7 +16,10 @@ def message(ctx, content: str, channel: str = "", chat_id: str = "") -> str:
     if not content.strip():
         raise ToolError("content is empty")
     channel, chat_id = channel or ctx.channel, chat_id or ctx.chat_id
-    ctx.send(channel, chat_id, content)
+    try:
+        ctx.send(channel, chat_id, content)
+    except ValueError as e:             # an unknown channel
+        raise ToolError(str(e)) from None
     return f"Sent to {channel}:{chat_id}"
 
 

@@ -1,0 +1,81 @@
+"""The worker in-process, on a real home folder, with the fake model: what a script sees."""
+import json
+import time
+
+import pytest
+
+from lib import maildir
+from lib.agent.loop import Agent
+from lib.worker import Worker
+
+
+@pytest.fixture
+def worker(config):
+    maildir.ensure(config.home / "inbox")
+    maildir.ensure(config.home / "outbox", ("sent", "failed"))
+    return Worker(config, Agent(config))
+
+
+def wait_for(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.01)
+
+
+def sent(home):
+    return [json.loads(p.read_text()) for p in sorted((home / "outbox" / "sent").glob("*.json"))]
+
+
+def test_a_file_name_used_again_is_a_new_question(worker, llm, home):
+    """A shell script that always writes inbox/new/q.json gets an answer to each question."""
+    llm.script("answer one", "answer two")
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "first"}, "q")
+    worker.drain()
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "second"}, "q")
+    worker.drain()
+    assert [r["text"] for r in sent(home)] == ["answer one", "answer two"]
+    assert llm.chat_requests[-1]["messages"][-1]["content"] == "second"
+
+
+def test_an_id_given_twice_does_not_replay_the_old_answer(worker, llm, home):
+    llm.script("answer one", "answer two")
+    for name, text in (("a", "first"), ("b", "second")):
+        maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": text,
+                                         "id": "1"}, name)
+    worker.drain()
+    assert [r["text"] for r in sent(home)] == ["answer one", "answer two"]
+
+
+def test_a_recovered_name_dropped_again_later_still_gets_a_reply(worker, llm, home):
+    llm.script("after the crash", "later")
+    (home / "inbox" / "cur" / "q.json").write_text(
+        json.dumps({"channel": "local", "chat_id": "x", "text": "first"}))
+    worker.start()
+    try:
+        wait_for(lambda: len(sent(home)) == 1)
+        maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "again"}, "q")
+        worker.wake()
+        wait_for(lambda: len(sent(home)) == 2)
+    finally:
+        worker.stop()
+    assert [r["text"] for r in sent(home)] == ["after the crash", "later"]
+
+
+@pytest.mark.parametrize("kind", ["cron", "heartbeat", "subagent"])
+def test_proactive_replies_have_no_reply_to(worker, llm, home, kind):
+    llm.script("Time to stretch!")
+    maildir.deliver(home / "inbox", {"channel": "system", "chat_id": f"{kind}:1", "text": "go",
+                                     "metadata": {"kind": kind, "reply_to": {
+                                         "channel": "telegram", "chat_id": "42"}}}, "p")
+    worker.drain()
+    [out] = list((home / "outbox" / "new").glob("telegram.*.json"))
+    reply = json.loads(out.read_text())
+    assert reply["text"] == "Time to stretch!" and "reply_to" not in reply
+
+
+def test_a_script_on_the_system_channel_still_gets_reply_to(worker, llm, home):
+    llm.script("ok")
+    maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "s", "text": "hi"}, "m")
+    worker.drain()
+    assert sent(home)[0]["reply_to"] == "m"
