@@ -102,7 +102,7 @@ def _resolve(wall: datetime, tz) -> datetime:
 
 def parse_at(text: str, tz) -> datetime:
     try:
-        when = datetime.fromisoformat(text.strip())
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))   # 3.10 knows no Z
     except ValueError:
         raise CronError(f"at {text!r} is not an ISO 8601 time; expected e.g. "
                         "2025-06-03T09:00:00+02:00") from None
@@ -169,7 +169,7 @@ def iso(when: datetime | None) -> str | None:
 
 def _parse_iso(text) -> datetime | None:
     try:
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
         return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
         return None

@@ -91,6 +91,7 @@ class Gateway:
     def build(self):
         """Create every part the config asks for (their threads start in run())."""
         from lib import channels
+        self._lock = _single_instance(self.home)
         maildir.ensure(self.home / "inbox")
         maildir.ensure(self.home / "outbox", ("sent", "failed"))
         maildir.recover(self.home / "outbox")     # sends cut off by a crash are sent again
@@ -124,6 +125,7 @@ class Gateway:
         for part in self.parts:
             part.start()
         self.watcher.start()
+        health = self._serve_health()
         notify("READY=1")
         log.info("gateway ready: home %s, model %s", self.home, self.config.agents.defaults.model)
         ping, last_prune = _watchdog_interval(), time.monotonic()
@@ -140,6 +142,8 @@ class Gateway:
                 last_prune = time.monotonic()
         notify("STOPPING=1")
         log.info("stopping")
+        if health:
+            health.shutdown()
         self.watcher.stop()
         for part in reversed(self.parts):
             part.stop()
@@ -179,11 +183,75 @@ class Gateway:
             part.config = config
         log.info("config reloaded from %s", config.path)
 
+    def health(self) -> dict:
+        """What GET /health answers: every part alive, and how full the folders are."""
+        def count(box, folder):
+            path = self.home / box / folder
+            return sum(1 for n in os.listdir(path) if n.endswith(".json")) if path.is_dir() else 0
+        parts = {getattr(p, "name", type(p).__name__): p.alive() for p in self.parts}
+        return {"ok": all(parts.values()), "parts": parts,
+                "inbox": {f: count("inbox", f) for f in ("new", "cur", "failed")},
+                "outbox": {f: count("outbox", f) for f in ("new", "cur", "failed")}}
+
+    def _serve_health(self):
+        """GET /health on gateway.host:port (port 0: off), for Docker and monitoring."""
+        if not self.config.gateway.port:
+            return None
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                found = self.path.split("?")[0] in ("/health", "/")
+                body = gateway.health() if found else {"error": "only GET /health is served"}
+                code = (200 if body["ok"] else 503) if found else 404
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        try:
+            server = ThreadingHTTPServer((self.config.gateway.host, self.config.gateway.port), Handler)
+        except OSError as e:
+            log.warning("health endpoint off: cannot listen on %s:%d (%s)",
+                        self.config.gateway.host, self.config.gateway.port, e.strerror)
+            return None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+        return server
+
     def _prune(self):
         days = self.config.gateway.retention_days
-        removed = maildir.prune(self.home / "inbox", days) + maildir.prune(self.home / "outbox", days)
+        media = self.home / "media"         # downloads go too: a Pi's SD card is small
+        kinds = tuple(p.name for p in media.iterdir() if p.is_dir()) if media.is_dir() else ()
+        removed = maildir.prune(self.home / "inbox", days) + maildir.prune(self.home / "outbox", days) \
+            + maildir.prune(media, days, kinds)
         if removed:
             log.info("pruned %d message(s) older than %d days", removed, days)
+
+
+def _single_instance(home):
+    """One gateway per home folder: a second would take the first one's work in progress."""
+    import fcntl
+    from lib.errors import UserError
+    home.mkdir(parents=True, exist_ok=True)
+    f = open(home / "gateway.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise UserError(f"a gateway is already running for {home} (pid {f.read().strip() or '?'}); "
+                        "stop it first (systemctl stop nanoclaw)") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _mtime(path) -> float:

@@ -29,11 +29,21 @@ class Session:
         self.path = session_path(home, channel, chat_id)
         self.messages: list[dict] = []
         self.consolidated = 0           # messages before this index are in memory already
+        self._size = 0                  # the file's size as this object last saw it
         self._load()
+
+    @property
+    def stale(self) -> bool:
+        """True when someone else (another process, /new elsewhere) changed the file since."""
+        try:
+            return self.path.stat().st_size != self._size
+        except FileNotFoundError:
+            return self._size != 0
 
     def _load(self):
         if not self.path.exists():
             return
+        self._size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             for n, raw in enumerate(f, 1):
                 try:
@@ -73,6 +83,7 @@ class Session:
                     f.write(b"\n")
             f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
             f.flush()
+            self._size = f.tell()
 
     def sync(self):
         if self.path.exists():
@@ -106,7 +117,7 @@ class Session:
             dest = self.path.parent / "archive" / f"{self.path.stem}.{int(time.time())}.jsonl"
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
-        self.messages, self.consolidated = [], 0
+        self.messages, self.consolidated, self._size = [], 0, 0
 
 
 def _interrupted(call: dict) -> dict:

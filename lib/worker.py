@@ -145,10 +145,15 @@ class Worker(Part):
             reply = str(e)
         except Exception as e:      # a bug must not stop the service or lose the message
             log.exception("inbox/%s failed", path.name)
+            self._sessions.pop(f"{channel}:{chat_id}", None)
+            post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
+                        "while answering this. The message is kept in inbox/failed/ and the "
+                        "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
+                        key=path.stem)
             maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
             return
         meta = msg.get("metadata", {})
-        if meta.get("kind") == "heartbeat" and reply.strip() == HEARTBEAT_OK:
+        if meta.get("kind") == "heartbeat" and reply.strip().strip(".!").upper() == HEARTBEAT_OK:
             channel = "system"          # nothing worth saying: recorded, not sent
         proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
@@ -176,7 +181,7 @@ class Worker(Part):
     def _session(self, channel, chat_id) -> Session:
         key = f"{channel}:{chat_id}"
         session = self._sessions.get(key)
-        if session is None or not session.path.exists() and session.messages:
+        if session is None or session.stale:        # e.g. `agent -s telegram:42` wrote to it
             if len(self._sessions) > 64:
                 self._sessions.clear()
             session = self._sessions[key] = Session(self.home, channel, chat_id)

@@ -337,8 +337,40 @@ def test_done_and_sent_are_pruned_after_retention_days_and_failed_is_kept(config
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("{}")
             os.utime(path, (when, when))
+    for name, when in (("old.ogg", old), ("recent.ogg", time.time() - 2 * 86400)):
+        path = home / "media" / "telegram" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        os.utime(path, (when, when))
     Service(config, agent=object())._prune()
+    assert [p.name for p in (home / "media" / "telegram").iterdir()] == ["recent.ogg"]
     left = sorted(str(p.relative_to(home)) for p in home.glob("*box/*/*.json"))
     assert left == ["inbox/done/recent.json", "inbox/failed/old.json", "inbox/failed/recent.json",
                     "inbox/new/old.json", "inbox/new/recent.json", "outbox/failed/old.json",
                     "outbox/failed/recent.json", "outbox/sent/recent.json"]
+
+
+def test_a_second_gateway_on_the_same_home_refuses_to_start(gateway, home):
+    gateway.start()
+    from tests.conftest import run_cli
+    r = run_cli("gateway", env={"NANOCLAW_HOME": str(home)})
+    assert r.returncode == 2 and "already running" in r.stderr and str(gateway.proc.pid) in r.stderr
+    assert gateway.proc.poll() is None
+
+
+def test_health_endpoint_reports_parts_and_queues(gw_config, llm, home):
+    import socket as _socket
+    import urllib.request
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_config(home, (home / "config.yaml").read_text() + f"gateway: {{port: {port}}}\n")
+    g = Gateway(home).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            body = json.loads(r.read())
+        assert r.status == 200 and body["ok"] is True
+        assert body["parts"]["worker"] is True and body["parts"]["cron"] is True
+        assert body["inbox"] == {"new": 0, "cur": 0, "failed": 0}
+    finally:
+        g.kill()

@@ -79,3 +79,38 @@ def test_a_script_on_the_system_channel_still_gets_reply_to(worker, llm, home):
     maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "s", "text": "hi"}, "m")
     worker.drain()
     assert sent(home)[0]["reply_to"] == "m"
+
+
+def test_a_bug_during_a_turn_still_answers_and_keeps_the_message(worker, llm, home, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("kaboom")
+    monkeypatch.setattr(worker.agent, "respond", broken)
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "hi"}, "m")
+    worker.drain()
+    assert [r["reply_to"] for r in sent(home)] == ["m"] and "went wrong" in sent(home)[0]["text"]
+    assert "kaboom" in (home / "inbox" / "failed" / "m.json.error").read_text()
+
+
+def test_turns_written_by_another_process_are_seen(worker, llm, home):
+    from lib.sessions import Session
+    llm.script("one", "two")
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "first"}, "a")
+    worker.drain()
+    other = Session(home, "local", "x")              # e.g. `agent -s local:x` meanwhile
+    other.append({"role": "user", "content": "from the terminal"})
+    other.append({"role": "assistant", "content": "noted"})
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "second"}, "b")
+    worker.drain()
+    contents = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
+    assert contents == ["first", "one", "from the terminal", "noted", "second"]
+
+
+@pytest.mark.parametrize("answer", ["HEARTBEAT_OK", "HEARTBEAT_OK.", " heartbeat_ok! "])
+def test_heartbeat_ok_in_any_dress_is_not_sent(worker, llm, home, answer):
+    (home / "state").mkdir(exist_ok=True)
+    llm.script(answer)
+    maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "heartbeat", "text": "tasks",
+                                     "metadata": {"kind": "heartbeat", "reply_to": {
+                                         "channel": "local", "chat_id": "owner"}}}, "h")
+    worker.drain()
+    assert [r["channel"] for r in sent(home)] == ["system"]
