@@ -1,12 +1,14 @@
 """The outbox side every channel shares: ordered delivery, retries, failed/ after the last try,
 and the allow list on the way in."""
 import json
+import sys
 import time
 
 import pytest
 
 from lib import maildir
-from lib.channels.base import Channel, SendError
+from lib.channels.base import Channel, SendError, unsent
+from lib.errors import ConfigError
 from lib.worker import post_outbox
 
 
@@ -210,3 +212,36 @@ def test_a_message_received_twice_with_its_platform_key_enters_the_inbox_once(ho
     assert names == ["01764000000500000000.telegram.100-7.json", "01764000001000000000.telegram.100-8.json"]
     from lib.maildir import unique_name
     assert unique_name() > names[-1]                    # sorts with the gateway's own names
+
+
+def test_a_retry_sends_only_the_parts_not_sent_yet():
+    msg, sent = {}, []
+
+    def deliver(fail_at=None):
+        for _, part in unsent(msg, ["a", "b", "c"]):
+            if part == fail_at:
+                raise SendError("down")
+            sent.append(part)
+    with pytest.raises(SendError):
+        deliver(fail_at="b")
+    deliver()                                           # the retry: the same dict
+    assert sent == ["a", "b", "c"] and msg["_done"] == 3
+
+
+@pytest.mark.parametrize("module,package", [
+    ("websocket", "websocket-client"), ("telegram", "python-telegram-bot"),
+    ("slack_sdk", "slack-sdk"), ("yaml", "pyyaml"), ("requests", "requests")])
+def test_a_missing_package_is_named_as_pip_knows_it(home, tmp_path, monkeypatch, module, package):
+    from lib import channels
+    from lib.config import load_config
+    (home / "config.yaml").write_text("channels:\n  telegram: {enabled: true, token: '1:x'}\n")
+    config = load_config()
+    (tmp_path / "needs_it.py").write_text(f"import {module}\n\n\nclass Fake:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "needs_it", raising=False)
+    monkeypatch.setitem(sys.modules, module, None)              # as if it were not installed
+    monkeypatch.setitem(channels.CHANNELS, "telegram", ("needs_it", "Fake", ("token",)))
+    with pytest.raises(ConfigError) as e:
+        channels.enabled(config, home)
+    assert str(e.value) == (f"channel telegram needs the Python package {package}: "
+                            ".venv/bin/pip install -r requirements.txt")

@@ -178,7 +178,7 @@ def test_typing_lasts_until_the_reply_is_delivered(channel, discord, home, monke
                 metadata=msg["metadata"])
     ch.wake()
     answered(discord, 1)
-    wait_for(lambda: not ch._typing, what="typing stopped")
+    wait_for(lambda: not ch.typing.chats, what="typing stopped")
     count = len(discord.typing)
     time.sleep(0.3)                                 # six renewals' worth of time
     assert len(discord.typing) <= count + 1         # at most one that was already on its way

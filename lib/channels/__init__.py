@@ -17,6 +17,9 @@ CHANNELS = {
     "email": ("lib.channels.email", "EmailChannel",
               ("consent_granted", "imap_host", "imap_username", "imap_password", "smtp_host")),
 }
+# the modules whose package (in requirements.txt) has another name
+PACKAGES = {"websocket": "websocket-client", "telegram": "python-telegram-bot",
+            "slack_sdk": "slack-sdk", "yaml": "pyyaml"}
 
 
 def missing(config, name) -> list[str]:
@@ -26,7 +29,8 @@ def missing(config, name) -> list[str]:
 
 def enabled(config, home):
     """The channel objects the config enables. A channel whose code or SDK is missing is an
-    error naming what to install; one with missing credentials is an error naming the keys."""
+    error naming what to install (a channel imports its packages when it is made, so that this
+    happens at start-up); one with missing credentials is an error naming the keys."""
     out = []
     for name, (module, cls, _) in CHANNELS.items():
         if not getattr(config.channels, name).enabled:
@@ -36,14 +40,14 @@ def enabled(config, home):
             raise ConfigError(f"{config.path}: channel {name} is enabled but {', '.join(lack)} "
                               "is not set")
         try:
-            klass = getattr(importlib.import_module(module), cls)
+            out.append(getattr(importlib.import_module(module), cls)(config, home))
         except ModuleNotFoundError as e:
             if e.name == module:
                 raise ConfigError(f"channel {name} is not available in this version of nanoclaw; "
                                   f"set channels.{name}.enabled: false") from None
-            raise ConfigError(f"channel {name} needs the Python package {e.name!r}: "
-                              f".venv/bin/pip install {e.name}") from None
-        out.append(klass(config, home))
+            package = PACKAGES.get(str(e.name).split(".")[0], e.name)
+            raise ConfigError(f"channel {name} needs the Python package {package}: "
+                              ".venv/bin/pip install -r requirements.txt") from None
     return out
 
 

@@ -22,16 +22,14 @@ import time
 from collections import OrderedDict
 from urllib.parse import quote_plus
 
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.config import allowed
-from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
 # DingTalk takes about 20 KB per robot message; 4,000 characters stay under that even when all of
 # them are CJK (3 bytes each in UTF-8), and a part of that size still reads well on a phone.
 LIMIT = 4000
-PING_S = 30.0                   # this long without a frame: ping; as long again: the link is dead
 WEBHOOK_MARGIN_S = 30           # a session webhook this close to its expiry is not used any more
 MAX_FILE = 20 * 1024 * 1024
 # Throttling answers: HTTP 429, the gateway's QpsLimit codes, and the old API's errcodes (90002
@@ -45,52 +43,21 @@ class DingTalkChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:
-            import requests  # noqa: F401  (fail at start-up, naming the package to install)
-            import websocket  # noqa: F401
-        except ModuleNotFoundError as e:
-            package = "websocket-client" if e.name == "websocket" else e.name
-            raise ConfigError(f"channel dingtalk needs the Python package {package!r}: "
-                              f".venv/bin/pip install {package}") from None
+        import requests  # noqa: F401  (now: enabled() names a missing package at start-up)
+        import websocket  # noqa: F401
         self.base = self.settings.api_base.rstrip("/")
-        self._ws, self._connected = None, False
         self._seen = OrderedDict()      # msgIds already in the inbox
         self._token, self._token_until = "", 0.0
         self._lock = threading.Lock()
 
-    def stop(self, timeout: float = 2.0):
-        self.stopping.set()
-        ws = self._ws
-        if ws is not None:
-            ws.abort()                  # wakes the listen thread out of its blocking read
-        super().stop(timeout)
-
     # --- receiving ---
 
     def listen(self):
-        attempt = 0
-        while not self.stopping.is_set():
-            self._connected = False
-            try:
-                if self._session():
-                    attempt = 0
-                    continue                    # DingTalk asked us to reconnect: no waiting
-            except Exception as e:              # HTTP, websocket, socket or JSON trouble
-                if not self.stopping.is_set():
-                    log.warning("dingtalk: no connection (%s: %s); trying again",
-                                type(e).__name__, e)
-            finally:
-                ws, self._ws = self._ws, None
-                if ws is not None:
-                    ws.shutdown()
-            attempt = 0 if self._connected else attempt + 1
-            if not self.reconnect_wait(attempt):
-                return
+        self.keep_connected(self._session)
 
     def _session(self) -> bool:
         """One connection, read until it ends. True when DingTalk sent `disconnect`."""
         import requests
-        import websocket
         s = self.settings
         r = requests.post(f"{self.base}/v1.0/gateway/connections/open", timeout=30, json={
             "clientId": s.client_id, "clientSecret": s.client_secret, "ua": "nanoclaw/1.0",
@@ -100,23 +67,11 @@ class DingTalkChannel(Channel):
         body = r.json()
         sep = "&" if "?" in body["endpoint"] else "?"
         url = f"{body['endpoint']}{sep}ticket={quote_plus(body['ticket'])}"
-        ws = self._ws = websocket.create_connection(url, timeout=PING_S, enable_multithread=True)
-        self._connected = True
+        ws = self.connect(url)
+        self.connected = True
         log.info("dingtalk: connected")
-        quiet = False
-        while not self.stopping.is_set():
-            try:
-                opcode, data = ws.recv_data(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                if quiet:
-                    raise ConnectionError(f"no answer to a ping in {PING_S:.0f}s") from None
-                quiet = True
-                ws.ping()
-                continue
-            quiet = False
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                raise ConnectionError("DingTalk closed the connection")
-            if opcode == websocket.ABNF.OPCODE_TEXT and self._frame(ws, json.loads(data)):
+        for frame in self.read_json(ws):
+            if self._frame(ws, frame):
                 log.info("dingtalk: asked to reconnect")
                 return True
         return False
@@ -193,23 +148,11 @@ class DingTalkChannel(Channel):
         return "\n".join(t for t in texts if t).strip(), media
 
     def _download(self, code: str, name: str):
-        import requests
         if not code:
             raise ValueError("the message carries no download code")
         url = self._api("/v1.0/robot/messageFiles/download",
                         {"downloadCode": code, "robotCode": self.settings.client_id})["downloadUrl"]
-        path = self.media_path(name)
-        try:         # a plain GET: the address is signed, and the token must not go elsewhere
-            with requests.get(url, stream=True, timeout=60) as r, open(path, "wb") as f:
-                r.raise_for_status()
-                for chunk in r.iter_content(65536):
-                    if f.tell() + len(chunk) > MAX_FILE:
-                        raise ValueError(f"larger than {MAX_FILE // 2**20} MB")
-                    f.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        return self.download(url, name, MAX_FILE)
 
     # --- sending ---
 
@@ -219,9 +162,8 @@ class DingTalkChannel(Channel):
         if msg.get("media"):
             log.warning("dingtalk: sending files is not supported; %d attachment(s) left out",
                         len(msg["media"]))
-        for i in range(msg.get("_done", 0), len(parts)):
-            self._send(chat, meta, parts[i])
-            msg["_done"] = i + 1                # a retry goes on from the next part
+        for _, part in unsent(msg, parts):
+            self._send(chat, meta, part)
 
     def _send(self, chat: str, meta: dict, text: str):
         import requests
@@ -230,7 +172,7 @@ class DingTalkChannel(Channel):
         if hook and float(until) / 1000 > time.time() + WEBHOOK_MARGIN_S:
             r = requests.post(hook, json={"msgtype": "markdown",
                                           "markdown": {"title": title, "text": text}}, timeout=30)
-            body = _json(r)
+            body = json_of(r)
             code = str(body.get("errcode", body.get("code", "")))
             if r.status_code == 200 and code in ("0", ""):
                 return
@@ -262,7 +204,7 @@ class DingTalkChannel(Channel):
                     self._token_until = 0.0
                 continue
             _check(r)
-            return _json(r)
+            return json_of(r)
 
     def _access_token(self) -> str:
         import requests
@@ -280,16 +222,8 @@ class DingTalkChannel(Channel):
             return self._token
 
 
-def _json(r) -> dict:
-    try:
-        body = r.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _describe(r) -> str:
-    body = _json(r)
+    body = json_of(r)
     code = body.get("code") or body.get("errcode") or ""
     why = body.get("message") or body.get("errmsg") or r.text[:200]
     return f"{r.request.path_url.split('?')[0]} answered {r.status_code} {code}: {why}".strip()
@@ -305,7 +239,7 @@ def _retry_after(r, code: str) -> float:
 def _check(r, hint: str = ""):
     if r.status_code < 300:
         return
-    code = str(_json(r).get("code") or "")
+    code = str(json_of(r).get("code") or "")
     if r.status_code == 429 or THROTTLED.search(code):
         raise SendError(_describe(r), retry_after=_retry_after(r, code))
     raise SendError(_describe(r) + hint, permanent=400 <= r.status_code < 500)

@@ -8,17 +8,15 @@ import collections
 import logging
 import re
 import sys
-import threading
-import time
 from pathlib import Path
 
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
+from lib.channels.typing_sign import Typing
 from lib.config import allowed
-from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LIMIT = 2000
-TYPING_EVERY, TYPING_CAP = 8.0, 120.0
+TYPING_EVERY = 8.0
 MAX_DOWNLOAD = 25 * 1024 * 1024
 AUDIO = (".ogg", ".oga", ".mp3", ".m4a", ".wav", ".webm", ".flac", ".opus")
 FATAL = {
@@ -38,16 +36,12 @@ class DiscordChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:
-            import requests  # noqa: F401  (fail at start-up, naming the package to install)
-            import websocket  # noqa: F401
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"channel discord needs the Python package {e.name}: "
-                              ".venv/bin/pip install -r requirements.txt") from None
+        import requests  # noqa: F401  (now: enabled() names a missing package at start-up)
+        import websocket  # noqa: F401
         self.user_id = ""
         self._seen = collections.deque(maxlen=512)      # message ids, in case one comes twice
-        self._typing = {}                               # chat id -> [stop event, replies awaited]
-        self._lock = threading.Lock()
+        self.typing = Typing(self.name, lambda chat: self.api(
+            "POST", f"/channels/{chat}/typing", timeout=10), TYPING_EVERY)
         self.http = None
 
     def start(self):
@@ -58,9 +52,7 @@ class DiscordChannel(Channel):
         super().start()
 
     def stop(self, timeout: float = 2.0):
-        with self._lock:
-            for stop, _ in self._typing.values():
-                stop.set()
+        self.typing.stop()
         super().stop(timeout)
 
     def api(self, method: str, path: str, **kw):
@@ -111,7 +103,7 @@ class DiscordChannel(Channel):
         sender = f"{author.get('id')}|{author.get('username', '')}"
         media = []
         if allowed(self.settings.allow_from, sender):   # strangers' files are not fetched
-            self._start_typing(chat)
+            self.typing.start(chat)
             text, media = self._attachments(text, attachments)
         self.receive(chat, sender, text, media, {"message_id": d.get("id"),
                                                  "guild_id": d.get("guild_id")})
@@ -121,7 +113,7 @@ class DiscordChannel(Channel):
         for a in attachments:
             name = a.get("filename") or "file"
             try:
-                path = self._download(a["url"], name)
+                path = self.download(a["url"], name, MAX_DOWNLOAD)     # no token to the CDN
             except Exception as e:
                 log.warning("discord: cannot download attachment %s: %s", name, e)
                 text += f"\n[attachment {name} could not be downloaded]"
@@ -132,64 +124,13 @@ class DiscordChannel(Channel):
                 text = f"{text}\n{heard}".strip() if heard else text
         return text, media
 
-    def _download(self, url: str, name: str) -> Path:
-        import requests
-        path = self.media_path(name)
-        # a plain GET: attachment URLs are signed, and the bot token must not go to the CDN
-        try:
-            with requests.get(url, stream=True, timeout=60) as r, open(path, "wb") as f:
-                r.raise_for_status()
-                for chunk in r.iter_content(65536):
-                    if f.tell() + len(chunk) > MAX_DOWNLOAD:
-                        raise ValueError(f"larger than {MAX_DOWNLOAD // 2**20} MB")
-                    f.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
-
-    # --- typing ---
-
-    def _start_typing(self, chat: str):
-        with self._lock:
-            if chat in self._typing:
-                self._typing[chat][1] += 1
-                return
-            stop = threading.Event()
-            self._typing[chat] = [stop, 1]
-        threading.Thread(target=self._type, args=(chat, stop), name="discord-typing",
-                         daemon=True).start()
-
-    def _type(self, chat: str, stop: threading.Event):
-        end = time.monotonic() + TYPING_CAP
-        while not stop.is_set() and time.monotonic() < end:
-            try:
-                self.api("POST", f"/channels/{chat}/typing", timeout=10)
-            except Exception as e:
-                log.debug("discord: typing: %s", e)
-            stop.wait(TYPING_EVERY)
-        with self._lock:
-            if self._typing.get(chat, [None])[0] is stop:
-                del self._typing[chat]
-
-    def _replied(self, chat: str):
-        with self._lock:
-            entry = self._typing.get(chat)
-            if entry:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    entry[0].set()
-                    del self._typing[chat]
-
     # --- sending ---
 
     def deliver(self, msg: dict):
         chat, meta = msg["chat_id"], msg.get("metadata") or {}
         parts = split_message(msg.get("text") or "", LIMIT)
         files = [Path(p) for p in msg.get("media") or ()]
-        for i, item in enumerate(parts + files):
-            if i < msg.get("_done", 0):
-                continue                # sent before a retry was needed
+        for i, item in unsent(msg, parts + files):
             if isinstance(item, Path):
                 if not item.is_file():
                     raise SendError(f"attachment {item} does not exist", permanent=True)
@@ -202,18 +143,14 @@ class DiscordChannel(Channel):
                     body["message_reference"] = {"message_id": meta["message_id"],
                                                  "fail_if_not_exists": False}
                 self._post(chat, json=body)
-            msg["_done"] = i + 1
         if msg.get("reply_to"):
-            self._replied(chat)
+            self.typing.done(chat)
 
     def _post(self, chat: str, **kw):
         r = self.api("POST", f"/channels/{chat}/messages", **kw)
         if r.status_code < 300:
             return
-        try:
-            body = r.json()
-        except ValueError:
-            body = {}
+        body = json_of(r)
         if r.status_code == 429:
             wait = float(body.get("retry_after") or r.headers.get("Retry-After") or 1)
             raise SendError(f"rate limited for {wait:.2f}s", retry_after=wait)

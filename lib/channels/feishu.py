@@ -18,9 +18,8 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from lib.channels import pbframe
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, split_message, unsent
 from lib.config import allowed
-from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # A post message may carry 30 KB of JSON. 4,000 characters stay under it even when every one is
@@ -46,12 +45,8 @@ class FeishuChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:                    # fail at start-up, naming the package to install
-            import requests
-            import websocket  # noqa: F401
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"channel feishu needs the Python package {e.name}: "
-                              ".venv/bin/pip install -r requirements.txt") from None
+        import requests         # now: enabled() names a missing package at start-up
+        import websocket  # noqa: F401
         self.http, self.bot_open_id, self.ping_s = requests.Session(), "", 120.0
         self._token, self._token_until, self._token_lock = "", 0.0, threading.Lock()
         self._seen = collections.OrderedDict()          # message ids already handled
@@ -105,23 +100,14 @@ class FeishuChannel(Channel):
     # --- receiving ---
 
     def listen(self):
-        import websocket
         threading.Thread(target=self._dispatcher, name="feishu-dispatch", daemon=True).start()
-        attempt = 0
-        while not self.stopping.is_set():
-            self._connected, cap = False, 60.0
-            try:
-                self._session(websocket)
-            except FeishuError as e:                    # credentials or the app's settings
-                log.error("feishu: %s", e)
-                cap = 300.0
-            except Exception as e:                      # the network, the server, a handshake
-                if not self.stopping.is_set():
-                    log.warning("feishu: connection lost (%s: %s); reconnecting",
-                                type(e).__name__, e)
-            attempt = 0 if self._connected else attempt + 1
-            if not self.reconnect_wait(attempt, cap):
-                return
+        self.keep_connected(self._session)
+
+    def connection_lost(self, error, attempt):
+        if not isinstance(error, FeishuError):         # the network, the server, a handshake
+            return super().connection_lost(error, attempt)
+        log.error("feishu: %s", error)                  # credentials or the app's settings:
+        return 300.0                                    # no use trying often
 
     def _endpoint(self) -> str:
         r = self.http.post(self.url("/callback/ws/endpoint"), timeout=30, json={
@@ -141,7 +127,8 @@ class FeishuChannel(Channel):
         if isinstance(conf, dict) and conf.get("PingInterval", 0) > 0:
             self.ping_s = float(conf["PingInterval"])
 
-    def _session(self, websocket):
+    def _session(self):
+        import websocket
         url = self._endpoint()
         if not self.bot_open_id:
             try:
@@ -169,7 +156,7 @@ class FeishuChannel(Channel):
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     code = int.from_bytes(data[:2], "big")
                     raise ConnectionError(f"closed by the server ({code})")
-                waiting, self._connected = None, True       # the server talks: reset the backoff
+                waiting, self.connected = None, True        # the server talks: reset the backoff
                 if opcode == websocket.ABNF.OPCODE_BINARY:
                     try:
                         frame = pbframe.decode(data)
@@ -258,23 +245,15 @@ class FeishuChannel(Channel):
     def _download(self, mid: str, text: str, files) -> tuple[str, list]:
         media = []
         for kind, key, name in files:
-            path = None
             try:
                 with self.api("GET", f"/open-apis/im/v1/messages/{mid}/resources/{key}",
                               params={"type": "image" if kind == "image" else "file"},
                               stream=True) as r:
                     ext = ".ogg" if kind == "audio" else mimetypes.guess_extension(
                         r.headers.get("Content-Type", "").split(";")[0]) or ""
-                    path = self.media_path(name or key + ext)
-                    with open(path, "wb") as f:
-                        for chunk in r.iter_content(65536):
-                            if f.tell() + len(chunk) > MAX_DOWNLOAD:
-                                raise ValueError(f"larger than {MAX_DOWNLOAD // 2**20} MB")
-                            f.write(chunk)
+                    path = self.save_media(r, name or key + ext, MAX_DOWNLOAD)
             except Exception as e:
                 log.warning("feishu: cannot download %s %s: %s", kind, key, e)
-                if path is not None:
-                    path.unlink(missing_ok=True)
                 text += f"\n[{kind} {name or key} could not be downloaded]"
                 continue
             media.append(str(path))
@@ -291,15 +270,14 @@ class FeishuChannel(Channel):
         if msg.get("media"):
             log.warning("feishu: sending files is not supported; %d attachment(s) left out",
                         len(msg["media"]))
-        for i in range(msg.get("_done", 0), len(parts)):
-            body = {"msg_type": "post", "content": json.dumps(_rich(parts[i]), ensure_ascii=False),
+        for i, part in unsent(msg, parts):
+            body = {"msg_type": "post", "content": json.dumps(_rich(part), ensure_ascii=False),
                     "uuid": hashlib.md5(f"{msg.get('id')}:{i}".encode()).hexdigest()}
             try:                                # (uuid: Feishu drops a repeat within an hour)
                 self._post(chat, meta.get("message_id") if i == 0 else None, body)
             except FeishuError as e:
                 raise SendError(str(e), retry_after=e.retry_after, permanent=not e.transient) \
                     from None
-            msg["_done"] = i + 1                # a retry skips the parts already posted
         if msg.get("reply_to") and meta.get("reaction_id"):
             try:
                 self.api("DELETE", f"/open-apis/im/v1/messages/{meta['message_id']}/reactions/"

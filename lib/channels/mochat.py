@@ -15,9 +15,8 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from lib import maildir
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.config import allowed
-from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LIMIT = 4000
@@ -30,19 +29,13 @@ class MochatChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:
-            import requests  # noqa: F401  (fail at start-up, naming the package to install)
-            import websocket  # noqa: F401
-        except ModuleNotFoundError as e:
-            package = "websocket-client" if e.name == "websocket" else e.name
-            raise ConfigError(f"channel mochat needs the Python package {package}: "
-                              ".venv/bin/pip install -r requirements.txt") from None
+        import requests  # noqa: F401  (now: enabled() names a missing package at start-up)
+        import websocket  # noqa: F401
         self.lock, self.path = threading.RLock(), self.home / "state" / "mochat.json"
         self.state, self.seen, self.saved = {"cursors": {}, "pending": {}}, {}, ""
         self.sessions, self.panels, self.threads, self.timers, self.acks = set(), set(), {}, {}, {}
         self.down = threading.Event()       # the socket is not subscribed: poll over HTTP
-        self.ws = self.http = None
-        self.live, self.calls = False, 0
+        self.http, self.calls = None, 0     # self.ws is the socket once it is connected
 
     def start(self):
         import requests
@@ -63,11 +56,7 @@ class MochatChannel(Channel):
         """POST {base_url}/api/claw/<path>; the `data` of `{code: 200, data}`, else SendError."""
         r = self.http.post(f"{self.settings.base_url.rstrip('/')}/api/claw/{path}", json=body,
                            timeout=timeout)
-        try:
-            got = r.json()
-        except ValueError:
-            got = {}
-        got = got if isinstance(got, dict) else {}
+        got = json_of(r)
         code = got["code"] if isinstance(got.get("code"), int) else r.status_code
         if 429 in (code, r.status_code):
             wait = float(got.get("retry_after") or r.headers.get("Retry-After") or 1)
@@ -85,19 +74,16 @@ class MochatChannel(Channel):
             self.arm(key)
         self.discover()
         self.spawn("refresh", self.refresh)
-        attempt = 0
-        while not self.stopping.is_set():
-            self.live = False
-            try:
-                self.socket()
-            except Exception as e:          # refused, dropped, silent, or a failed subscription
-                (log.info if attempt else log.warning)(  # once per failing streak, then quieter
-                    "mochat: socket: %s: %s; polling over HTTP meanwhile", type(e).__name__,
-                    str(e).split(" -+-+- ")[0][:200])
-            self.down.set()
-            attempt = 0 if self.live else attempt + 1
-            if not self.reconnect_wait(attempt):
-                return
+        self.keep_connected(self.socket)
+
+    def connection_lost(self, error, attempt):
+        """Refused, dropped, silent, or a failed subscription: said once per failing streak."""
+        (log.info if attempt else log.warning)(
+            "mochat: socket: %s: %s; polling over HTTP meanwhile", type(error).__name__,
+            str(error).split(" -+-+- ")[0][:200])
+
+    def hang_up(self):
+        self.down.set()                     # HTTP polling takes over (socket() closed the socket)
 
     def socket(self):
         import websocket
@@ -118,7 +104,7 @@ class MochatChannel(Channel):
             while not self.stopping.is_set():
                 if time.monotonic() - heard > silence:
                     raise ConnectionError(f"the server sent nothing for {silence:.0f}s")
-                if not self.live and time.monotonic() - begun > 30:
+                if not self.connected and time.monotonic() - begun > 30:
                     raise ConnectionError("the subscription was not answered in 30s")
                 try:
                     packet = ws.recv()
@@ -175,7 +161,7 @@ class MochatChannel(Channel):
                 self.handle("session", payload)
             todo[0] -= 1
             if not todo[0]:
-                self.live = True
+                self.connected = True
                 self.down.clear()
                 log.info("mochat: subscribed to %d session(s), %d panel(s)", len(sessions),
                          len(panels))
@@ -376,9 +362,7 @@ class MochatChannel(Channel):
         panel = meta.get("kind", "session" if chat.startswith("session_") else "panel") == "panel"
         if msg.get("media"):
             log.warning("mochat: attachments cannot be sent; only the text goes")
-        for i, part in enumerate(split_message(msg.get("text") or "", LIMIT)):
-            if i < msg.get("_done", 0):
-                continue                    # sent before a retry was needed
+        for i, part in unsent(msg, split_message(msg.get("text") or "", LIMIT)):
             body = {"panelId" if panel else "sessionId": chat, "content": part}
             if i == 0 and meta.get("message_id"):
                 body["replyTo"] = meta["message_id"]
@@ -387,7 +371,6 @@ class MochatChannel(Channel):
             sent = self.api("groups/panels/send" if panel else "sessions/send", body)
             if sent.get("messageId") or sent.get("_id"):        # so its echo is not answered
                 self.remember(str(sent.get("messageId") or sent.get("_id")))
-            msg["_done"] = i + 1
 
 
 def mentions(p: dict, me: str) -> bool:

@@ -14,10 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels.wsgateway import FatalError, GatewaySession
 from lib.config import allowed
-from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # QQ does not document the length limit of a text message precisely (figures from 2,000 to
@@ -43,7 +42,6 @@ FATAL = {
           "check the bot's status on q.qq.com",
     4915: "QQ has banned this bot",
 }
-PIP = {"websocket": "websocket-client"}
 
 
 class BadCredentials(Exception):
@@ -55,12 +53,8 @@ class QQChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:
-            import requests  # noqa: F401  (fail at start-up, naming the package to install)
-            import websocket  # noqa: F401
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"channel qq needs the Python package {PIP.get(e.name, e.name)}: "
-                              ".venv/bin/pip install -r requirements.txt") from None
+        import requests  # noqa: F401  (now: enabled() names a missing package at start-up)
+        import websocket  # noqa: F401
         self.http = None
         self._token, self._token_until = "", 0.0
         self._token_lock, self._seq_lock = threading.Lock(), threading.Lock()
@@ -82,10 +76,7 @@ class QQChannel(Channel):
                 s = self.settings
                 r = self.http.post(s.token_url, timeout=30,
                                    json={"appId": str(s.app_id), "clientSecret": s.secret})
-                try:
-                    body = r.json()
-                except ValueError:
-                    body = {}
+                body = json_of(r)
                 if not body.get("access_token"):
                     if r.status_code >= 500 or r.status_code == 429:
                         r.raise_for_status()
@@ -184,21 +175,9 @@ class QQChannel(Channel):
         return text, media
 
     def _download(self, url: str, name: str) -> Path:
-        import requests
         url = "https:" + url if url.startswith("//") else url
         url = url if "://" in url else "https://" + url          # QQ sometimes omits the scheme
-        path = self.media_path(name)
-        try:        # a plain GET: the access token must not go to the file server
-            with requests.get(url, stream=True, timeout=60) as r, open(path, "wb") as f:
-                r.raise_for_status()
-                for chunk in r.iter_content(65536):
-                    if f.tell() + len(chunk) > MAX_DOWNLOAD:
-                        raise ValueError(f"larger than {MAX_DOWNLOAD // 2**20} MB")
-                    f.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        return self.download(url, name, MAX_DOWNLOAD)           # no token to the file server
 
     # --- sending ---
 
@@ -214,11 +193,8 @@ class QQChannel(Channel):
         text = msg.get("text") or ""
         for p in msg.get("media") or ():        # QQ takes files only from a public URL
             text += f"\n[file not sent over QQ: {Path(p).name}]"
-        for i, part in enumerate(split_message(text, LIMIT)):
-            if i < msg.get("_done", 0):
-                continue                        # sent before a retry was needed
+        for i, part in unsent(msg, split_message(text, LIMIT)):
             self._send_part(msg, str(i), part)
-            msg["_done"] = i + 1
 
     def _send_part(self, msg: dict, part: str, text: str):
         msg_id = None if msg.get("_unprompted") else (msg.get("metadata") or {}).get("message_id")
@@ -235,10 +211,7 @@ class QQChannel(Channel):
                 raise SendError(str(e), permanent=True) from None
             if r.status_code < 300:
                 return
-            try:
-                err = r.json()
-            except ValueError:
-                err = {}
+            err = json_of(r)
             code = err.get("code")
             if code == DUPLICATE and msg_id:
                 if retry:

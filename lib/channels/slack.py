@@ -16,13 +16,12 @@ import re
 from collections import OrderedDict
 from urllib.parse import urlparse
 
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, split_message, unsent
 from lib.config import allowed
 
 log = logging.getLogger(__name__)
 # Slack recommends keeping a message's text under 4,000 characters (it truncates past 40,000).
 LIMIT = 4000
-PING_S = 30.0                   # this long without a frame: ping; as long again: the link is dead
 MAX_FILE = 20 * 1024 * 1024
 RETRYABLE = {"ratelimited", "internal_error", "fatal_error", "service_unavailable",
              "request_timeout"}
@@ -33,9 +32,10 @@ class SlackChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        self.web = self.bot_user = self._ws = None
+        import slack_sdk  # noqa: F401  (now: enabled() names a missing package at start-up)
+        import websocket  # noqa: F401
+        self.web = self.bot_user = None
         self._seen = OrderedDict()      # event ids and (channel, ts) pairs already handled
-        self._progress = {}             # outbox id -> parts already posted (retries skip them)
 
     def start(self):
         from slack_sdk import WebClient
@@ -43,78 +43,40 @@ class SlackChannel(Channel):
         self.web = WebClient(token=self.settings.bot_token, base_url=base, timeout=30)
         super().start()
 
-    def stop(self, timeout: float = 2.0):
-        self.stopping.set()
-        ws = self._ws
-        if ws is not None:
-            ws.abort()                  # wakes the listen thread out of its blocking read
-        super().stop(timeout)
-
     # --- receiving ---
 
     def listen(self):
-        from slack_sdk.errors import SlackApiError
-        attempt = 0
-        while not self.stopping.is_set():
-            self._hello = False
-            try:
-                if self._session():
-                    attempt = 0
-                    continue                    # Slack asked us to reconnect: no waiting
-            except SlackApiError as e:
-                wait, error = _retry_after(e.response), e.response.get("error")
-                hint = "; check channels.slack.bot_token and app_token" if error in (
-                    "not_authed", "invalid_auth", "not_allowed_token_type", "token_revoked",
-                    "account_inactive") else ""
-                log.warning("slack: %s%s", _describe(e.response), hint)
-                if wait is not None:
-                    if self.stopping.wait(wait):
-                        return
-                    continue
-            except Exception as e:              # websocket, socket or JSON trouble
-                if not self.stopping.is_set():
-                    log.warning("slack: connection lost (%s: %s); reconnecting",
-                                type(e).__name__, e)
-            finally:
-                ws, self._ws = self._ws, None
-                if ws is not None:
-                    ws.shutdown()
-            attempt = 0 if self._hello else attempt + 1
-            if not self.reconnect_wait(attempt):
-                return
+        self.keep_connected(self._session)
 
     def _session(self) -> bool:
-        """One connection, read until it ends. True when Slack sent `disconnect`."""
-        import websocket
-        if not self.bot_user:
-            self.bot_user = self.web.auth_test()["user_id"]
-        url = self.web.apps_connections_open(app_token=self.settings.app_token)["url"]
-        ws = self._ws = websocket.create_connection(url, timeout=PING_S, enable_multithread=True)
-        quiet = False
-        while not self.stopping.is_set():
-            try:
-                opcode, data = ws.recv_data(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                if quiet:
-                    raise ConnectionError(f"no answer to a ping in {PING_S:.0f}s") from None
-                quiet = True
-                ws.ping()
-                continue
-            quiet = False
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                raise ConnectionError("Slack closed the connection")
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue
-            frame = json.loads(data)
+        """One connection, read until it ends. True when Slack sent `disconnect` (or a rate limit
+        has been waited out): connect again at once."""
+        from slack_sdk.errors import SlackApiError
+        try:
+            if not self.bot_user:
+                self.bot_user = self.web.auth_test()["user_id"]
+            url = self.web.apps_connections_open(app_token=self.settings.app_token)["url"]
+        except SlackApiError as e:
+            wait, error = _retry_after(e.response), e.response.get("error")
+            hint = "; check channels.slack.bot_token and app_token" if error in (
+                "not_authed", "invalid_auth", "not_allowed_token_type", "token_revoked",
+                "account_inactive") else ""
+            if wait is None:
+                raise ConnectionError(_describe(e.response) + hint) from None
+            log.warning("slack: %s", _describe(e.response))
+            self.stopping.wait(wait)
+            return True
+        ws = self.connect(url)
+        for frame in self.read_json(ws):
             if frame.get("envelope_id"):
                 ws.send(json.dumps({"envelope_id": frame["envelope_id"]}))    # ack first
             kind = frame.get("type")
             if kind == "hello":
-                self._hello = True
+                self.connected = True
                 log.info("slack: connected as %s", self.bot_user)
             elif kind == "disconnect":
                 if frame.get("reason") == "link_disabled":     # Socket Mode switched off
-                    self._hello = False                         # so: back off, and say so
+                    self.connected = False                      # so: back off, and say so
                     raise ConnectionError("Socket Mode is off in the Slack app's settings")
                 log.info("slack: asked to reconnect (%s)", frame.get("reason"))
                 return True
@@ -179,7 +141,7 @@ class SlackChannel(Channel):
         for f in files:
             name = f.get("name") or f.get("id") or "file"
             url = f.get("url_private_download") or f.get("url_private") or ""
-            host, path = urlparse(url).hostname or "", None
+            host = urlparse(url).hostname or ""
             try:
                 if not (host in hosts or host.endswith(".slack.com")):
                     raise ValueError(f"not a Slack file address: {url!r}")
@@ -191,17 +153,9 @@ class SlackChannel(Channel):
                     if "text/html" in r.headers.get("Content-Type", "") and \
                             "html" not in (f.get("mimetype") or ""):
                         raise ValueError("Slack sent a sign-in page (does the app have files:read?)")
-                    path, size = self.media_path(name), 0
-                    with open(path, "wb") as out:
-                        for chunk in r.iter_content(65536):
-                            size += len(chunk)
-                            if size > MAX_FILE:
-                                raise ValueError(f"over the {MAX_FILE} byte limit")
-                            out.write(chunk)
+                    path = self.save_media(r, name, MAX_FILE)
             except (requests.RequestException, OSError, ValueError) as e:
                 log.warning("slack: cannot download %s: %s", name, e)
-                if path is not None:
-                    path.unlink(missing_ok=True)
                 notes.append(f"[file {name} could not be downloaded]")
                 continue
             paths.append(str(path))
@@ -225,7 +179,7 @@ class SlackChannel(Channel):
 
     def deliver(self, msg: dict):
         from slack_sdk.errors import SlackApiError
-        meta, chat, key = msg.get("metadata") or {}, msg["chat_id"], msg.get("id", "")
+        meta, chat = msg.get("metadata") or {}, msg["chat_id"]
         parts = []
         for part in split_message(msg.get("text") or "", LIMIT):
             rendered = to_mrkdwn(part)      # escapes and links can make it longer: check again
@@ -234,17 +188,14 @@ class SlackChannel(Channel):
             log.warning("slack: sending files is not supported; %d attachment(s) left out",
                         len(msg["media"]))
         try:
-            for i in range(self._progress.get(key, 0), len(parts)):
+            for _, part in unsent(msg, parts):
                 args = {"thread_ts": meta["thread_ts"]} if meta.get("thread_ts") else {}
-                self.web.chat_postMessage(channel=chat, text=parts[i], **args)
-                self._progress[key] = i + 1
+                self.web.chat_postMessage(channel=chat, text=part, **args)
         except SlackApiError as e:
             wait, error = _retry_after(e.response), e.response.get("error")
             if wait is None and (e.response.status_code < 500 and error not in RETRYABLE):
-                self._progress.pop(key, None)
                 raise SendError(_describe(e.response), permanent=True) from None
             raise SendError(_describe(e.response), retry_after=wait) from None
-        self._progress.pop(key, None)
         if meta.get("reaction") and meta.get("ts"):
             self._react("reactions_remove", chat, meta["ts"], meta["reaction"])
 

@@ -5,15 +5,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import html
-import importlib
+import importlib.util
 import json
 import logging
 import re
 import threading
-import time
 
 from lib import maildir
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, SendError, split_message, unsent
+from lib.channels.typing_sign import Typing
 from lib.config import allowed
 from lib.errors import ConfigError
 
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 LIMIT = 4096                    # characters (UTF-16 units) per message, after parsing
 POLL_S = 25                     # long-poll timeout asked of Telegram; HTTP read waits 10 s more
 TYPING_EVERY = 4.0              # "typing…" lasts 5 s on the user's screen
-TYPING_CAP = 120.0
 MAX_DOWNLOAD = 20 * 1024 * 1024     # the Bot API serves files up to 20 MB
 COMMANDS = [("new", "Start a new conversation"), ("help", "What I can do")]
 
@@ -31,19 +30,13 @@ class TelegramChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        need = {"telegram": "python-telegram-bot"}          # fail at start-up, naming the package
-        if self.settings.proxy.startswith("socks"):
-            need["socksio"] = "httpx[socks]"
-        for module, package in need.items():
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError:
-                raise ConfigError(f"channel telegram needs {package}: .venv/bin/pip install "
-                                  f"'{package}'") from None
+        import telegram  # noqa: F401  (now: enabled() names a missing package at start-up)
+        if self.settings.proxy.startswith("socks") and not importlib.util.find_spec("socksio"):
+            raise ConfigError("channel telegram needs httpx[socks] for a SOCKS proxy: "
+                              ".venv/bin/pip install 'httpx[socks]'")
         self.loop = self.bot = self._main = None
         self._ready = threading.Event()         # connected: deliver() waits for it
-        self._typing = {}                       # chat id -> [messages awaiting a reply, since]
-        self._progress = {}                     # outbox id -> parts of it already sent
+        self.typing = Typing(self.name, self._typing_sign, TYPING_EVERY)
         self._webhook_deleted = False
         self.offset_path = self.home / "state" / "telegram_offset.json"
         self._bot_key = self.settings.token.split(":")[0]   # an offset is only good for its bot
@@ -68,6 +61,7 @@ class TelegramChannel(Channel):
 
     def stop(self, timeout: float = 2.0):
         self.stopping.set()
+        self.typing.stop()
         if self.loop and self._main:
             try:
                 self.loop.call_soon_threadsafe(self._main.cancel)
@@ -83,11 +77,9 @@ class TelegramChannel(Channel):
         self.bot = Bot(s.token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
                        request=HTTPXRequest(8, read_timeout=30, proxy=proxy),
                        get_updates_request=HTTPXRequest(1, read_timeout=10, proxy=proxy))
-        typing = asyncio.create_task(self._keep_typing())
         try:
             await self._poll()
         finally:
-            typing.cancel()
             await self.bot.shutdown()
 
     async def _poll(self):
@@ -107,16 +99,14 @@ class TelegramChannel(Channel):
                 self._ready.set()
                 for update in updates:
                     try:
-                        chat = update.message and await self._handle(update.message)
+                        if update.message:
+                            await self._handle(update.message)
                     except (TelegramError, OSError):
                         raise                       # fetched again after the reconnect
                     except Exception:
                         log.exception("telegram: update %s skipped", update.update_id)
-                        chat = None
                     offset = update.update_id + 1
                     self._save_offset(offset)       # only now: its inbox file exists
-                    if chat:
-                        await self._action(chat)
                 attempt = 0
                 continue
             except RetryAfter as e:
@@ -183,12 +173,9 @@ class TelegramChannel(Channel):
                 "first_name": user.first_name, "chat_type": chat.type}
         if m.is_topic_message and m.message_thread_id:
             meta["thread_id"] = m.message_thread_id
-        if not self.receive(chat.id, sender, text.strip(), media, meta,       # the same update
-                            key=f"{chat.id}-{m.message_id}", at=m.date.timestamp()):  # once
-            return None
-        entry = self._typing.setdefault(str(chat.id), [0, 0.0])
-        entry[0], entry[1] = entry[0] + 1, time.monotonic()
-        return str(chat.id)
+        if self.receive(chat.id, sender, text.strip(), media, meta,       # the same update
+                        key=f"{chat.id}-{m.message_id}", at=m.date.timestamp()):  # once
+            self.typing.start(str(chat.id))
 
     async def _download(self, item, name: str):
         from telegram.error import BadRequest
@@ -203,31 +190,10 @@ class TelegramChannel(Channel):
             log.warning("telegram: cannot download %s: %s", name, e)
             return None
 
-    # --- the working signal ---
-
-    async def _keep_typing(self):
-        while True:
-            await asyncio.sleep(TYPING_EVERY)
-            for chat, (_, since) in list(self._typing.items()):
-                if time.monotonic() - since > TYPING_CAP:
-                    del self._typing[chat]
-                else:
-                    await self._action(chat)
-
-    async def _action(self, chat: str):
-        from telegram.error import TelegramError
-        if chat in self._typing:
-            try:
-                await self.bot.send_chat_action(chat, "typing")
-            except TelegramError as e:
-                log.debug("telegram: typing signal to %s failed: %s", chat, e)
-
-    def _typing_done(self, chat: str):
-        entry = self._typing.get(chat)
-        if entry:
-            entry[0] -= 1
-            if entry[0] <= 0:
-                del self._typing[chat]
+    def _typing_sign(self, chat: str):
+        """Called by the typing thread; the request runs on the listen thread's loop."""
+        asyncio.run_coroutine_threadsafe(self.bot.send_chat_action(chat, "typing"),
+                                         self.loop).result(timeout=30)
 
     # --- sending (called in the send thread; the work runs on the listen thread's loop) ---
 
@@ -236,14 +202,12 @@ class TelegramChannel(Channel):
         while not self._ready.wait(1):
             if self.stopping.is_set():
                 raise SendError("stopping before Telegram could be reached")
-        key = msg.get("id", "")
         try:
             asyncio.run_coroutine_threadsafe(self._send(msg), self.loop).result(timeout=600)
             return
         except RetryAfter as e:
             raise SendError(str(e), retry_after=_seconds(e.retry_after)) from None
         except (Forbidden, BadRequest) as e:        # blocked by the user, chat not found…
-            self._progress.pop(key, None)
             raise SendError(f"Telegram refused the message: {e}", permanent=True) from None
         except (TelegramError, RuntimeError, concurrent.futures.CancelledError,
                 concurrent.futures.TimeoutError) as e:
@@ -252,16 +216,12 @@ class TelegramChannel(Channel):
     async def _send(self, msg: dict):
         from telegram import ReplyParameters
         from telegram.error import BadRequest
-        key, chat, meta = msg.get("id", ""), str(msg["chat_id"]), msg.get("metadata") or {}
-        if msg.get("reply_to") and key not in self._progress:
-            self._typing_done(chat)
-        done = self._progress.setdefault(key, 0)
+        chat, meta = str(msg["chat_id"]), msg.get("metadata") or {}
+        if msg.get("reply_to") and "_done" not in msg:     # the first try: the sign goes
+            self.typing.done(chat)
         extra = {"message_thread_id": meta["thread_id"]} if meta.get("thread_id") else {}
         quote = meta.get("message_id") if msg.get("reply_to") else None
-        parts = render(msg.get("text") or "")
-        for i, (md, text) in enumerate(parts):
-            if i < done:
-                continue
+        for i, (md, text) in unsent(msg, render(msg.get("text") or "")):
             reply = ReplyParameters(quote, allow_sending_without_reply=True) \
                 if quote and i == 0 else None
             try:
@@ -272,8 +232,6 @@ class TelegramChannel(Channel):
                     raise
                 log.info("telegram: HTML refused (%s); sending plain text", e)
                 await self.bot.send_message(chat, md, reply_parameters=reply, **extra)
-            self._progress[key] = i + 1
-        del self._progress[key]
 
 
 def _attachments(m):

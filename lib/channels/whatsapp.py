@@ -14,14 +14,14 @@ import os
 import re
 import secrets
 import shutil
-import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lib.channels.base import Channel, SendError, split_message
+from lib.channels.base import Channel, Closed, SendError, split_message, unsent
+from lib.channels.typing_sign import Typing
 from lib.config import allowed
 from lib.errors import ConfigError
 
@@ -30,9 +30,8 @@ BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridge"
 INSTALL = "WhatsApp needs Node.js 20+ (apt install nodejs npm) and `cd bridge && npm ci`"
 NODE_MAJOR = 20
 LIMIT = 4000                    # WhatsApp takes far longer texts; this keeps each one readable
-PING_S = 30.0                   # this long without a frame: ping; as long again: the link is dead
 CONNECT_WAIT, ACK_WAIT = 30.0, 60.0
-TYPING_EVERY, TYPING_CAP = 10.0, 120.0
+TYPING_EVERY = 10.0
 LOOPBACK = {"127.0.0.1", "localhost"}     # where the bridge listens
 
 
@@ -70,11 +69,7 @@ class WhatsAppChannel(Channel):
 
     def __init__(self, config, home):
         super().__init__(config, home)
-        try:
-            import websocket  # noqa: F401  (fail at start-up, naming the package to install)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"channel whatsapp needs the Python package {e.name}: "
-                              ".venv/bin/pip install -r requirements.txt") from None
+        import websocket  # noqa: F401  (now: enabled() names a missing package at start-up)
         s, url = self.settings, urlparse(self.settings.bridge_url)
         if url.scheme not in ("ws", "wss") or not url.hostname:
             raise ConfigError(f"channels.whatsapp.bridge_url must look like ws://127.0.0.1:3001, "
@@ -91,12 +86,13 @@ class WhatsAppChannel(Channel):
         elif not self.token:
             raise ConfigError("channels.whatsapp.bridge_token is not set: give it the BRIDGE_TOKEN "
                               "your bridge runs with")
-        self._ws, self._state, self._authed = None, "", False
+        self._state = ""
         self._ready = threading.Event()     # authenticated, and the bridge is on WhatsApp
         self._lock = threading.Lock()
         self._acks = {}                     # send id -> [Event, answer or None]
         self._seen = collections.OrderedDict()
-        self._typing = {}                   # chat -> [stop event, replies awaited]
+        self.typing = Typing(self.name, lambda chat: self._presence(chat, "composing"),
+                             TYPING_EVERY, hide=lambda chat: self._presence(chat, "paused"))
 
     def start(self):
         if self.settings.start_bridge:
@@ -107,13 +103,9 @@ class WhatsAppChannel(Channel):
         super().start()
 
     def stop(self, timeout: float = 2.0):
-        self.stopping.set()
-        with self._lock:
-            for stop, _ in self._typing.values():
-                stop.set()
-        ws, proc = self._ws, self.proc
-        if ws is not None:
-            ws.abort()                      # wakes the listen thread out of its read
+        self.stopping.set()                 # first: the bridge is not started again
+        self.typing.stop()
+        proc = self.proc
         if proc and proc.poll() is None:
             proc.terminate()
             try:
@@ -154,58 +146,33 @@ class WhatsAppChannel(Channel):
     # --- receiving ---
 
     def listen(self):
-        attempt = 0
-        while not self.stopping.is_set():
-            self._authed = False
-            try:
-                self._session()
-            except Exception as e:              # refused, dropped, closed, bad JSON
-                if not self.stopping.is_set():
-                    quiet = self.settings.start_bridge and attempt < 4 and not self._authed
-                    (log.info if quiet else log.warning)(
-                        "whatsapp: bridge connection: %s: %s; reconnecting", type(e).__name__, e)
-            finally:
-                ws, self._ws = self._ws, None
-                self._ready.clear()
-                with self._lock:
-                    for entry in self._acks.values():
-                        entry[0].set()          # answer None: the connection was lost
-                if ws is not None:
-                    ws.abort()
-            attempt = 0 if self._authed else attempt + 1
-            if not self.reconnect_wait(attempt):
-                return
+        self.keep_connected(self._session)
 
     def _session(self):
-        import websocket
-        ws = websocket.create_connection(self.settings.bridge_url, timeout=PING_S,
-                                         suppress_origin=True, enable_multithread=True)
-        self._ws = ws
+        ws = self.connect(self.settings.bridge_url, suppress_origin=True)
         ws.send(json.dumps({"type": "auth", "token": self.token}))
-        quiet = False
-        while not self.stopping.is_set():
-            try:
-                opcode, data = ws.recv_data(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                if quiet:
-                    raise ConnectionError(f"no answer to a ping in {PING_S:.0f}s") from None
-                quiet = True
-                ws.ping()
-                continue
-            quiet = False
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
-                if code == 4001:
-                    log.error("whatsapp: the bridge at %s refused our token (is another bridge "
-                              "using the port?)", self.settings.bridge_url)
-                raise ConnectionError(f"the bridge closed the connection ({code})")
-            if opcode == websocket.ABNF.OPCODE_TEXT:
-                self._frame(json.loads(data))
+        for frame in self.read_json(ws):
+            self._frame(frame)
+
+    def connection_lost(self, error, attempt):
+        if isinstance(error, Closed) and error.code == 4001:
+            log.error("whatsapp: the bridge at %s refused our token (is another bridge using the "
+                      "port?)", self.settings.bridge_url)
+        quiet = self.settings.start_bridge and attempt < 4 and not self.connected  # starting up?
+        (log.info if quiet else log.warning)(
+            "whatsapp: bridge connection: %s: %s; reconnecting", type(error).__name__, error)
+
+    def hang_up(self):
+        super().hang_up()
+        self._ready.clear()
+        with self._lock:
+            for entry in self._acks.values():
+                entry[0].set()                  # answer None: the connection was lost
 
     def _frame(self, f: dict):
         kind = f.get("type")
         if kind == "status":
-            self._authed = True
+            self.connected = True
             state, self._state = f.get("state"), f.get("state")
             (self._ready.set if state == "connected" else self._ready.clear)()
             if state == "logged_out":
@@ -259,48 +226,14 @@ class WhatsAppChannel(Channel):
             return
         if not text and not media:
             return
-        self._start_typing(chat)
+        self.typing.start(chat)
         if f.get("kind") == "audio" and media:
             heard = self.transcribe(media[0])
             text = f"{text}\n{heard}".strip() if heard else text
         self.receive(chat, sender, text, media, meta)
 
-    # --- typing ---
-
-    def _start_typing(self, chat: str):
-        with self._lock:
-            if chat in self._typing:
-                self._typing[chat][1] += 1
-                return
-            stop = threading.Event()
-            self._typing[chat] = [stop, 1]
-        threading.Thread(target=self._type, args=(chat, stop), name="whatsapp-typing",
-                         daemon=True).start()
-
-    def _type(self, chat: str, stop: threading.Event):
-        end = time.monotonic() + TYPING_CAP
-        while not stop.is_set() and time.monotonic() < end:
-            self._presence(chat, "composing")
-            stop.wait(TYPING_EVERY)
-        self._presence(chat, "paused")
-        with self._lock:
-            if self._typing.get(chat, [None])[0] is stop:
-                del self._typing[chat]
-
     def _presence(self, chat: str, state: str):
-        try:
-            self._send({"type": "presence", "to": chat, "state": state})
-        except SendError:
-            pass
-
-    def _replied(self, chat: str):
-        with self._lock:
-            entry = self._typing.get(chat)
-            if entry:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    entry[0].set()
-                    del self._typing[chat]
+        self._send({"type": "presence", "to": chat, "state": state})
 
     # --- sending ---
 
@@ -313,16 +246,13 @@ class WhatsAppChannel(Channel):
         frames = frames or ([{"text": ""}] if media else [])
         if media:
             frames[-1]["media"] = media         # the files follow the last part
-        for i, body in enumerate(frames):
-            if i < msg.get("_done", 0):
-                continue                        # sent before a retry was needed
+        for i, body in unsent(msg, frames):
             answer = self._request({"type": "send", "id": f"{msg['id']}.{i}", "to": chat, **body})
             if not answer.get("ok"):
                 raise SendError(f"WhatsApp: {answer.get('error')}", permanent=bool(
                     answer.get("permanent")), retry_after=answer.get("retry_after"))
-            msg["_done"] = i + 1
         if msg.get("reply_to"):
-            self._replied(chat)
+            self.typing.done(chat)
 
     def _request(self, frame: dict) -> dict:
         deadline = time.monotonic() + CONNECT_WAIT
@@ -344,7 +274,7 @@ class WhatsAppChannel(Channel):
                 self._acks.pop(frame["id"], None)
 
     def _send(self, frame: dict):
-        ws = self._ws
+        ws = self.ws
         if ws is None:
             raise SendError("not connected to the bridge")
         try:
