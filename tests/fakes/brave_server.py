@@ -74,7 +74,8 @@ class _Server:
         self.stop()
 
     def respond(self, path, query, headers):
-        raise NotImplementedError
+        """Subclasses answer; the base knows no paths."""
+        return _json(404, {"error": f"no such path: {path}"})
 
 
 def _json(status, payload, headers=None):
