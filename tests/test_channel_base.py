@@ -245,3 +245,31 @@ def test_a_missing_package_is_named_as_pip_knows_it(home, tmp_path, monkeypatch,
         channels.enabled(config, home)
     assert str(e.value) == (f"channel telegram needs the Python package {package}: "
                             ".venv/bin/pip install -r requirements.txt")
+
+
+def test_parts_sent_before_a_failure_are_not_sent_again_after_a_restart(config, home, outbox):
+    from lib.channels.base import unsent
+
+    class TwoParts(Recorder):
+        down = True
+
+        def deliver(self, msg):
+            for i, part in unsent(msg, ["part one", "part two"]):
+                if i == 1 and self.down:
+                    raise SendError("down", retry_after=60)
+                self.sent.append(part)
+
+    first = run(TwoParts(config, home))
+    post_outbox(home, "telegram", "1", "long reply")
+    first.wake()
+    wait_for(lambda: first.sent == ["part one"])
+    first.stop()                                    # the gateway stops while waiting to retry
+    maildir.recover(outbox)
+    second = TwoParts(config, home)
+    second.down = False
+    run(second)                                     # the next start sends the rest only
+    try:
+        wait_for(lambda: list((outbox / "sent").glob("telegram.*")))
+        assert second.sent == ["part two"]
+    finally:
+        second.stop()

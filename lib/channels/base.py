@@ -24,6 +24,9 @@ TRIES = 5
 PING_S = 30.0                   # a websocket this long without a frame: ping; as long again: dead
 
 
+_refused_lock = threading.Lock()
+
+
 class SendError(Exception):
     def __init__(self, message, retry_after: float | None = None, permanent: bool = False):
         super().__init__(message)
@@ -112,16 +115,17 @@ class Channel:
         log.warning("%s: refused sender %s; add it to channels.%s.allow_from to let them in",
                     self.name, shown, self.name)
         path = self.home / "state" / "refused.json"
-        try:
-            seen = json.loads(path.read_text())
-        except (OSError, ValueError):
-            seen = {}
-        key, today = f"{self.name}:{shown}", time.strftime("%Y-%m-%d")
-        if seen.get(key) == today:
-            return
-        seen = {k: v for k, v in seen.items() if v == today}     # forget older days
-        seen[key] = today
-        maildir.atomic_write(path, json.dumps(seen))
+        with _refused_lock:             # every channel's thread reads and rewrites this file
+            try:
+                seen = json.loads(path.read_text())
+            except (OSError, ValueError):
+                seen = {}
+            key, today = f"{self.name}:{shown}", time.strftime("%Y-%m-%d")
+            if seen.get(key) == today:
+                return
+            seen = {k: v for k, v in seen.items() if v == today}     # forget older days
+            seen[key] = today
+            maildir.atomic_write(path, json.dumps(seen))
         post_outbox(self.home, self.name, chat_id, f"This assistant is private. Your {self.name} "
                     f"id is {shown}.", metadata=metadata)
 
@@ -269,6 +273,8 @@ class Channel:
                 error = SendError(f"{type(e).__name__}: {e}")
             if error.permanent or attempt == TRIES - 1:
                 break
+            if msg.get("_done"):        # parts already out stay out, even across a restart
+                maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
             delay = error.retry_after if error.retry_after is not None else \
                 self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
             log.warning("%s: sending %s failed (%s); retry %d in %.1fs", self.name, path.name,
