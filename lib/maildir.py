@@ -99,6 +99,8 @@ def recover(box: Path) -> list[str]:
     box = Path(box)
     back = []
     for name in sorted(os.listdir(box / "cur")) if (box / "cur").is_dir() else ():
+        if (box / "new" / name).exists():       # a script reused the name meanwhile: that one
+            os.rename(box / "new" / name, box / "new" / (unique_name() + ".json"))  # moves aside
         os.replace(box / "cur" / name, box / "new" / name)
         back.append(name)
     cutoff = time.time() - STALE_TMP_S

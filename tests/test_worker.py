@@ -114,3 +114,16 @@ def test_heartbeat_ok_in_any_dress_is_not_sent(worker, llm, home, answer):
                                          "channel": "local", "chat_id": "owner"}}}, "h")
     worker.drain()
     assert [r["channel"] for r in sent(home)] == ["system"]
+
+
+def test_a_name_waiting_in_new_and_left_in_cur_by_a_crash_are_both_answered(worker, llm, home):
+    (home / "inbox" / "cur" / "q.json").write_text(
+        json.dumps({"channel": "local", "chat_id": "x", "text": "the one cut off"}))
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "a new one"}, "q")
+    worker.start()
+    try:
+        wait_for(lambda: len(sent(home)) == 2)
+    finally:
+        worker.stop()
+    asked = sorted(b["messages"][-1]["content"] for b in llm.chat_requests)
+    assert asked == ["a new one", "the one cut off"]
