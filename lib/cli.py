@@ -255,12 +255,14 @@ def cmd_channels(args):
         return login(cfg)
     from lib.channels import describe
     rows = describe(cfg)
-    print(f"{'channel':<10} {'enabled':<8} {'configured':<11} {'waiting':>7} {'sending':>7} "
+    for r in rows:
+        r["configured"] = "yes" if r["configured"] else f"no ({r['missing']})"
+    wide = max(len("configured"), *(len(r["configured"]) for r in rows))
+    print(f"{'channel':<10} {'enabled':<8} {'configured':<{wide}} {'waiting':>7} {'sending':>7} "
           f"{'failed':>6}  allow_from")
     for r in rows:
-        print(f"{r['name']:<10} {'yes' if r['enabled'] else 'no':<8} "
-              f"{'yes' if r['configured'] else 'no (' + r['missing'] + ')':<11} {r['new']:>7} "
-              f"{r['cur']:>7} {r['failed']:>6}  {r['allow_from']}")
+        print(f"{r['name']:<10} {'yes' if r['enabled'] else 'no':<8} {r['configured']:<{wide}} "
+              f"{r['new']:>7} {r['cur']:>7} {r['failed']:>6}  {r['allow_from']}")
     inbox = cfg.home / "inbox"
     counts = {f: len(list((inbox / f).glob("*.json"))) if (inbox / f).is_dir() else 0
               for f in ("new", "cur", "failed")}
