@@ -1,5 +1,9 @@
-"""Shared fixtures: every test gets its own NANOCLAW_HOME and, when it asks, a fake model server."""
+"""Shared fixtures: every test gets its own NANOCLAW_HOME and, when it asks, a fake model server,
+the gateway as a subprocess, or channels run in-process."""
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lib.providers.registry import PROVIDERS
+from tests.fakes.base import wait_for  # noqa: F401  (tests import it from here)
 from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,15 @@ def llm(llm_server):
     llm_server.reset()
 
 
+def model_yaml(llm, groq="gk", provider="custom") -> str:
+    """The head of a config.yaml for a channel test: the fake model as the `custom` provider (and
+    as groq with api key `groq`, for transcription; none if groq is None), heartbeat off."""
+    groq_line = f"  groq: {{api_key: {groq}, api_base: '{llm.url}'}}\n" if groq else ""
+    model = f"{{model: fake-model, provider: {provider}}}" if provider else "{model: fake-model}"
+    return (f"providers:\n  custom: {{api_base: '{llm.url}'}}\n{groq_line}"
+            f"agents: {{defaults: {model}}}\nheartbeat: {{enabled: false}}\n")
+
+
 def write_config(home: Path, text: str) -> Path:
     path = Path(home) / "config.yaml"
     path.write_text(text)
@@ -61,3 +75,87 @@ def run_cli(*args, input=None, env=None, timeout=60):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "nanoclaw.py"), *args], input=input,
                           capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
+
+
+class Gateway:
+    """`python nanoclaw.py gateway` in a subprocess, ready when it says READY=1 over NOTIFY_SOCKET."""
+
+    def __init__(self, home: Path):
+        self.home, self.proc = home, None
+
+    def start(self, timeout=15):
+        sock_path = str(self.home / "notify.sock")
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(sock_path)
+        self.sock.settimeout(timeout)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "NANOCLAW_HOME": str(self.home)}
+        self.log = open(self.home / "gateway.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "gateway"],
+                                     env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
+        assert self.notice() == "READY=1", self.logs()
+        return self
+
+    def notice(self) -> str:
+        return self.sock.recv(256).decode()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
+    def term(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        self.sock.close()
+        return code
+
+    def logs(self) -> str:
+        return (self.home / "gateway.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def gateway_config():
+    """What the `gateway` fixture needs first; a module overrides it to write its config.yaml."""
+
+
+@pytest.fixture
+def gateway(home, gateway_config):
+    """A Gateway for `home` (not started yet); killed after the test if it still runs."""
+    g = Gateway(home)
+    yield g
+    if g.proc and g.proc.poll() is None:
+        g.kill()
+
+
+@pytest.fixture
+def run_channel(home):
+    """run_channel(ChannelClass) starts that channel in-process (no worker: messages stop in
+    inbox/new) with the config in `home`; every channel started is stopped after the test."""
+    from lib import maildir
+    from lib.config import load_config
+    started = []
+
+    def start(cls, backoff=0.05):
+        maildir.ensure(home / "inbox")
+        maildir.ensure(home / "outbox", ("sent", "failed"))
+        ch = cls(load_config(), home)
+        if backoff is not None:
+            ch.backoff = backoff
+        ch.start()
+        started.append(ch)
+        return ch
+    yield start
+    for ch in started:
+        ch.stop()
+
+
+def inbox(home):
+    """The messages waiting in inbox/new, oldest name first."""
+    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+
+
+def replies(home, folder="sent"):
+    path = home / "outbox" / folder
+    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.is_dir() else []

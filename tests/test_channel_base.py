@@ -2,7 +2,7 @@
 and the allow list on the way in."""
 import json
 import sys
-import time
+from functools import partial
 
 import pytest
 
@@ -10,6 +10,7 @@ from lib import maildir
 from lib.channels.base import Channel, SendError, unsent
 from lib.errors import ConfigError
 from lib.worker import post_outbox
+from tests import conftest
 
 
 class Recorder(Channel):
@@ -26,13 +27,7 @@ class Recorder(Channel):
         self.sent.append(msg["text"])
 
 
-def wait_for(check, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    raise AssertionError("timed out")
+wait_for = partial(conftest.wait_for, timeout=10.0)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from lib.channels.dingtalk import LIMIT
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.worker import post_outbox
-from tests.conftest import write_config
 from tests.fakes.dingtalk_server import FakeDingTalk
-from tests.test_gateway import Gateway, wait_for
+from tests.conftest import Gateway, model_yaml, wait_for, write_config
 
 OWNER = "manager4711"
 
@@ -24,13 +23,7 @@ def ding():
 
 
 def configure(home, llm, ding, extra=""):
-    write_config(home, f"""providers:
-  custom: {{api_base: '{llm.url}'}}
-  groq: {{api_key: gsk-fake, api_base: '{llm.url}'}}
-agents:
-  defaults: {{model: fake-model}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm, groq="gsk-fake", provider=None) + f"""channels:
   dingtalk:
     enabled: true
     client_id: {ding.client_id}
@@ -41,12 +34,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, ding):
+def gateway_config(home, llm, ding):
     configure(home, llm, ding)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def asked(llm):

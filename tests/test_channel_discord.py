@@ -1,19 +1,15 @@
 """The Discord channel against a fake Discord (REST and gateway websocket) on 127.0.0.1: through
 the real gateway subprocess where the whole path matters, in-process for the gateway protocol's
 corner cases."""
-import json
 import logging
 import time
 
 import pytest
 
-from lib import maildir
 from lib.channels import wsgateway
-from lib.config import load_config
 from lib.worker import post_outbox
-from tests.conftest import write_config
 from tests.fakes.discord_server import BOT_ID, FakeDiscord
-from tests.test_gateway import Gateway, replies, wait_for
+from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 
 
 @pytest.fixture
@@ -23,13 +19,7 @@ def discord():
 
 
 def configure(home, llm, discord, extra=""):
-    write_config(home, f"""
-providers:
-  custom: {{api_base: '{llm.url}'}}
-  groq: {{api_key: gk, api_base: '{llm.url}'}}
-agents: {{defaults: {{model: fake-model, provider: custom}}}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm) + f"""channels:
   discord:
     enabled: true
     token: test-token
@@ -39,12 +29,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, discord):
+def gateway_config(home, llm, discord):
     configure(home, llm, discord)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def answered(discord, n, channel="500"):
@@ -144,26 +130,13 @@ def test_voice_notes_are_transcribed_and_files_downloaded(gateway, llm, discord)
 # --- in-process: the channel object and the gateway protocol's corners ---
 
 @pytest.fixture
-def channel(home, llm, discord):
+def channel(home, llm, discord, run_channel):
     from lib.channels.discord import DiscordChannel
-    created = []
 
     def make(extra=""):
         configure(home, llm, discord, extra)
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = DiscordChannel(load_config(), home)
-        ch.backoff = 0.05
-        ch.start()
-        created.append(ch)
-        return ch
-    yield make
-    for ch in created:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(DiscordChannel)
+    return make
 
 
 def test_typing_lasts_until_the_reply_is_delivered(channel, discord, home, monkeypatch):

@@ -7,10 +7,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.conftest import run_cli, write_config
 from tests.fakes import mailserver
 from tests.fakes.mailserver import PASSWORD, USER, Dovecot, SmtpRecorder
-from tests.test_gateway import Gateway, replies, wait_for
+from tests.conftest import replies, run_cli, wait_for, write_config
 
 pytestmark = pytest.mark.skipif(bool(mailserver.unavailable()), reason=mailserver.unavailable()
                                 or "dovecot available")
@@ -38,14 +37,6 @@ def configure(home, llm, imap, smtp, **email):
     write_config(home, json.dumps({
         "providers": {"custom": {"api_base": llm.url}}, "agents": {"defaults": {"model": "fake-model"}},
         "heartbeat": {"enabled": False}, "channels": {"email": settings}}))
-
-
-@pytest.fixture
-def gateway(home):
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def mail(subject="Plans", body="Shall we meet on Friday?", sender=f"Owner <{OWNER}>", msgid="<m1@example.com>",

@@ -1,18 +1,15 @@
 """The Feishu channel against a fake Feishu (endpoint, binary websocket, token and IM routes) on
 127.0.0.1: through the real gateway subprocess where the whole path matters, in-process for the
 long connection's corners, and the frame codec against bytes written out by hand."""
-import json
 import logging
 
 import pytest
 
-from lib import maildir
 from lib.channels import pbframe
 from lib.config import load_config
 from lib.worker import post_outbox
-from tests.conftest import write_config
 from tests.fakes.feishu_server import APP_ID, APP_SECRET, SERVICE_ID, FakeFeishu
-from tests.test_gateway import Gateway, replies, wait_for
+from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 
 
 @pytest.fixture
@@ -22,13 +19,7 @@ def feishu():
 
 
 def configure(home, llm, feishu, extra="", secret=APP_SECRET, domain=None):
-    write_config(home, f"""
-providers:
-  custom: {{api_base: '{llm.url}'}}
-  groq: {{api_key: gk, api_base: '{llm.url}'}}
-agents: {{defaults: {{model: fake-model, provider: custom}}}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm) + f"""channels:
   feishu:
     enabled: true
     app_id: {APP_ID}
@@ -39,12 +30,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, feishu):
+def gateway_config(home, llm, feishu):
     configure(home, llm, feishu)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def answered(feishu, n, chat="oc_p2p_alice"):
@@ -143,26 +130,13 @@ def test_a_dropped_connection_loses_nothing(gateway, llm, feishu):
 # --- in-process: the channel object and the long connection's corners ---
 
 @pytest.fixture
-def channel(home, llm):
+def channel(home, llm, run_channel):
     from lib.channels.feishu import FeishuChannel
-    created = []
 
     def make(feishu, **kw):
         configure(home, llm, feishu, **kw)
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = FeishuChannel(load_config(), home)
-        ch.backoff = 0.05
-        ch.start()
-        created.append(ch)
-        return ch
-    yield make
-    for ch in created:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(FeishuChannel)
+    return make
 
 
 def test_a_rate_limit_is_honoured(channel, feishu, home):

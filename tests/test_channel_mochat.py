@@ -6,13 +6,11 @@ import time
 
 import pytest
 
-from lib import maildir
 from lib.agent import skills
 from lib.config import load_config
 from lib.worker import post_outbox
-from tests.conftest import write_config
 from tests.fakes.mochat_server import AGENT, OWNER, FakeMochat
-from tests.test_gateway import Gateway, wait_for
+from tests.conftest import Gateway, inbox, model_yaml, wait_for, write_config
 
 DM = "session_dm"
 
@@ -28,23 +26,13 @@ def configure(home, llm, mochat, **over):
     settings = {"enabled": True, "base_url": mochat.url, "claw_token": mochat.token,
                 "agent_user_id": AGENT, "sessions": ["*"], "panels": ["*"],
                 "allow_from": [OWNER], "reply_delay_mode": "off", **over}
-    write_config(home, f"""
-providers:
-  custom: {{api_base: '{llm.url}'}}
-agents: {{defaults: {{model: fake-model, provider: custom}}}}
-heartbeat: {{enabled: false}}
-channels:
-  mochat: {json.dumps(settings)}
-""")
+    write_config(home, model_yaml(llm, groq=None) +
+                 f"channels:\n  mochat: {json.dumps(settings)}\n")
 
 
 @pytest.fixture
-def gateway(home, llm, mochat):
+def gateway_config(home, llm, mochat):
     configure(home, llm, mochat)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def answered(mochat, n, target=DM):
@@ -139,26 +127,13 @@ def test_the_long_poll_alone_is_a_complete_receive_path(home, llm, mochat):
 # --- in-process: the channel object ---
 
 @pytest.fixture
-def channel(home, llm, mochat):
+def channel(home, llm, mochat, run_channel):
     from lib.channels.mochat import MochatChannel
-    created = []
 
     def make(**over):
         configure(home, llm, mochat, **over)
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = MochatChannel(load_config(), home)
-        ch.backoff = 0.05
-        ch.start()
-        created.append(ch)
-        return ch
-    yield make
-    for ch in created:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(MochatChannel)
+    return make
 
 
 def state(home):

@@ -1,7 +1,6 @@
 """The QQ channel against a fake QQ (token endpoint, REST and gateway websocket) on 127.0.0.1:
 through the real gateway subprocess where the whole path matters, in-process for the corners
 (tokens, msg_seq, rate limits, close codes)."""
-import json
 import logging
 import sys
 import time
@@ -10,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lib import maildir
 from lib.channels import wsgateway
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.worker import post_outbox
-from tests.conftest import write_config
 from tests.fakes.qq_server import FakeQQ
-from tests.test_gateway import Gateway, replies, wait_for
+from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 
 ALICE, MALLORY = "OPENID_ALICE", "OPENID_MALLORY"
 
@@ -29,13 +26,7 @@ def qq():
 
 
 def configure(home, llm, qq, extra="", groq=True):
-    groq_line = f"  groq: {{api_key: gk, api_base: '{llm.url}'}}\n" if groq else ""
-    write_config(home, f"""
-providers:
-  custom: {{api_base: '{llm.url}'}}
-{groq_line}agents: {{defaults: {{model: fake-model, provider: custom}}}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm, groq="gk" if groq else None) + f"""channels:
   qq:
     enabled: true
     app_id: "1020"
@@ -47,12 +38,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, qq):
+def gateway_config(home, llm, qq):
     configure(home, llm, qq)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def answered(qq, n, openid=ALICE):
@@ -138,26 +125,13 @@ def test_a_dropped_connection_loses_nothing(gateway, llm, qq):
 # --- in-process: the channel object ---
 
 @pytest.fixture
-def channel(home, llm, qq):
+def channel(home, llm, qq, run_channel):
     from lib.channels.qq import QQChannel
-    created = []
 
     def make(extra="", groq=True, fake=None):
         configure(home, llm, fake or qq, extra, groq)
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = QQChannel(load_config(), home)
-        ch.backoff = 0.05
-        ch.start()
-        created.append(ch)
-        return ch
-    yield make
-    for ch in created:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(QQChannel)
+    return make
 
 
 def send(ch, home, text, msg_id=None):

@@ -5,9 +5,8 @@ import pytest
 
 from lib.channels.slack import LIMIT, SlackChannel, to_mrkdwn
 from lib.config import load_config
-from tests.conftest import write_config
 from tests.fakes.slack_server import BOT_USER, FakeSlack
-from tests.test_gateway import Gateway, wait_for
+from tests.conftest import model_yaml, wait_for, write_config
 
 OWNER = "U0OWNER"
 
@@ -19,13 +18,7 @@ def slack():
 
 
 def configure(home, llm, slack, extra=""):
-    write_config(home, f"""providers:
-  custom: {{api_base: '{llm.url}'}}
-  groq: {{api_key: gsk-fake, api_base: '{llm.url}'}}
-agents:
-  defaults: {{model: fake-model}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm, groq="gsk-fake", provider=None) + f"""channels:
   slack:
     enabled: true
     bot_token: {slack.bot_token}
@@ -36,12 +29,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, slack):
+def gateway_config(home, llm, slack):
     configure(home, llm, slack)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def asked(llm):

@@ -6,9 +6,8 @@ import pytest
 
 from lib import maildir
 from lib.channels.telegram import render, to_html
-from tests.conftest import write_config
 from tests.fakes.telegram_server import TOKEN, FakeTelegram, parse_html
-from tests.test_gateway import Gateway, wait_for
+from tests.conftest import inbox, wait_for, write_config
 
 ALICE = (42, "alice")
 
@@ -27,38 +26,17 @@ def configure(home, llm, tg, allow="[alice]", extra=""):
 
 
 @pytest.fixture
-def gateway(home):
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
-
-
-@pytest.fixture
-def channel(home, llm, tg):
+def channel(home, llm, tg, run_channel):
     """A TelegramChannel run in-process (no worker): messages stop in inbox/new."""
     from lib.channels.telegram import TelegramChannel
-    from lib.config import load_config
-    started = []
 
     def make(allow="[alice]", extra="", groups=False):
         configure(home, llm, tg, allow, extra)
         if groups:
             (home / "config.yaml").write_text((home / "config.yaml").read_text() +
                                               "    groups: true\n")
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = TelegramChannel(load_config(), home)
-        ch.start()
-        started.append(ch)
-        return ch
-    yield make
-    for ch in started:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(TelegramChannel, backoff=None)
+    return make
 
 
 def consumed(home, update_id):

@@ -6,18 +6,15 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from lib import maildir
 from lib.channels import whatsapp
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.worker import post_outbox
-from tests.conftest import ROOT, run_cli, write_config
 from tests.fakes.whatsapp_bridge import FakeBridge
-from tests.test_gateway import Gateway, replies, wait_for
+from tests.conftest import ROOT, inbox, model_yaml, replies, run_cli, wait_for, write_config
 
 ALICE, BOB = "+15550001", "+4915112345678"
 ALICE_JID = "15550001@s.whatsapp.net"
@@ -30,13 +27,7 @@ def bridge():
 
 
 def configure(home, llm, url, extra="    start_bridge: false\n    bridge_token: test-token\n"):
-    write_config(home, f"""
-providers:
-  custom: {{api_base: '{llm.url}'}}
-  groq: {{api_key: gk, api_base: '{llm.url}'}}
-agents: {{defaults: {{model: fake-model, provider: custom}}}}
-heartbeat: {{enabled: false}}
-channels:
+    write_config(home, model_yaml(llm) + f"""channels:
   whatsapp:
     enabled: true
     bridge_url: {url}
@@ -45,12 +36,8 @@ channels:
 
 
 @pytest.fixture
-def gateway(home, llm, bridge):
+def gateway_config(home, llm, bridge):
     configure(home, llm, bridge.url)
-    g = Gateway(home)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def answered(bridge, n, to=ALICE_JID):
@@ -152,25 +139,12 @@ def test_voice_notes_are_transcribed_and_files_passed_on(gateway, llm, bridge, h
 # --- in-process: the channel object ---
 
 @pytest.fixture
-def channel(home, llm, bridge):
-    created = []
+def channel(home, llm, bridge, run_channel):
 
     def make(extra=None, url=None):
         configure(home, llm, url or bridge.url, *([extra] if extra is not None else []))
-        maildir.ensure(home / "inbox")
-        maildir.ensure(home / "outbox", ("sent", "failed"))
-        ch = whatsapp.WhatsAppChannel(load_config(), home)
-        ch.backoff = 0.05
-        ch.start()
-        created.append(ch)
-        return ch
-    yield make
-    for ch in created:
-        ch.stop()
-
-
-def inbox(home):
-    return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]
+        return run_channel(whatsapp.WhatsAppChannel)
+    return make
 
 
 def test_a_rate_limit_is_honoured(channel, bridge, home):

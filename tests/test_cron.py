@@ -5,6 +5,7 @@ import os
 import stat
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from lib.config import load_config
 from lib.cron import CronError, CronService, make_schedule, next_time, parse_cron
 from lib.errors import ConfigError, UserError
 from lib.tools import Context, default_registry, schema
+from tests import conftest
 from tests.conftest import run_cli, write_config
 
 UTC = timezone.utc
@@ -193,14 +195,7 @@ def inbox_files(home, folder="new") -> list[Path]:
     return sorted((home / "inbox" / folder).glob("cron-*.json"))
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
+wait_for = partial(conftest.wait_for, timeout=10.0)
 
 
 def test_store_round_trip_and_atomic_write(cfg, home):

@@ -3,68 +3,18 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_config
-
-
-class Gateway:
-    """`python nanoclaw.py gateway` in a subprocess, ready when it says READY=1 over NOTIFY_SOCKET."""
-
-    def __init__(self, home: Path):
-        self.home, self.proc = home, None
-
-    def start(self, timeout=15):
-        sock_path = str(self.home / "notify.sock")
-        if os.path.exists(sock_path):
-            os.unlink(sock_path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(sock_path)
-        self.sock.settimeout(timeout)
-        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "NANOCLAW_HOME": str(self.home)}
-        self.log = open(self.home / "gateway.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "gateway"],
-                                     env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
-        assert self.notice() == "READY=1", self.logs()
-        return self
-
-    def notice(self) -> str:
-        return self.sock.recv(256).decode()
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.sock.close()
-
-    def term(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(10)
-        self.sock.close()
-        return code
-
-    def logs(self) -> str:
-        return (self.home / "gateway.log").read_text(errors="replace")
+from tests.conftest import Gateway, replies, wait_for, write_config
 
 
 @pytest.fixture
-def gw_config(home, llm):
+def gateway_config(home, llm):
     write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
                        "agents:\n  defaults: {model: fake-model}\nheartbeat: {enabled: false}\n")
     return home
-
-
-@pytest.fixture
-def gateway(gw_config):
-    g = Gateway(gw_config)
-    yield g
-    if g.proc and g.proc.poll() is None:
-        g.kill()
 
 
 def drop(home, name, content, raw=False):
@@ -74,21 +24,6 @@ def drop(home, name, content, raw=False):
     (home / "inbox" / "new").mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(content if raw else json.dumps(content).encode())
     os.rename(tmp, home / "inbox" / "new" / name)
-
-
-def wait_for(check, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def replies(home, folder="sent"):
-    path = home / "outbox" / folder
-    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.is_dir() else []
 
 
 def session_rows(home, name):
@@ -190,9 +125,9 @@ def test_sigterm_stops_cleanly_and_unfinished_work_waits_in_cur(gateway, llm, ho
     assert len(users) == 1
 
 
-def test_sd_notify_sends_watchdog_pings_and_stopping(gw_config, llm):
-    write_config(gw_config, (gw_config / "config.yaml").read_text())
-    g = Gateway(gw_config)
+def test_sd_notify_sends_watchdog_pings_and_stopping(gateway_config, llm):
+    write_config(gateway_config, (gateway_config / "config.yaml").read_text())
+    g = Gateway(gateway_config)
     os.environ["WATCHDOG_USEC"] = "2000000"      # ping every second
     try:
         g.start()
@@ -302,7 +237,7 @@ def test_a_cron_job_added_from_the_cli_fires_in_the_running_gateway(gateway, llm
     assert json.loads(done[0].read_text())["metadata"]["kind"] == "cron"
 
 
-def test_heartbeat_tasks_reach_the_owners_last_chat(gw_config, llm, home):
+def test_heartbeat_tasks_reach_the_owners_last_chat(gateway_config, llm, home):
     write_config(home, (home / "config.yaml").read_text().replace(
         "heartbeat: {enabled: false}", "heartbeat: {enabled: true, interval_s: 1}"))
     (home / "workspace").mkdir(exist_ok=True)
@@ -358,7 +293,7 @@ def test_a_second_gateway_on_the_same_home_refuses_to_start(gateway, home):
     assert gateway.proc.poll() is None
 
 
-def test_health_endpoint_reports_parts_and_queues(gw_config, llm, home):
+def test_health_endpoint_reports_parts_and_queues(gateway_config, llm, home):
     import socket as _socket
     import urllib.request
     with _socket.socket() as s:

@@ -1,7 +1,7 @@
 """The heartbeat part on a real home folder, and one beat through the worker and the fake model."""
 import dataclasses
 import json
-import time
+from functools import partial
 
 import pytest
 
@@ -9,14 +9,10 @@ from lib import maildir
 from lib.agent.loop import Agent
 from lib.heartbeat import Heartbeat
 from lib.worker import Worker, post_inbox
+from tests import conftest
 
 
-def wait_for(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.01)
-    return found
+wait_for = partial(conftest.wait_for, timeout=10.0)
 
 
 def with_interval(config, seconds, enabled=True):

@@ -2,7 +2,7 @@
 import json
 import re
 import threading
-import time
+from functools import partial
 
 import pytest
 
@@ -12,14 +12,10 @@ from lib.agent.subagent import Subagents
 from lib.providers.client import Reply
 from lib.tools import Context, default_registry
 from lib.worker import Worker, post_inbox
+from tests import conftest
 
 
-def wait_for(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.01)
-    return found
+wait_for = partial(conftest.wait_for, timeout=10.0)
 
 
 def posted(config, task_id):

@@ -1,12 +1,13 @@
 """The worker in-process, on a real home folder, with the fake model: what a script sees."""
 import json
-import time
+from functools import partial
 
 import pytest
 
 from lib import maildir
 from lib.agent.loop import Agent
 from lib.worker import Worker
+from tests import conftest
 
 
 @pytest.fixture
@@ -16,11 +17,7 @@ def worker(config):
     return Worker(config, Agent(config))
 
 
-def wait_for(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.01)
+wait_for = partial(conftest.wait_for, timeout=10.0)
 
 
 def sent(home):

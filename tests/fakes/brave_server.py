@@ -10,26 +10,21 @@
 """
 
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.base import FakeServer
 
-class _Server:
-    """ThreadingHTTPServer on 127.0.0.1:<free port> in a daemon thread; subclasses set `respond`."""
+
+class _Server(FakeServer):
+    """A FakeServer whose GETs subclasses answer with `respond`."""
 
     def __init__(self):
         self.requests = []
-        self._httpd = None
-        self._thread = None
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def start(self):
+    def handler(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,23 +50,7 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(5)
-            self._httpd = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        return Handler
 
     def respond(self, path, query, headers):
         """Subclasses answer; the base knows no paths."""

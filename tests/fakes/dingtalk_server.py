@@ -32,16 +32,17 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.fakes.base import FakeServer
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
 CORP = "dingcorpfake"
 
 
-class FakeDingTalk:
+class FakeDingTalk(FakeServer):
     client_id, client_secret = "dingfakeclientid", "fake-client-secret"
 
     def __init__(self, webhook_ttl: float = 5400.0, token_ttl: int = 7200):
@@ -58,32 +59,12 @@ class FakeDingTalk:
 
     # --- lifecycle ---
 
-    def start(self):
-        fake = self
-
-        class Handler(_Handler):
-            ding = fake
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self):
-        self.drop()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def handler(self):
+        return type("Handler", (_Handler,), {"ding": self})
 
     @property
     def api_base(self):
-        return f"http://127.0.0.1:{self.port}"
+        return self.base
 
     # --- scripting ---
 
@@ -253,7 +234,7 @@ class FakeDingTalk:
         with self.lock:
             self.opens.append(body)
             self._tickets.add(ticket)
-        return 200, {}, {"endpoint": f"ws://127.0.0.1:{self.port}/connect", "ticket": ticket}
+        return 200, {}, {"endpoint": f"ws://127.0.0.1:{self.bound_port}/connect", "ticket": ticket}
 
     def _webhook(self, session, body):
         hook = self._hooks.get(session)

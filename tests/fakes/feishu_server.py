@@ -33,6 +33,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.base import FakeServer
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 APP_ID, APP_SECRET = "cli_fake0123456789", "fake-app-secret"
@@ -111,7 +112,14 @@ def read_frame(data: bytes) -> dict:
     return frame
 
 
-class FakeFeishu:
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass                    # a client that hangs up while we stop is no news
+
+
+class FakeFeishu(FakeServer):
+    server_class = _Server
+
     def __init__(self, ping_interval: int = 120):
         self.ping_interval, self.pong, self.pong_config = ping_interval, True, None
         self.lose_acks = False                  # true: acks are recorded, events still resent
@@ -125,32 +133,12 @@ class FakeFeishu:
         self._ws = None
         self._ids = itertools.count(1)
 
-    # --- life ---
-
-    def start(self):
-        fake = self
-
-        class Handler(_Handler):
-            feishu = fake
-
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self):
-        self.drop()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    __enter__ = start
-
-    def __exit__(self, *exc):
-        self.stop()
+    def handler(self):
+        return type("Handler", (_Handler,), {"feishu": self})
 
     @property
     def domain(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.base
 
     @property
     def connected(self) -> bool:
@@ -229,15 +217,6 @@ class FakeFeishu:
         if ws:
             ws.close(code, reason)
 
-    def wait_for(self, check, timeout=15, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = check()
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
-
     def texts(self, chat_id=None):
         return [m["text"] for m in self.sent
                 if m["status"] == 200 and chat_id in (None, m["chat_id"])]
@@ -307,7 +286,7 @@ class FakeFeishu:
             return 200, {"code": 403, "msg": "forbidden: app id or secret is wrong", "data": None}
         ticket = secrets.token_hex(8)
         self._tickets.add(ticket)
-        port = self.httpd.server_address[1]
+        port = self.bound_port
         return 200, {"code": 0, "msg": "ok", "data": {
             "URL": f"ws://127.0.0.1:{port}/ws/v2?fpid=493&aid=552564&device_id="
                    f"{next(self._ids)}&access_key=k&service_id={SERVICE_ID}&ticket={ticket}",
@@ -403,11 +382,6 @@ class FakeFeishu:
             "reaction_id": r["reaction_id"], "action_time": str(int(time.time() * 1000)),
             "operator": {"operator_id": APP_ID, "operator_type": "app"},
             "reaction_type": {"emoji_type": r["emoji_type"]}}}
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass                    # a client that hangs up while we stop is no news
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -29,9 +29,10 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.base import FakeServer
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 AGENT, OWNER, GROUP = "agent-0001", "user-owner", "group-0001"
@@ -42,7 +43,7 @@ def now_iso():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class FakeMochat:
+class FakeMochat(FakeServer):
     token = "claw_fake_token"
 
     def __init__(self, ping_ms=25000, ping_timeout_ms=20000, socket_path="/socket.io"):
@@ -60,28 +61,18 @@ class FakeMochat:
 
     # --- life ---
 
-    def start(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
+    def handler(self):
+        return _handler(self)
 
     def stop(self):
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self.drop()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    __enter__ = start
-
-    def __exit__(self, *exc):
-        self.stop()
+        super().stop()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self.base
 
     # --- what a test does ---
 
@@ -145,15 +136,6 @@ class FakeMochat:
         return [s["body"]["content"] for s in self.sent
                 if s["status"] == 200 and target in (s["body"].get("sessionId"),
                                                      s["body"].get("panelId"))]
-
-    def wait_for(self, check, timeout=15, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = check()
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
 
     # --- Socket.IO ---
 

@@ -26,66 +26,33 @@ session missed (then RESUMED; op 9 false for an unknown session). `drop()`, `clo
 `reconnect()` (op 7) and `invalidate(resumable)` (op 9) disturb the connection. Events made while
 nobody is connected wait for the next RESUME (or READY, if there is no session yet).
 """
-import itertools
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
-from tests.fakes.ws import Closed, accept, is_upgrade
+from tests.fakes.gateway_ws import GatewayServer
 
 BOT_ID, BOT_NAME = "11111111111111111111", "nanobot"
 TOKEN_PATH = "/app/getAppAccessToken"
 
 
-class FakeQQ:
+class FakeQQ(GatewayServer):
+    gateway_path, close_code, auth_failed = "/websocket", 4009, "invalid token"
+    reconnect_frame, resumed_data = {"op": 7}, ""
+
     def __init__(self, app_id="1020", secret="s3cret", heartbeat_ms=500, expires_in=7200):
-        self.app_id, self.secret = app_id, secret
-        self.heartbeat_ms, self.expires_in = heartbeat_ms, expires_in
-        self.ack = True
-        self.sent, self.typing, self.tokens, self.rest = [], [], [], []
-        self.received, self.closes, self.gateway_urls = [], [], []
-        self.identifies = self.resumes = 0
-        self.files = {}
-        self._limits, self._used, self._stale = [], set(), set()
-        self._ids = itertools.count(1)
-        self._lock = threading.RLock()
-        self._session = None                    # {"id", "s", "events": [(s, t, d)]}
-        self._pending = []
-        self._ws = None
-        self._httpd = None
-
-    # --- life ---
-
-    def start(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self):
-        self.drop()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    __enter__ = start
-
-    def __exit__(self, *exc):
-        self.stop()
+        super().__init__(heartbeat_ms)
+        self.app_id, self.secret, self.expires_in = app_id, secret, expires_in
+        self.tokens = []
+        self._used, self._stale = set(), set()
 
     @property
     def api_base(self):
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self.base
 
     @property
     def token_url(self):
         return self.api_base + TOKEN_PATH
-
-    @property
-    def gateway_url(self):
-        return f"ws://127.0.0.1:{self._httpd.server_address[1]}/websocket"
 
     # --- what the test does ---
 
@@ -113,18 +80,6 @@ class FakeQQ:
             a["asr_refer_text"] = asr
         return a
 
-    def event(self, t, d):
-        with self._lock:
-            if self._session is None:
-                self._pending.append((t, d))
-                return
-            self._session["s"] += 1
-            self._session["events"].append((self._session["s"], t, d))
-            self._send({"op": 0, "s": self._session["s"], "t": t, "d": d})
-
-    def rate_limit(self, *retry_after: float):
-        self._limits.extend(retry_after)
-
     def expire_tokens(self):
         with self._lock:
             for t in self.tokens:
@@ -137,33 +92,6 @@ class FakeQQ:
         """Mark msg_seq `seq` of `msg_id` as used, as by an earlier run of the bot."""
         self._used.add((msg_id, seq))
 
-    def drop(self):
-        with self._lock:
-            ws, self._ws = self._ws, None
-        if ws:
-            ws.drop()
-
-    def close(self, code=4009, reason=""):
-        with self._lock:
-            ws, self._ws = self._ws, None
-        if ws:
-            ws.close(code, reason)
-
-    def reconnect(self):
-        self._send({"op": 7})
-
-    def invalidate(self, resumable=False):
-        self._send({"op": 9, "d": resumable})
-
-    def wait_for(self, check, timeout=15, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = check()
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
-
     def replies(self, openid="OPENID_ALICE"):
         """The text messages delivered to `openid`, in order."""
         return [m for m in self.sent if m["openid"] == openid and m["status"] == 200
@@ -171,10 +99,6 @@ class FakeQQ:
 
     def texts(self, openid="OPENID_ALICE"):
         return [m["body"].get("content") for m in self.replies(openid)]
-
-    @property
-    def connected(self) -> bool:
-        return self._ws is not None
 
     # --- tokens ---
 
@@ -196,71 +120,19 @@ class FakeQQ:
 
     # --- the gateway ---
 
-    def _send(self, payload):
-        ws = self._ws
-        if ws:
-            try:
-                ws.send(payload)
-            except Closed:
-                pass
-
-    def _gateway(self, ws, path):
-        self.gateway_urls.append(path)
-        ws.send({"op": 10, "d": {"heartbeat_interval": self.heartbeat_ms}})
-        try:
-            while True:
-                text = ws.recv(timeout=60)
-                if text is None:
-                    continue
-                msg = json.loads(text)
-                self.received.append(msg)
-                op, d = msg.get("op"), msg.get("d")
-                if op == 1 and self.ack:
-                    ws.send({"op": 11, "d": d})
-                elif op == 2:
-                    self._identify(ws, d)
-                elif op == 6:
-                    self._resume(ws, d)
-        except Closed as e:
-            self.closes.append(e.code)
-            with self._lock:
-                if self._ws is ws:
-                    self._ws = None
-
-    def _authentic(self, d) -> bool:
+    def authentic(self, d) -> bool:
         token = str(d.get("token") or "")
         return token.startswith("QQBot ") and self._valid(token[6:])
 
-    def _identify(self, ws, d):
-        self.identifies += 1
-        if not self._authentic(d):
-            ws.close(4004, "invalid token")
-            return
-        with self._lock:
-            self._session = {"id": str(uuid.uuid4()), "s": 1, "events": []}
-            self._ws = ws
-            ws.send({"op": 0, "s": 1, "t": "READY", "d": {
-                "version": 1, "session_id": self._session["id"], "shard": d.get("shard", [0, 1]),
-                "user": {"id": BOT_ID, "username": BOT_NAME, "bot": True, "status": 1}}})
-            pending, self._pending = self._pending, []
-            for t, data in pending:
-                self.event(t, data)
+    def new_session_id(self):
+        return str(uuid.uuid4())
 
-    def _resume(self, ws, d):
-        self.resumes += 1
-        with self._lock:
-            session = self._session
-            if not self._authentic(d):
-                ws.close(4004, "invalid token")
-            elif not session or d.get("session_id") != session["id"]:
-                ws.send({"op": 9, "d": False})
-            else:
-                self._ws = ws
-                for s, t, data in session["events"]:
-                    if s > (d.get("seq") or 0):
-                        ws.send({"op": 0, "s": s, "t": t, "d": data})
-                session["s"] += 1
-                ws.send({"op": 0, "s": session["s"], "t": "RESUMED", "d": ""})
+    def ready(self, d, session_id):
+        return {"version": 1, "session_id": session_id, "shard": d.get("shard", [0, 1]),
+                "user": {"id": BOT_ID, "username": BOT_NAME, "bot": True, "status": 1}}
+
+    def heartbeat_ack(self, d):
+        return {"op": 11, "d": d}
 
     # --- REST ---
 
@@ -305,36 +177,3 @@ class FakeQQ:
                 self._used.add(key)
         return 200, {"id": f"BOT_MSG_{next(self._ids)}",
                      "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+08:00")}
-
-
-def _handler(fake):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            path = urlsplit(self.path).path
-            if path == "/websocket" and is_upgrade(self):
-                fake._gateway(accept(self), self.path)
-            else:
-                self._answer("GET", path)
-
-        def do_POST(self):
-            self._answer("POST", urlsplit(self.path).path)
-
-        def _answer(self, method, path):
-            status, body, *headers = fake._rest(self, method, path)
-            fake.rest.append((method, path, status))
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            for k, v in (headers[0] if headers else {}).items():
-                self.send_header(k, v)
-            kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler

@@ -27,15 +27,16 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlparse
 
+from tests.fakes.base import FakeServer
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 TEAM, APP, BOT_USER, BOT_ID = "T0FAKE", "A0FAKE", "U0BOT", "B0BOT"
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
     bot_token, app_token = "xoxb-fake-bot-token", "xapp-1-fake-app-token"
     bot_user = BOT_USER
 
@@ -52,32 +53,12 @@ class FakeSlack:
 
     # --- lifecycle ---
 
-    def start(self):
-        fake = self
-
-        class Handler(_Handler):
-            slack = fake
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        self.drop()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def handler(self):
+        return type("Handler", (_Handler,), {"slack": self})
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return self.base
 
     @property
     def api_base(self):
@@ -218,7 +199,7 @@ class FakeSlack:
     def _m_apps_connections_open(self, p):
         ticket = str(uuid.uuid4())
         self._tickets.add(ticket)
-        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link/?ticket={ticket}"}
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.bound_port}/link/?ticket={ticket}"}
 
     def _m_chat_postMessage(self, p):
         if not str(p.get("channel") or "").startswith(("C", "D", "G")):

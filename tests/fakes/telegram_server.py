@@ -24,8 +24,10 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, unquote
+
+from tests.fakes.base import FakeServer
 
 TOKEN = "123456:TEST-fake-token"
 JSON_KEYS = {"offset", "limit", "timeout", "allowed_updates", "chat_id", "reply_parameters",
@@ -171,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     def __init__(self, token: str = TOKEN, username: str = "nano_test_bot"):
         self.token = token
         self.me = {"id": int(token.split(":")[0]), "is_bot": True, "first_name": "Nano",
@@ -191,22 +193,16 @@ class FakeTelegram:
 
     # --- lifecycle ---
 
-    def __enter__(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.fake = self
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        return self
+    def handler(self):
+        return _Handler
 
-    def __exit__(self, *exc):
-        self.go_down()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def stop(self):
+        self.go_down()                  # long polls give up
+        super().stop()
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self.base
 
     # --- scripting ---
 

@@ -26,12 +26,13 @@ import itertools
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from tests.fakes.base import FakeServer
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 
-class FakeBridge:
+class FakeBridge(FakeServer):
     def __init__(self, token: str = "test-token", port: int = 0):
         self.token, self.port = token, port
         self.status = "connected"
@@ -46,25 +47,12 @@ class FakeBridge:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
-    def start(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self):
-        self.drop()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    __enter__ = start
-
-    def __exit__(self, *exc):
-        self.stop()
+    def handler(self):
+        return _handler(self)
 
     @property
     def url(self):
-        return f"ws://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"ws://127.0.0.1:{self.bound_port}"
 
     # --- what the test does ---
 
@@ -102,15 +90,6 @@ class FakeBridge:
             clients, self._clients = self._clients, []
         for ws in clients:
             ws.drop()
-
-    def wait_for(self, check, timeout=15, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = check()
-            if result:
-                return result
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
 
     def texts(self, to=None):
         return [s["text"] for s in self.sent if s["ok"] and (to is None or s["to"] == to)

@@ -1,0 +1,74 @@
+"""What every fake service here shares: a ThreadingHTTPServer on 127.0.0.1 in a daemon thread,
+and polling until a condition holds.
+
+    class FakeThing(FakeServer):
+        def handler(self):              # the BaseHTTPRequestHandler class to serve with
+            return _handler(self)
+
+    with FakeThing() as thing:          # start() .. stop(); thing.base: "http://127.0.0.1:<port>"
+        thing.wait_for(lambda: thing.sent, what="a reply")
+"""
+import threading
+import time
+from http.server import ThreadingHTTPServer
+
+HOST = "127.0.0.1"
+
+
+def wait_for(check, timeout=15, what="condition"):
+    """Poll `check` until it returns something true, and return that; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class FakeServer:
+    """Subclasses give `handler()`; `drop()` (cut live connections) runs before the server stops.
+    The server is `self._httpd` and knows its fake as `self._httpd.fake`."""
+
+    port = 0                            # 0: any free port
+    server_class = ThreadingHTTPServer  # (its request threads are daemons)
+    _httpd = _thread = None
+
+    def handler(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._httpd = self.server_class((HOST, self.port), self.handler())
+        self._httpd.fake = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._thread and self._thread.is_alive():      # a second stop() does nothing
+            self.drop()
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join(5)
+
+    def drop(self):
+        """Cut the connections that are still open (websockets); nothing by default."""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def bound_port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.bound_port}"
+
+    @staticmethod
+    def wait_for(check, timeout=15, what="condition"):
+        return wait_for(check, timeout, what)
