@@ -10,6 +10,7 @@ and polling until a condition holds.
 """
 import threading
 import time
+from abc import ABC, abstractmethod
 from http.server import ThreadingHTTPServer
 
 HOST = "127.0.0.1"
@@ -26,7 +27,7 @@ def wait_for(check, timeout=15, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class FakeServer:
+class FakeServer(ABC):
     """Subclasses give `handler()`; `drop()` (cut live connections) runs before the server stops.
     The server is `self._httpd` and knows its fake as `self._httpd.fake`."""
 
@@ -34,8 +35,9 @@ class FakeServer:
     server_class = ThreadingHTTPServer  # (its request threads are daemons)
     _httpd = _thread = None
 
+    @abstractmethod
     def handler(self):
-        raise NotImplementedError
+        """The BaseHTTPRequestHandler class that answers this fake's requests."""
 
     def start(self):
         self._httpd = self.server_class((HOST, self.port), self.handler())

@@ -18,6 +18,7 @@ import itertools
 import json
 import threading
 import uuid
+from abc import abstractmethod
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
@@ -54,9 +55,9 @@ class GatewayServer(FakeServer):
 
     # --- what a subclass says ---
 
+    @abstractmethod
     def authentic(self, d) -> bool:
         """Whether IDENTIFY's or RESUME's `d` carries valid credentials."""
-        raise NotImplementedError
 
     def refusal(self, d):
         """(code, reason) to close an authentic IDENTIFY with, or None to accept it."""
@@ -65,9 +66,9 @@ class GatewayServer(FakeServer):
     def new_session_id(self) -> str:
         return uuid.uuid4().hex
 
+    @abstractmethod
     def ready(self, d, session_id) -> dict:
         """READY's `d` for IDENTIFY's `d`."""
-        raise NotImplementedError
 
     def heartbeat_ack(self, d) -> dict:
         return {"op": 11}
@@ -176,8 +177,9 @@ class GatewayServer(FakeServer):
                 session["s"] += 1
                 ws.send({"op": 0, "s": session["s"], "t": "RESUMED", "d": self.resumed_data})
 
+    @abstractmethod
     def _rest(self, h, method, path):
-        raise NotImplementedError
+        """Answer a REST request (h is the request handler)."""
 
 
 class _Handler(BaseHTTPRequestHandler):
