@@ -106,10 +106,10 @@ class Session:
             if m.get("role") == "tool":
                 unanswered = [c for c in unanswered if c.get("id") != m.get("tool_call_id")]
             else:
-                out += [_interrupted(c) for c in unanswered]
+                out += [interrupted(c) for c in unanswered]
                 unanswered = list(m.get("tool_calls") or [])
             out.append({k: m[k] for k in _MODEL_KEYS if k in m})
-        return out + [_interrupted(c) for c in unanswered]
+        return out + [interrupted(c) for c in unanswered]
 
     def archive(self):
         """Start over: the old file moves to sessions/archive/ (kept, not deleted)."""
@@ -120,7 +120,9 @@ class Session:
         self.messages, self.consolidated, self._size = [], 0, 0
 
 
-def _interrupted(call: dict) -> dict:
+def interrupted(call: dict, how: str = "") -> dict:
+    """The tool result for a call whose real result never came (Ctrl+C, a crash)."""
     return {"role": "tool", "tool_call_id": call.get("id"),
             "name": (call.get("function") or {}).get("name", ""),
-            "content": "Error: interrupted before this tool finished."}
+            "content": f"Error: interrupted {how}before this tool finished; run it again if it "
+                       "is still needed."}

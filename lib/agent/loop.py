@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
-from lib.sessions import Session, now_iso
+from lib.sessions import Session, interrupted, now_iso
 from lib.tools import Context, Registry, default_registry
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,7 @@ class Agent:
         answered = {m.get("tool_call_id") for m in mine if m["role"] == "tool"}
         for call in calls:
             if call["id"] not in answered:
-                session.append({"role": "tool", "tool_call_id": call["id"], "id": msg_id,
-                                "name": call["function"]["name"], "content":
-                                "Error: interrupted by a restart before this tool finished; "
-                                "run it again if it is still needed."})
+                session.append(dict(interrupted(call, "by a restart "), id=msg_id))
         return None
 
     def maintain(self, session: Session):
