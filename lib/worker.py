@@ -92,6 +92,7 @@ class Worker(Part):
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
         self._recovered: set[str] = set()
+        self._last_chat = None
 
     def start(self):
         maildir.ensure(self.inbox)
@@ -199,11 +200,7 @@ class Worker(Part):
 
     def _remember_chat(self, channel, chat_id):
         """The owner's last active chat: where the heartbeat speaks."""
-        path = self.home / "state" / "last_chat.json"
         data = {"channel": channel, "chat_id": chat_id}
-        try:
-            if json.loads(path.read_text()) == data:
-                return
-        except (OSError, ValueError):
-            pass
-        maildir.atomic_write(path, json.dumps(data))
+        if data != self._last_chat:         # written (and fsynced) only when it changes
+            maildir.atomic_write(self.home / "state" / "last_chat.json", json.dumps(data))
+            self._last_chat = data
