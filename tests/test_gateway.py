@@ -309,3 +309,17 @@ def test_health_endpoint_reports_parts_and_queues(gateway_config, llm, home):
         assert body["inbox"] == {"new": 0, "cur": 0, "failed": 0}
     finally:
         g.kill()
+
+
+def test_logs_go_to_a_file_only_when_log_file_is_set(gateway_config, llm, home):
+    g = Gateway(home).start()
+    g.kill()
+    assert not (home / "logs").exists()                    # SPEC §2: logs/ only when configured
+    write_config(home, (home / "config.yaml").read_text() + "gateway: {log_file: gateway.log}\n")
+    g = Gateway(home).start()
+    try:
+        log = home / "logs" / "gateway.log"
+        wait_for(lambda: log.exists() and "gateway ready" in log.read_text(), what="the log file")
+        assert "\x1b[" not in log.read_text() and " INFO " in log.read_text()
+    finally:
+        g.kill()
