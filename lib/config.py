@@ -70,6 +70,8 @@ class AgentDefaults:
     temperature: float = _f(0.7, low=0.0, high=2.0)
     max_tool_iterations: int = _f(20, low=1)
     memory_window: int = _f(50, low=1)
+    consolidate_batch: int = _f(100, low=1)   # messages per consolidation call (SPEC §13)
+    turn_timeout_s: int = _f(600, low=1)      # one turn, model calls and tools (SPEC §8)
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
@@ -201,6 +203,7 @@ class Email:
     max_body_chars: int = 12000
     subject_prefix: str = "Re: "
     allow_from: list[str] = _f([])
+    authserv_id: str = ""        # e.g. mx.google.com: only mail its Authentication-Results pass
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,11 @@ class Exec:
     timeout: int = _f(60, low=1)
     deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
                                      metadata={"regex": True})
+    sandbox: str = _f("auto", "auto", "bwrap", "off")
+    network: bool = True         # false: commands have no network (bwrap --unshare-net)
+    expose: list[str] = _f([])   # extra paths visible in the sandbox, read-only ("PATH:rw" to write)
+    env: dict[str, str] = _f({})  # variables commands get besides PATH HOME LANG TERM TZ
+    max_output: int = _f(10000, low=100)
 
 
 @dataclass(frozen=True)
@@ -246,25 +254,33 @@ class Search:
 @dataclass(frozen=True)
 class Fetch:
     max_chars: int = _f(50000, low=1)
+    timeout: int = _f(30, low=1)     # seconds for a whole fetch, however slowly the page drips
 
 
 @dataclass(frozen=True)
 class Web:
     search: Search = _f(Search())
     fetch: Fetch = _f(Fetch())
+    allow_hosts: list[str] = _f([])  # hosts, host:port or CIDRs on the owner's network web_fetch may reach
+
+
+@dataclass(frozen=True)
+class CronTools:
+    min_interval_s: int = _f(300, low=0)   # the shortest schedule the model may ask for
 
 
 @dataclass(frozen=True)
 class Tools:
-    restrict_to_workspace: bool = False
+    restrict_to_workspace: bool = True
     exec: Exec = _f(Exec())
     web: Web = _f(Web())
+    cron: CronTools = _f(CronTools())
 
 
 @dataclass(frozen=True)
 class Gateway:
     host: str = "127.0.0.1"
-    port: int = _f(18790, low=1, high=65535)
+    port: int = _f(18790, low=0, high=65535)   # 0: no HTTP server
     retention_days: int = _f(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
 

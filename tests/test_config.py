@@ -399,7 +399,7 @@ def test_ids_written_as_numbers_keep_their_digits_with_libyaml(home):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("gateway: {port: 99999999}", "gateway.port (line 1) must be from 1 to 65535, got 99999999"),
+    ("gateway: {port: 99999999}", "gateway.port (line 1) must be from 0 to 65535, got 99999999"),
     ("gateway: {retention_days: -1}", "gateway.retention_days (line 1) must be at least 0, got -1"),
     ("heartbeat: {interval_s: 0}", "heartbeat.interval_s (line 1) must be at least 1, got 0"),
     ("agents:\n  defaults: {memory_window: 0}", "agents.defaults.memory_window (line 2) must be at"),

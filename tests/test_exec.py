@@ -28,7 +28,7 @@ def run(ctx, command, **args):
 
 @pytest.fixture
 def ctx(home):
-    return make_ctx(home)
+    return make_ctx(home, "tools: {restrict_to_workspace: false}\n")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import re
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,18 @@ class Context:
     chat_id: str = "default"
     send: Callable | None = None        # send(channel, chat_id, text, media=None)
     services: dict = field(default_factory=dict)   # cron, spawn… as the caller provides them
+    deadline: float = float("inf")      # time.monotonic() when the turn must end (SPEC §8)
 
     @property
     def restrict(self) -> bool:
         return self.config.tools.restrict_to_workspace
+
+    def time_left(self, cap: float) -> float:
+        """Seconds a tool may take: its own limit `cap`, or less when the turn ends sooner."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ToolError("the turn ran out of time (agents.defaults.turn_timeout_s)")
+        return min(cap, left)
 
 
 def schema(fn) -> dict:
