@@ -19,3 +19,7 @@ class ToolError(NanoclawError):
 
 class ProviderError(NanoclawError):
     """The model provider failed after retries; the message is one sentence for the user."""
+
+
+class TurnTimeout(ProviderError):
+    """The turn's deadline (agents.defaults.turn_timeout_s) passed before the model answered."""

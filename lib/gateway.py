@@ -132,11 +132,8 @@ class Gateway:
         self._prune()
         self._outbox_changed()
         while not self.stopping.wait(ping):
-            if all(part.alive() for part in self.parts):
-                notify("WATCHDOG=1")        # a dead thread stops the pings: systemd restarts us
-            else:
-                log.error("a part of the gateway has died: %s",
-                          ", ".join(type(p).__name__ for p in self.parts if not p.alive()))
+            if self.healthy():
+                notify("WATCHDOG=1")        # a dead or stuck thread stops the pings
             if time.monotonic() - last_prune > PRUNE_EVERY_S:
                 self._prune()
                 last_prune = time.monotonic()
@@ -149,6 +146,19 @@ class Gateway:
             part.stop()
         log.info("stopped")
         return 0
+
+    def healthy(self) -> bool:
+        """Every part alive and the worker making progress; else say which, and why."""
+        dead = [getattr(p, "name", type(p).__name__) for p in self.parts if not p.alive()]
+        if dead:
+            log.error("a part of the gateway has died: %s", ", ".join(dead))
+        elif not self.worker.progressing():
+            log.error("the worker has been on one message for %.0f s, past the turn deadline "
+                      "(agents.defaults.turn_timeout_s): no more watchdog pings, so systemd "
+                      "restarts the service", time.monotonic() - (self.worker.busy_since or 0))
+        else:
+            return True
+        return False
 
     def _outbox_changed(self):
         for channel in self.channels:

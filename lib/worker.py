@@ -7,6 +7,7 @@ A message found in cur/ at start-up is looked up in that order and finished wher
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from lib import maildir
@@ -23,6 +24,7 @@ MAX_BYTES = 1024 * 1024
 RESCAN_S = 5.0          # a safety net under the file watcher
 HEARTBEAT_OK = "HEARTBEAT_OK"
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
+STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
 
 
 def post_inbox(home: Path, msg: dict, name: str | None = None) -> Path | None:
@@ -93,6 +95,7 @@ class Worker(Part):
         self._sessions: dict[str, Session] = {}
         self._recovered: set[str] = set()
         self._last_chat = None
+        self.busy_since: float | None = None    # monotonic start of the current step of work
 
     def start(self):
         maildir.ensure(self.inbox)
@@ -112,7 +115,18 @@ class Worker(Part):
                 return
             path = maildir.claim(self.inbox, name)
             if path:
-                self.handle(path)       # a turn cut off by stop() stays in cur/ for the next start
+                self.busy_since = time.monotonic()
+                try:
+                    self.handle(path)   # a turn cut off by stop() stays in cur/ for the next start
+                finally:
+                    self.busy_since = None
+
+    def progressing(self) -> bool:
+        """False when one message has held the worker well past the turn deadline (a hang the
+        deadline could not cut short): the gateway then stops feeding systemd's watchdog."""
+        since = self.busy_since
+        limit = self.config.agents.defaults.turn_timeout_s + STUCK_GRACE_S
+        return since is None or time.monotonic() - since < limit
 
     def handle(self, path: Path):
         try:
@@ -162,6 +176,7 @@ class Worker(Part):
         maildir.finish(path)
         if msg["channel"] not in NO_REMOTE:
             self._remember_chat(msg["channel"], msg["chat_id"])
+        self.busy_since = time.monotonic()     # memory upkeep has a deadline of its own
         try:
             self.agent.maintain(session)
         except Exception:

@@ -196,3 +196,43 @@ def test_a_turn_cut_off_mid_tool_goes_on_without_duplicating_lines(config, llm, 
     tool = saved(home)[3]
     assert tool["tool_call_id"] == "c1" and "interrupted by a restart" in tool["content"]
     assert llm.chat_requests[0]["messages"][-1]["role"] == "tool"
+
+
+def with_defaults(config, **changes):
+    import dataclasses
+    d = dataclasses.replace(config.agents.defaults, **changes)
+    return dataclasses.replace(config, agents=dataclasses.replace(config.agents, defaults=d))
+
+
+def test_a_hung_model_ends_the_turn_at_its_deadline_with_a_notice(config, llm, home):
+    """agents.defaults.turn_timeout_s bounds the whole turn, a model that never answers included
+    (SPEC §8): the user is told, the session records it, and the next message is answered."""
+    import time
+    llm.script({"delay": 30}, "back again")
+    agent = Agent(with_defaults(config, turn_timeout_s=2))
+    started = time.monotonic()
+    reply = agent.respond("cli", "default", "hello?", msg_id="m1")
+    assert time.monotonic() - started < 10
+    assert "ran out of time" in reply and "turn_timeout_s" in reply
+    assert saved(home)[-1]["content"] == reply
+    assert agent.respond("cli", "default", "still there?", msg_id="m2") == "back again"
+
+
+def test_retries_stop_at_the_turns_deadline(config, llm):
+    """A provider failing again and again is retried only while the turn has time left."""
+    import time
+    llm.script(*[{"status": 500, "headers": {"retry-after": "1"}}] * 20)
+    agent = Agent(with_defaults(config, turn_timeout_s=2))
+    started = time.monotonic()
+    reply = agent.respond("cli", "default", "hello?")
+    assert time.monotonic() - started < 10 and "ran out of time" in reply
+
+
+def test_a_tool_sees_the_turns_deadline(config, llm):
+    from lib.tools import Context
+    seen = []
+    agent = Agent(with_defaults(config, turn_timeout_s=100))
+    agent.tools.tools["list_dir"] = lambda ctx, path=".": seen.append(ctx.time_left(1000)) or "ok"
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
+    agent.respond("cli", "default", "go")
+    assert 90 < seen[0] <= 100 and Context(config, config.workspace).time_left(5) == 5

@@ -323,3 +323,43 @@ def test_logs_go_to_a_file_only_when_log_file_is_set(gateway_config, llm, home):
         assert "\x1b[" not in log.read_text() and " INFO " in log.read_text()
     finally:
         g.kill()
+
+
+def test_a_stuck_worker_stops_the_watchdog_pings(gateway_config, llm, home, monkeypatch):
+    """The systemd watchdog is fed only while the worker makes progress (SPEC §8): a turn held
+    past turn_timeout_s (plus the grace) makes healthy() false, so systemd restarts the service."""
+    import threading
+    from lib import worker as worker_module
+    from lib.config import load_config
+    from lib.gateway import Gateway as InProcess
+    monkeypatch.setattr(worker_module, "STUCK_GRACE_S", 0)
+    write_config(home, (home / "config.yaml").read_text() + "agents: {defaults: {turn_timeout_s: 1}}\n")
+    release, entered = threading.Event(), threading.Event()
+
+    class Hanging:          # an agent whose turn hangs where no deadline can reach it
+        config = provider = None
+
+        def respond(self, *args, **kwargs):
+            entered.set()
+            release.wait(30)
+            return "late"
+
+        def maintain(self, session):
+            pass
+
+    gw = InProcess(load_config(), agent=Hanging())
+    gw.build()
+    gw.parts = [gw.worker]          # the one part this test is about
+    gw.worker.start()
+    try:
+        assert gw.healthy()
+        drop(home, "m1.json", {"channel": "local", "chat_id": "c", "text": "hi"})
+        gw.worker.wake()
+        assert entered.wait(10)
+        assert wait_for(lambda: not gw.healthy(), what="the worker counted as stuck")
+        release.set()
+        assert wait_for(gw.healthy, what="the worker moving again")
+    finally:
+        release.set()
+        gw.worker.stop()
+        gw._lock.close()

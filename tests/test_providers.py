@@ -295,7 +295,7 @@ def test_tool_arguments_sent_as_an_object_become_json_text(config, home):
     class Scripted:
         replies = [reply, _reply(_json.dumps({"choices": [{"message": {"content": "done"}}]}))]
 
-        def complete(self, messages, tools=None):
+        def complete(self, messages, tools=None, deadline=None):
             return self.replies.pop(0)
     new = run_turn([], Scripted(), default_registry(), Context(config, config.workspace), 5)
     assert new[-1]["content"] == "done" and not new[1]["content"].startswith("Error")

@@ -6,10 +6,12 @@ what one incoming message needs: commands, the session, the system prompt and me
 import base64
 import logging
 import mimetypes
+import time
 from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
+from lib.errors import TurnTimeout
 from lib.sessions import Session, interrupted, now_iso
 from lib.tools import Context, Registry, default_registry
 
@@ -20,7 +22,8 @@ HELP = ("Commands:\n/new — start a new conversation (a summary of this one goe
 
 def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterations: int,
              on_message=lambda m: None) -> list:
-    """Returns the new messages; `messages` (the request so far) grows with them."""
+    """Returns the new messages; `messages` (the request so far) grows with them. The turn ends
+    with a notice when `ctx.deadline` passes; tools bound their own waits by it."""
     new = []
 
     def add(msg):
@@ -30,7 +33,16 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
         on_message(saved)
 
     for _ in range(max_iterations):
-        reply = provider.complete(messages, tools.schemas())
+        try:
+            if time.monotonic() >= ctx.deadline:
+                raise TurnTimeout("no time left")
+            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline)
+        except TurnTimeout:
+            limit = ctx.config.agents.defaults.turn_timeout_s
+            add({"role": "assistant", "content": f"I ran out of time for this message (the limit "
+                 f"is {limit} s, agents.defaults.turn_timeout_s) and stopped. Ask again, perhaps "
+                 "with a smaller task, or say 'continue'."})
+            return new
         add(reply.message())
         if not reply.tool_calls:
             return new
@@ -83,7 +95,8 @@ class Agent:
         messages += session.history(d.memory_window)
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
-        ctx = Context(self.config, self.config.workspace, channel, chat_id, send, services or {})
+        ctx = Context(self.config, self.config.workspace, channel, chat_id, send, services or {},
+                      deadline=time.monotonic() + d.turn_timeout_s)
         new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
                        lambda m: session.append(dict(m, id=msg_id)))
         session.sync()

@@ -8,6 +8,7 @@ and start() runs again (or just posts) whatever it finds there.
 import json
 import logging
 import threading
+import time
 import uuid
 
 from lib import maildir
@@ -31,10 +32,10 @@ class _Stoppable:
     def __init__(self, provider, stop: threading.Event):
         self.provider, self.stop = provider, stop
 
-    def complete(self, messages, tools=None):
+    def complete(self, messages, tools=None, deadline=None):
         if self.stop.is_set():
             raise Stopped()
-        return self.provider.complete(messages, tools)
+        return self.provider.complete(messages, tools, deadline=deadline)
 
 
 class Subagents:
@@ -123,7 +124,8 @@ class Subagents:
         session = Session(self.config.home, "subagent", job["id"])
         task = {"role": "user", "content": job["task"]}
         session.append(dict(task))
-        ctx = Context(self.config, ws, "subagent", job["id"])
+        ctx = Context(self.config, ws, "subagent", job["id"],
+                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s)
         new = run_turn([{"role": "system", "content": prompt}, task], self.provider, self.tools,
                        ctx, self.config.agents.defaults.max_tool_iterations, session.append)
         session.sync()

@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from lib.errors import ProviderError
+from lib.errors import ProviderError, TurnTimeout
 from lib.providers.registry import Resolved
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ class Provider:
                                          timeout=self.timeout, max_retries=0)
         return self._client
 
-    def complete(self, messages: list, tools: list | None = None) -> Reply:
+    def complete(self, messages: list, tools: list | None = None,
+                 deadline: float | None = None) -> Reply:
+        """One answer, retried on passing failures; never past `deadline` (time.monotonic())."""
         import openai
         kwargs = dict(self.params, model=self.r.model, messages=messages)
         if tools:
@@ -68,7 +70,8 @@ class Provider:
         for attempt in range(self.retries + 1):
             try:
                 # the raw JSON: building the SDK's pydantic objects would cost ~1 MB for nothing
-                raw = self.client().chat.completions.with_raw_response.create(**kwargs)
+                raw = self.client().chat.completions.with_raw_response.create(
+                    **kwargs, timeout=self._time_left(deadline, self.timeout))
                 return _reply(raw.text)
             except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
                 status = getattr(e, "status_code", None)
@@ -78,6 +81,7 @@ class Provider:
                 if status is not None and status < 500 and status not in _RETRY_STATUS:
                     raise ProviderError(self._refused(status, e)) from None
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
+                self._time_left(deadline, 0)       # the turn's time is up: no more tries
                 if attempt == self.retries:
                     raise ProviderError(
                         f"{self.name} is not answering ({reason}, {attempt + 1} tries); your "
@@ -85,8 +89,18 @@ class Provider:
                 delay = _retry_after(e)
                 if delay is None:
                     delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
+                delay = self._time_left(deadline, min(delay, 60), need=min(delay, 60))
                 log.warning("%s: %s; retrying in %.1fs", self.name, reason, delay)
-                time.sleep(min(delay, 60))
+                time.sleep(delay)
+
+    def _time_left(self, deadline, cap: float, need: float = 0.0) -> float:
+        """`cap` seconds, or what is left of the turn; TurnTimeout when that is not enough."""
+        if deadline is None:
+            return cap
+        left = deadline - time.monotonic()
+        if left <= max(need, 0):
+            raise TurnTimeout(f"{self.name} did not answer before the turn's deadline")
+        return min(cap, left)
 
     def _refused(self, status, e) -> str:
         detail = _error_text(e)
