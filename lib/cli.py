@@ -16,6 +16,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"     # one line ea
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    os.umask(0o077)     # SPEC §8: what we create under the home is the owner's alone
     logging.basicConfig(level=logging.INFO if getattr(args, "logs", False) or args.command ==
                         "gateway" else logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "watchdog"):
@@ -94,6 +95,8 @@ def cmd_onboard(args):
     from lib.config import config_path, home_dir
     home, path = home_dir(), config_path(getattr(args, "config", None))
     home.mkdir(parents=True, exist_ok=True)
+    from lib.maildir import make_private
+    make_private(home)
     made = []
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

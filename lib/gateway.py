@@ -251,6 +251,7 @@ def _single_instance(home):
     import fcntl
     from lib.errors import UserError
     home.mkdir(parents=True, exist_ok=True)
+    maildir.make_private(home)
     f = open(home / "gateway.lock", "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -37,6 +37,15 @@ def _write_synced(path: Path, raw: bytes, mode: int):
     os.chmod(path, mode)
 
 
+def make_private(folder: Path):
+    """A home made before files were private (0755) becomes 0700: nobody else can look inside."""
+    try:
+        if Path(folder).stat().st_mode & 0o077:
+            os.chmod(folder, 0o700)
+    except OSError:
+        pass
+
+
 def unique_name(prefix: str = "") -> str:
     """Sortable by arrival and unique across processes: nanoseconds, pid, counter."""
     return f"{prefix}{time.time_ns():020d}.{os.getpid()}.{next(_counter) % 10000:04d}"
@@ -88,7 +97,7 @@ def fail(path: Path, reason: str) -> Path:
     """Move to failed/ with a sibling NAME.error saying why (the original bytes are kept)."""
     dest = path.parent.parent / "failed" / path.name
     dest.parent.mkdir(exist_ok=True)
-    atomic_write(dest.with_name(dest.name + ".error"), reason.rstrip() + "\n", 0o644)
+    atomic_write(dest.with_name(dest.name + ".error"), reason.rstrip() + "\n")
     os.replace(path, dest)
     return dest
 

@@ -363,3 +363,22 @@ def test_a_stuck_worker_stops_the_watchdog_pings(gateway_config, llm, home, monk
         release.set()
         gw.worker.stop()
         gw._lock.close()
+
+
+def test_everything_the_gateway_writes_is_private(gateway_config, llm, home):
+    """SPEC §8: files 0600, folders 0700, a home made before that rule tightened at start."""
+    os.chmod(home, 0o755)
+    g = Gateway(home).start()
+    try:
+        drop(home, "a.json", {"channel": "local", "chat_id": "c", "text": "hi"})
+        drop(home, "b.json", b"{broken", raw=True)
+        wait_for(lambda: replies(home) and (home / "inbox" / "failed" / "b.json.error").exists())
+    finally:
+        g.kill()
+    assert os.stat(home).st_mode & 0o777 == 0o700
+    test_files = {"gateway.log", "notify.sock", "config.yaml", "a.json", "b.json"}  # the test's
+    for folder, dirs, files in os.walk(home):
+        for name in dirs:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o077 == 0, name
+        for name in set(files) - test_files:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o077 == 0, name

@@ -63,7 +63,7 @@ class Memory:
                 f.write(f"[{stamp}] ({session.key}) {entry}\n\n")
         update = saved.get("memory_update")
         if isinstance(update, str) and update.strip() and update.strip() != self.read():
-            atomic_write(self.memory_file, update.strip() + "\n", 0o644)
+            atomic_write(self.memory_file, update.strip() + "\n")
         session.mark_consolidated(end)
         return True
 
