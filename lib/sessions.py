@@ -29,6 +29,8 @@ class Session:
         self.path = session_path(home, channel, chat_id)
         self.messages: list[dict] = []
         self.consolidated = 0           # messages before this index are in memory already
+        self.consolidation_failures = 0     # in a row, since the last success
+        self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
         self._size = 0                  # the file's size as this object last saw it
         self._load()
 
@@ -53,6 +55,10 @@ class Session:
                     kind = obj.get("_type")
                     if kind == "consolidated":
                         self.consolidated = int(obj.get("upto", 0))
+                        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
+                    elif kind == "consolidation_failed":
+                        self.consolidation_failures += 1
+                        self.retry_consolidation_at = float(obj.get("retry_at", 0))
                 except (ValueError, TypeError):     # TypeError: "upto": null
                     if raw.strip():
                         log.warning("%s line %d is torn or corrupt; skipped", self.path, n)
@@ -68,7 +74,13 @@ class Session:
 
     def mark_consolidated(self, upto: int):
         self.consolidated = upto
+        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
         self._write({"_type": "consolidated", "upto": upto, "at": now_iso()})
+
+    def mark_consolidation_failed(self, retry_at: float):
+        self.consolidation_failures += 1
+        self.retry_consolidation_at = retry_at
+        self._write({"_type": "consolidation_failed", "retry_at": retry_at, "at": now_iso()})
 
     def _write(self, obj: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +130,7 @@ class Session:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
         self.messages, self.consolidated, self._size = [], 0, 0
+        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
 
 
 def interrupted(call: dict, how: str = "") -> dict:

@@ -236,3 +236,83 @@ def test_a_tool_sees_the_turns_deadline(config, llm):
     llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
     agent.respond("cli", "default", "go")
     assert 90 < seen[0] <= 100 and Context(config, config.workspace).time_left(5) == 5
+
+
+SAVE = {"tool_calls": [{"name": "save_memory", "arguments": {
+    "history_entry": "Talked about tea.", "memory_update": "# Memory\n- Likes tea."}}]}
+
+
+def chat(agent, home, n, start=0):
+    """n question/answer pairs written straight to the session (no model calls)."""
+    s = Session(home, "cli", "default")
+    for i in range(start, start + n):
+        s.append({"role": "user", "content": f"question {i}", "id": f"m{i}"})
+        s.append({"role": "assistant", "content": f"answer {i}", "id": f"m{i}"})
+    return s
+
+
+def test_an_undecodable_memory_file_is_never_rewritten(config, llm, home):
+    """One bad byte used to make MEMORY.md read as empty, and the next consolidation replaced
+    every fact (SPEC §8): now it stays byte for byte, and the summary still reaches HISTORY.md."""
+    memory = config.workspace / "memory" / "MEMORY.md"
+    raw = "# Memory\n- Name: Ada\n- Café: Fl\xf6te\n".encode("latin-1")
+    memory.write_bytes(raw)
+    agent = Agent(config)
+    assert "Name: Ada" in system_prompt(config, "cli", "default")
+    s = chat(agent, home, 10)
+    llm.script(SAVE)
+    agent.maintain(s)
+    assert memory.read_bytes() == raw
+    assert "Talked about tea." in (config.workspace / "memory" / "HISTORY.md").read_text()
+    assert "Name: Ada" in llm.chat_requests[-1]["messages"][0]["content"]
+
+
+def test_each_rewrite_of_memory_keeps_the_previous_version(config, llm, home):
+    from lib.agent import memory as memory_module
+    mem = memory_module.Memory(config.workspace)
+    (config.workspace / "memory" / "MEMORY.md").write_text("version 0\n")
+    for i in range(1, memory_module.KEEP_VERSIONS + 3):
+        assert mem.write(f"version {i}\n")
+    versions = sorted((config.workspace / "memory" / "versions").iterdir())
+    assert len(versions) == memory_module.KEEP_VERSIONS
+    assert versions[-1].read_text() == f"version {memory_module.KEEP_VERSIONS + 1}\n"
+    assert versions[0].read_text() == "version 2\n"
+    assert mem.read() == f"version {memory_module.KEEP_VERSIONS + 2}"
+
+
+def test_consolidation_goes_in_bounded_batches(config, llm, home):
+    """A long backlog is summarised consolidate_batch messages per call (SPEC §13), and a huge
+    message is cut in the transcript: the request stays small."""
+    agent = Agent(with_defaults(config, consolidate_batch=40))
+    s = chat(agent, home, 50)
+    s.append({"role": "user", "content": "x" * 1_000_000, "id": "big"})
+    s.append({"role": "assistant", "content": "ok", "id": "big"})
+    llm.script(*[SAVE] * 5)
+    agent.respond("cli", "default", "/new", session=s)
+    sizes = [len(json.dumps(r["messages"])) for r in llm.chat_requests]
+    assert len(sizes) == 3 and max(sizes) < 100_000
+    assert all(r["messages"][0]["content"].count("USER: ") <= 20 for r in llm.chat_requests)
+
+
+def test_a_failed_consolidation_backs_off_instead_of_retrying_every_message(config, llm, home):
+    import time
+    agent = Agent(config)           # memory_window 10
+    s = chat(agent, home, 10)
+    llm.script("I will not call tools")
+    agent.maintain(s)
+    asked = len(llm.chat_requests)
+    agent.maintain(s)                                   # the same process, at once
+    agent.maintain(Session(home, "cli", "default"))     # a new process (agent -m), at once
+    assert len(llm.chat_requests) == asked == 1
+    again = Session(home, "cli", "default")
+    assert again.consolidation_failures == 1 and 50 < again.retry_consolidation_at - time.time() <= 60
+    again.mark_consolidation_failed(time.time() - 1)    # as if the back-off had passed
+    llm.script("still no")
+    agent.maintain(again)
+    assert len(llm.chat_requests) == 2
+    third = Session(home, "cli", "default")
+    assert third.consolidation_failures == 3 and third.retry_consolidation_at - time.time() > 200
+    third.mark_consolidation_failed(time.time() - 1)
+    llm.script(SAVE)
+    agent.maintain(third)
+    assert Session(home, "cli", "default").consolidation_failures == 0

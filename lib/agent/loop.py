@@ -79,7 +79,8 @@ class Agent:
         if command == "/help":
             return HELP
         if command == "/new":
-            saved = self.memory.consolidate(session, self.provider, keep=0)
+            session.retry_consolidation_at = 0.0       # asked for now: no back-off
+            saved = self._consolidate(session, keep=0)
             session.archive()
             return "New conversation started." + (
                 " I saved a summary of the last one to memory." if saved else
@@ -123,7 +124,19 @@ class Agent:
         """Fold old messages into memory once the conversation outgrows the window."""
         window = self.config.agents.defaults.memory_window
         if len(session.messages) - session.consolidated > window:
-            self.memory.consolidate(session, self.provider, keep=window // 2)
+            self._consolidate(session, keep=window // 2, rounds=1)
+
+    def _consolidate(self, session: Session, keep: int, rounds: int = 1000) -> bool:
+        """Batches of agents.defaults.consolidate_batch messages, within one turn's time."""
+        d = self.config.agents.defaults
+        deadline = time.monotonic() + d.turn_timeout_s
+        for _ in range(rounds):
+            before = session.consolidated
+            if not self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline):
+                return False
+            if session.consolidated == before:
+                break
+        return True
 
 
 def _text(msg: dict) -> str:

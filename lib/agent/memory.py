@@ -1,7 +1,13 @@
 """Long-term memory: memory/MEMORY.md (facts, always in the prompt) and memory/HISTORY.md
-(append-only, dated summaries of older conversation). The model writes both by consolidating."""
+(append-only, dated summaries of older conversation). The model writes both by consolidating.
+
+Nothing is lost by accident: session lines are never touched (a marker records how far
+consolidation got), each rewrite of MEMORY.md keeps the previous version in memory/versions/,
+a MEMORY.md that is not valid UTF-8 is never rewritten, and a failing model is asked again only
+after a back-off (60 s, doubling, at most a day), not after every message."""
 import json
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +27,10 @@ _SAVE = {"type": "function", "function": {
             "The complete new MEMORY.md: the existing facts plus new lasting ones (who the user "
             "is, preferences, projects, commitments). Unchanged if nothing new."}}}}}
 
+KEEP_VERSIONS = 30
+MAX_CHARS_PER_MESSAGE = 2000     # of each message in the transcript: a request stays bounded
+BACKOFF_S, MAX_BACKOFF_S = 60, 86400
+
 _PROMPT = ("You consolidate an assistant's memory. Read the current long-term memory and a part "
            "of a conversation that is leaving the assistant's context window, then call "
            "save_memory once.\n\n## Current MEMORY.md\n{memory}\n\n## Conversation\n{transcript}")
@@ -33,28 +43,41 @@ class Memory:
         self.history_file = self.dir / "HISTORY.md"
 
     def read(self) -> str:
+        """MEMORY.md for the prompt; bytes that are not UTF-8 are shown replaced, never dropped."""
         try:
-            return self.memory_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            return self.memory_file.read_bytes().decode("utf-8", "replace").strip()
+        except OSError:
             return ""
 
-    def consolidate(self, session, provider, keep: int) -> bool:
-        """Fold all but the last `keep` unconsolidated messages into memory. False (and nothing
-        lost: the messages stay in the session) when the model does not cooperate."""
-        end = max(session.consolidated, len(session.messages) - keep)
+    def readable(self) -> bool:
+        """False when MEMORY.md exists but is not valid UTF-8: then it must not be rewritten."""
+        try:
+            self.memory_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def consolidate(self, session, provider, keep: int, batch: int = 100,
+                    deadline: float | None = None) -> bool:
+        """Fold the oldest unconsolidated messages, at most `batch`, into memory, leaving the
+        last `keep`. False (nothing lost: the messages stay in the session, and the next try
+        waits for the back-off) when the model does not cooperate."""
+        end = min(max(session.consolidated, len(session.messages) - keep), session.consolidated + batch)
         part = session.messages[session.consolidated:end]
         if not part:
             return True
+        if time.time() < session.retry_consolidation_at:
+            return False
         prompt = _PROMPT.format(memory=self.read() or "(empty)", transcript=_transcript(part))
         try:
-            reply = provider.complete([{"role": "user", "content": prompt}], [_SAVE])
+            reply = provider.complete([{"role": "user", "content": prompt}], [_SAVE], deadline=deadline)
         except ProviderError as e:
-            log.warning("memory consolidation postponed: %s", e)
-            return False
+            return self._failed(session, str(e))
         saved = _arguments(reply)
         if not saved:
-            log.warning("memory consolidation postponed: the model did not call save_memory")
-            return False
+            return self._failed(session, "the model did not call save_memory")
         entry = " ".join(str(saved.get("history_entry", "")).split())
         if entry:
             stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -63,15 +86,41 @@ class Memory:
                 f.write(f"[{stamp}] ({session.key}) {entry}\n\n")
         update = saved.get("memory_update")
         if isinstance(update, str) and update.strip() and update.strip() != self.read():
-            atomic_write(self.memory_file, update.strip() + "\n")
+            self.write(update.strip() + "\n")
         session.mark_consolidated(end)
         return True
+
+    def write(self, text: str) -> bool:
+        """Replace MEMORY.md, keeping the old one in memory/versions/ (the newest 30)."""
+        if not self.readable():
+            log.warning("%s is not valid UTF-8, so it is left as it is (fix or remove the bad "
+                        "bytes); the summary went to HISTORY.md only", self.memory_file)
+            return False
+        if self.memory_file.exists():
+            versions = self.dir / "versions"
+            versions.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            atomic_write(versions / f"MEMORY.{stamp}.md", self.memory_file.read_bytes())
+            for old in sorted(versions.glob("MEMORY.*.md"))[:-KEEP_VERSIONS]:
+                old.unlink()
+        atomic_write(self.memory_file, text)
+        return True
+
+    def _failed(self, session, why: str) -> bool:
+        wait = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** session.consolidation_failures)
+        session.mark_consolidation_failed(time.time() + wait)
+        log.warning("memory consolidation of %s postponed for %d s: %s", session.key, wait, why)
+        return False
 
 
 def _transcript(messages) -> str:
     lines = []
     for m in messages:
         text = m.get("content") or ""
+        if not isinstance(text, str):
+            text = json.dumps(text, ensure_ascii=False)
+        if len(text) > MAX_CHARS_PER_MESSAGE:
+            text = text[:MAX_CHARS_PER_MESSAGE] + f" [… {len(text) - MAX_CHARS_PER_MESSAGE} characters cut]"
         if m.get("tool_calls"):
             text += " [used tools: " + ", ".join(c["function"]["name"] for c in m["tool_calls"]) + "]"
         if m.get("role") == "tool":
