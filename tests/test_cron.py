@@ -461,7 +461,7 @@ def test_tool_errors_the_model_can_act_on(cfg, home):
 
 def test_tool_uses_and_wakes_the_gateway_service(cfg, home):
     svc = CronService(cfg)
-    call(ctx_for(cfg, services={"cron": svc}), action="add", message="x", every_seconds=60)
+    call(ctx_for(cfg, services={"cron": svc}), action="add", message="x", every_seconds=600)
     assert svc._wake.is_set() and len(read_jobs(home)) == 1
 
 
@@ -568,3 +568,27 @@ def test_a_job_id_that_is_not_text_is_reported_not_a_crash(home):
     write_jobs(home, [job(id=5)])
     r = run_cli("cron", "list")
     assert r.returncode == 2 and "Traceback" not in r.stderr and '"id"' in r.stderr
+
+
+@pytest.mark.parametrize("args", [{"every_seconds": 1}, {"every_seconds": 299},
+                                  {"cron_expr": "* * * * *"}, {"cron_expr": "*/2 * * * *"},
+                                  {"cron_expr": "0-3 9 * * *"}, {"cron_expr": "0,59 * * * *"}])
+def test_the_model_cannot_schedule_itself_more_often_than_the_minimum(cfg, home, args):
+    """tools.cron.min_interval_s (300) bounds what the cron TOOL may add (SPEC §8)."""
+    out = call(ctx_for(cfg), action="add", message="ping", **args)
+    assert out.startswith("Error: ") and "tools.cron.min_interval_s" in out and "300 s" in out
+    assert not jobs_file(home).exists() or read_jobs(home) == []
+
+
+@pytest.mark.parametrize("args", [{"every_seconds": 300}, {"cron_expr": "*/5 * * * *"},
+                                  {"cron_expr": "0 8 * * 1-5"}, {"at": "2099-01-01T00:00:00Z"}])
+def test_schedules_at_or_above_the_minimum_are_accepted(cfg, home, args):
+    assert call(ctx_for(cfg), action="add", message="ping", **args).startswith("Added job ")
+
+
+def test_the_command_line_may_add_any_interval(home):
+    from tests.conftest import run_cli
+    r = run_cli("cron", "add", "--name", "fast", "--message", "m", "--every", "5",
+                env={"NANOCLAW_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert read_jobs(home)[0]["schedule"] == {"kind": "every", "every_s": 5}

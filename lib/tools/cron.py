@@ -33,6 +33,7 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
             raise ToolError("add needs a message: what you should do when the job fires")
         schedule = make_schedule(every_seconds or None, cron_expr, at, service.tz,
                                  ("every_seconds", "cron_expr", "at"))
+        _check_interval(schedule, service.tz, ctx.config.tools.cron.min_interval_s)
         deliver = ctx.channel not in SILENT
         job = service.add(_name(message), message, schedule, deliver,
                           ctx.channel if deliver else "", ctx.chat_id if deliver else "")
@@ -43,6 +44,25 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
     where = f"replies go to {ctx.channel}:{ctx.chat_id}" if deliver else "replies are only logged"
     return (f"Added job {job['id']}: {describe(schedule)}, next run "
             f"{service.local(job['next_run'])}; {where}.")
+
+
+def _check_interval(schedule: dict, tz, least: int):
+    """The model may not schedule itself more often than tools.cron.min_interval_s (SPEC §8):
+    a job every second would run up the bill around the clock. The CLI may add any interval."""
+    from datetime import datetime, timezone
+    from lib.cron import describe, next_time
+    if schedule["kind"] == "every":
+        gap = schedule["every_s"]
+    elif schedule["kind"] == "cron":    # the shortest gap among the next runs
+        runs = [next_time(schedule, datetime.now(timezone.utc), tz)]
+        for _ in range(24):
+            runs.append(next_time(schedule, runs[-1], tz))
+        gap = min((b - a).total_seconds() for a, b in zip(runs, runs[1:]) if a and b)
+    else:
+        return
+    if gap < least:
+        raise ToolError(f"{describe(schedule)} would run every {gap:.0f} s; the shortest interval "
+                        f"allowed is {least} s (tools.cron.min_interval_s)")
 
 
 def _name(message: str) -> str:
