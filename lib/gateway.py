@@ -193,18 +193,9 @@ class Gateway:
             part.config = config
         log.info("config reloaded from %s", config.path)
 
-    def health(self) -> dict:
-        """What GET /health answers: every part alive, and how full the folders are."""
-        def count(box, folder):
-            path = self.home / box / folder
-            return sum(1 for n in os.listdir(path) if n.endswith(".json")) if path.is_dir() else 0
-        parts = {getattr(p, "name", type(p).__name__): p.alive() for p in self.parts}
-        return {"ok": all(parts.values()), "parts": parts,
-                "inbox": {f: count("inbox", f) for f in ("new", "cur", "failed")},
-                "outbox": {f: count("outbox", f) for f in ("new", "cur", "failed")}}
-
     def _serve_health(self):
-        """GET /health on gateway.host:port (port 0: off), for Docker and monitoring."""
+        """GET /health on gateway.host:port (port 0: off), for Docker and monitoring: liveness
+        only (SPEC §11), so it tells a stranger nothing about the traffic."""
         if not self.config.gateway.port:
             return None
         import json
@@ -213,9 +204,10 @@ class Gateway:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                found = self.path.split("?")[0] in ("/health", "/")
-                body = gateway.health() if found else {"error": "only GET /health is served"}
-                code = (200 if body["ok"] else 503) if found else 404
+                found = self.path.split("?")[0] == "/health"
+                ok = found and all(p.alive() for p in gateway.parts) and gateway.worker.progressing()
+                body = {"ok": ok} if found else {"error": "only GET /health is served"}
+                code = (200 if ok else 503) if found else 404
                 raw = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
