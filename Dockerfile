@@ -12,6 +12,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
+# bubblewrap: the sandbox around the exec tool. Docker's default seccomp profile forbids the user
+# namespaces it needs; then exec refuses with a line naming the fix (README, "Security").
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt .
 RUN pip install -r requirements.txt

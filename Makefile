@@ -29,7 +29,7 @@ run: install
 	     echo "Set one provider key (see 'provider' above) in $(HOME_DIR)/config.yaml, then run 'make run' again."; fi
 
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 	@if command -v node >/dev/null; then node --test bridge/test/; \
 	else echo "note: node is not installed: skipped the WhatsApp bridge tests (node --test bridge/test/)"; fi
 
