@@ -1,23 +1,31 @@
-"""web_search against a fake Brave API and web_fetch against a fake site, all on 127.0.0.1."""
+"""web_search against a fake Brave API and web_fetch against a fake site, all on 127.0.0.1.
+
+The fake sites live on this machine, which web_fetch refuses (SPEC §8) unless
+tools.web.allow_hosts lists it: make_ctx allows 127.0.0.1 unless a test says otherwise."""
 
 import inspect
+import re
 import socket
+import threading
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import requests
 
 from lib.errors import ToolError
-from lib.tools import web
+from lib.tools import Context, web
 from lib.tools.web import web_fetch, web_search
-from tests.fakes.brave_server import FakeBrave, FakeSite
+from tests.fakes.brave_server import FakeBrave, FakeDrip, FakeSite
 
 
-def make_ctx(api_key="test-key", api_base="http://127.0.0.1:9/unused", max_results=5, max_chars=50000):
+def make_ctx(api_key="test-key", api_base="http://127.0.0.1:9/unused", max_results=5, max_chars=50000,
+             allow_hosts=("127.0.0.1",), timeout=30, deadline=float("inf")):
     search = SimpleNamespace(api_key=api_key, api_base=api_base, max_results=max_results)
-    fetch = SimpleNamespace(max_chars=max_chars)
-    web = SimpleNamespace(search=search, fetch=fetch)
-    return SimpleNamespace(config=SimpleNamespace(tools=SimpleNamespace(web=web)))
+    fetch = SimpleNamespace(max_chars=max_chars, timeout=timeout)
+    web = SimpleNamespace(search=search, fetch=fetch, allow_hosts=list(allow_hosts))
+    config = SimpleNamespace(tools=SimpleNamespace(web=web))
+    return Context(config=config, workspace=Path("."), deadline=deadline)
 
 
 @pytest.fixture(autouse=True)
@@ -220,13 +228,6 @@ def test_fetch_size_cap(site):
     assert out.endswith("[the page is larger than 2 MB; only the first part was read]")
 
 
-def test_fetch_total_deadline(site, monkeypatch):
-    site.raw("/slow", b"s" * 2**20, "text/plain", drip=0.05)  # 16 chunks, 0.8 s in all
-    monkeypatch.setattr(web, "DEADLINE", 0.3)
-    with pytest.raises(ToolError, match="gave up"):
-        web_fetch(make_ctx(), site.url_for("/slow"))
-
-
 def test_fetch_truncation_note_and_max_chars(site):
     site.raw("/long", b"x" * 1000, "text/plain")
     out = web_fetch(make_ctx(), site.url_for("/long"), max_chars=100)
@@ -257,45 +258,151 @@ def test_fetch_too_many_redirects(site):
 
 def test_fetch_redirect_to_metadata_refused(site):
     site.redirect("/go", "http://169.254.169.254/latest/meta-data/")
-    with pytest.raises(ToolError, match="169.254.169.254"):
+    with pytest.raises(ToolError, match="169.254.169.254 is a link-local address"):
         web_fetch(make_ctx(), site.url_for("/go"))
+
+
+@pytest.fixture
+def no_connect(monkeypatch):
+    """Any attempt to connect anywhere fails the test (the guard must refuse before connecting)."""
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail(f"connected to {a[1:]}"))
 
 
 @pytest.mark.parametrize("url", [
     "http://169.254.1.1/", "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:8080/",
     "http://[::ffff:169.254.169.254]/", "http://100.100.100.200/", "http://[fd00:ec2::254]/",
+    "http://10.0.0.1/", "http://192.168.1.1:8080/", "http://172.16.0.1/", "http://100.64.0.1/",
+    "http://224.0.0.1/", "http://[ff02::1]/", "http://[fec0::1]/", "http://[64:ff9b::a00:1]/",
+    "http://[64:ff9b::127.0.0.1]/",
+    "http://[2002:c0a8:101::1]/", "http://255.255.255.255/", "http://240.0.0.1/",
 ])
-def test_fetch_link_local_and_metadata_ips_refused(url, monkeypatch):
-    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("connected"))
-    with pytest.raises(ToolError, match="refusing"):
-        web_fetch(make_ctx(), url)
+def test_fetch_owner_network_refused_before_connecting(url, no_connect):
+    with pytest.raises(ToolError, match="refusing .* tools.web.allow_hosts"):
+        web_fetch(make_ctx(allow_hosts=()), url)
 
 
-@pytest.mark.parametrize("host", ["metadata.google.internal", "METADATA.google.internal.", "metadata"])
-def test_fetch_metadata_hostnames_refused_before_resolving(host, monkeypatch):
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("resolved"))
-    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("connected"))
-    with pytest.raises(ToolError, match="metadata"):
-        web_fetch(make_ctx(), f"http://{host}/computeMetadata/v1/")
-
-
-def test_fetch_refuses_if_any_address_is_link_local(monkeypatch):
+def test_fetch_refuses_if_any_address_is_link_local(monkeypatch, no_connect):
     def fake_getaddrinfo(host, *args, **kwargs):
         assert host == "mixed.example"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", 0)),
-                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%eth0", 0, 0, 2))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)),
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%eth0", 443, 0, 2))]
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("connected"))
-    with pytest.raises(ToolError, match="fe80::1"):
+    with pytest.raises(ToolError, match="mixed.example \\(fe80::1\\) is a link-local address"):
         web_fetch(make_ctx(), "https://mixed.example/")
 
 
-def test_fetch_loopback_allowed(site):
+@pytest.mark.parametrize("host", [
+    "127.0.0.1", "0x7f000001", "2130706433", "0", "0.0.0.0", "0177.0.0.1", "127.1", "0x7f.1",
+    "localhost", "LocalHost.", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::]",
+    "[0:0:0:0:0:ffff:127.0.0.1]",
+])
+def test_fetch_refuses_every_spelling_of_this_machine(site, host):
+    """Each spelling reaches the fake site on 127.0.0.1 (or nothing, for the IPv6 ones), and none
+    is let through when allow_hosts is empty; the error says why and what to change."""
+    site.page("/", "<p>secret</p>")
+    url = f"http://{host}:{site.bound_port}/"
+    with pytest.raises(ToolError) as e:
+        web_fetch(make_ctx(allow_hosts=()), url)
+    assert str(e.value).startswith(f"refusing {url}: ") and "tools.web.allow_hosts" in str(e.value)
+    assert any(kind in str(e.value) for kind in ("loopback", "unspecified", "reserved"))
+    assert site.requests == []
+
+
+def test_fetch_redirect_to_another_local_port_refused(site):
+    """A redirect is checked like the first URL: the allowed port does not open the others."""
+    with FakeSite() as other:
+        other.page("/admin", "<p>router admin</p>")
+        site.redirect("/go", other.url_for("/admin"))
+        with pytest.raises(ToolError, match=f"refusing {other.url_for('/admin')}: 127.0.0.1 is a loopback"):
+            web_fetch(make_ctx(allow_hosts=[f"127.0.0.1:{site.bound_port}"]), site.url_for("/go"))
+        assert [r[0] for r in site.requests] == ["/go"] and other.requests == []
+
+
+def test_allow_hosts_by_name_port_and_cidr(site):
+    site.page("/", "<p>home server</p>")
+    port = site.bound_port
+    for allow in (["localhost"], ["LOCALHOST."], [f"localhost:{port}"]):
+        assert web_fetch(make_ctx(allow_hosts=allow), f"http://localhost:{port}/").endswith("home server")
+    for allow in (["127.0.0.1"], [f"127.0.0.1:{port}"], ["127.0.0.0/8"], ["10.0.0.0/8", "127.0.0.1/32"]):
+        assert web_fetch(make_ctx(allow_hosts=allow), f"http://127.0.0.1:{port}/").endswith("home server")
+    assert web_fetch(make_ctx(allow_hosts=["127.0.0.1"]), f"http://0x7f000001:{port}/").endswith("server")
+    for allow in ([f"127.0.0.1:{port + 1}"], [f"localhost:{port + 1}"], ["10.0.0.0/8"], ["otherhost"],
+                  ["127.0.0.2"], ["::1"]):
+        with pytest.raises(ToolError, match="tools.web.allow_hosts"):
+            web_fetch(make_ctx(allow_hosts=allow), f"http://127.0.0.1:{port}/")
+    assert len(site.requests) == 8
+
+
+def test_fetch_connects_to_the_address_it_checked(site, monkeypatch):
+    """No second DNS lookup: a resolver that answers 127.0.0.1 (allowed) first and a forbidden
+    address afterwards (DNS rebinding) cannot move the connection. The resolver is asked once,
+    the request reaches the fake site, and it carries the URL's host name."""
+    answers = []
+
+    def rebinding(host, port, *args, **kwargs):
+        ip = "127.0.0.1" if not answers else "169.254.169.254"
+        answers.append(ip)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    site.page("/", "<p>pinned</p>")
+    url = f"http://rebind.example:{site.bound_port}/"
+    assert web_fetch(make_ctx(allow_hosts=["127.0.0.1"], timeout=2), url).endswith("pinned")
+    assert answers == ["127.0.0.1"]
+    assert site.requests[0][2]["Host"] == f"rebind.example:{site.bound_port}"
+
+
+def test_fetch_loopback_needs_allow_hosts(site):
     site.page("/", "<p>hello</p>")
-    assert web_fetch(make_ctx(), site.url_for("/").replace("127.0.0.1", "localhost")).endswith("hello")
+    url = site.url_for("/").replace("127.0.0.1", "localhost")
+    with pytest.raises(ToolError) as e:
+        web_fetch(make_ctx(allow_hosts=()), url)
+    assert re.match(r"refusing .*: localhost \((127.0.0.1|::1)\) is a loopback address.*allow_hosts",
+                    str(e.value))
+    assert web_fetch(make_ctx(allow_hosts=["localhost"]), url).endswith("hello")
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "javascript:alert(1)", "/etc/x"])
 def test_fetch_other_schemes_refused(url):
     with pytest.raises(ToolError, match="only http and https"):
         web_fetch(make_ctx(), url)
+
+
+# --- web_fetch: one deadline for the whole fetch ---
+
+DRIPS = {"body": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n", b"x"),
+         "headers": (b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n")}
+
+
+@pytest.mark.parametrize("what", DRIPS)
+def test_fetch_dripping_server_cut_off_at_the_deadline(what):
+    """A byte (or a header line) every 0.3 s: every read succeeds, only the whole fetch's
+    deadline (tools.web.fetch.timeout: 2) stops it; the server would go on for 12 s."""
+    with FakeDrip(*DRIPS[what], every=0.3, count=40) as drip:
+        start = time.monotonic()
+        with pytest.raises(ToolError) as e:
+            web_fetch(make_ctx(timeout=2), drip.base + "/slow")
+        assert time.monotonic() - start < 10
+    assert str(e.value) == f"gave up on {drip.base}/slow after 2 s (tools.web.fetch.timeout)"
+
+
+def test_fetch_bounded_by_the_turn_deadline():
+    with FakeDrip(*DRIPS["body"], every=0.3, count=40) as drip:
+        start = time.monotonic()
+        with pytest.raises(ToolError, match=f"gave up on {drip.base}/ after .* s .*turn_timeout_s"):
+            web_fetch(make_ctx(timeout=30, deadline=time.monotonic() + 1), drip.base + "/")
+        assert time.monotonic() - start < 10
+    with pytest.raises(ToolError, match="turn ran out of time"):
+        web_fetch(make_ctx(deadline=time.monotonic() - 1), drip.base + "/")
+
+
+def test_fetch_slow_resolver_bounded(monkeypatch):
+    """The name lookup is inside the deadline too (a resolver that never answers here)."""
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: release.wait(30) and [])
+    start = time.monotonic()
+    try:
+        with pytest.raises(ToolError, match="gave up on http://slow.example/ after 1 s"):
+            web_fetch(make_ctx(timeout=1), "http://slow.example/")
+        assert time.monotonic() - start < 10
+    finally:
+        release.set()

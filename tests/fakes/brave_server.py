@@ -7,9 +7,14 @@
     with FakeSite() as site:
         site.page("/a", "<html>…</html>")         # or .json(), .redirect(), .raw()
         site.url_for("/a")
+
+    with FakeDrip(b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n", every=0.3) as drip:   # a slow server
+        drip.base
 """
 
 import json
+import socketserver
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
@@ -145,3 +150,34 @@ class FakeSite(_Server):
 
     def respond(self, path, query, headers):
         return self.routes.get(path, (404, {"Content-Type": "text/plain"}, b"not found"))
+
+
+class FakeDrip(FakeServer):
+    """Answers any request with `head`, then `piece` every `every` seconds, `count` times (each
+    write succeeds: a client that only bounds each read waits for ever), then closes."""
+
+    def __init__(self, head: bytes, piece: bytes, every=0.3, count=40):
+        self.head, self.piece, self.every, self.count = head, piece, every, count
+        self.stopping, self.requests = threading.Event(), 0
+
+    def handler(self):
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass        # the request line and headers
+                fake.requests += 1
+                try:
+                    self.wfile.write(fake.head)
+                    for _ in range(fake.count):
+                        if fake.stopping.wait(fake.every):
+                            return
+                        self.wfile.write(fake.piece)
+                except OSError:
+                    pass        # the client hung up, as it should at its deadline
+
+        return Handler
+
+    def drop(self):
+        self.stopping.set()
