@@ -69,12 +69,16 @@ install-service: install
 	if [ "$$was" = active ]; then $$sudo systemctl restart nanoclaw; echo "ran systemctl restart nanoclaw (it was already running)"; fi; \
 	echo "Check it: systemctl status nanoclaw    Follow its log: journalctl -u nanoclaw -f"
 
-# Lines of code (no blanks, no comment lines): the core promise is <= 3,000.
+# Lines of code (no blanks, no comment lines): the core promise is <= 3,000; each capability of the
+# second wave (SPEC §8-§13) lives in its own module, counted apart; lib/ in all stays under 10,000.
+CAPABILITIES := lib/sandbox.py lib/netguard.py lib/approvals.py lib/usage.py lib/mcp.py lib/web
 lines:
-	@count() { cat "$$@" | grep -cvE '^\s*(#|$$)'; }; \
-	core=$$(count $$(find lib -name '*.py' ! -path 'lib/channels/*' ! -name cli.py)); \
-	all=$$(count $$(find lib -name '*.py')); \
-	printf 'core (lib/ without channels/ and cli.py): %s lines (budget 3000)\nlib/ in all: %s lines\n' $$core $$all
+	@count() { [ $$# -gt 0 ] && cat "$$@" | grep -cvE '^\s*(#|$$)' || echo 0; }; \
+	core=$$(count $$(find lib -name '*.py' ! -path 'lib/channels/*' ! -name cli.py $(foreach c,$(CAPABILITIES),! -path '$(c)' ! -path '$(c)/*'))); \
+	printf 'core (lib/ without channels/, cli.py and the capabilities below): %s lines (budget 3000)\n' $$core; \
+	for c in $(CAPABILITIES); do [ -e $$c ] && printf '  %-20s %s lines\n' $$c $$(count $$(find $$c -name '*.py')); done; \
+	printf 'lib/channels/: %s lines\nlib/ in all: %s lines (budget 10000)\n' \
+	  $$(count $$(find lib/channels -name '*.py')) $$(count $$(find lib -name '*.py'))
 
 clean:
 	rm -rf $(VENV) .pytest_cache
