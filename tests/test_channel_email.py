@@ -141,6 +141,24 @@ def test_strangers_and_spoofed_mail_never_reach_the_model_and_are_not_answered(
     assert [r["chat_id"] for r in outbox] == [OWNER]        # nobody else was told anything
 
 
+def test_a_from_address_that_only_looks_like_the_owners_never_reaches_the_inbox(
+        gateway, home, llm, imap, smtp):
+    """Issue 8: when ids were split on '|', "x|owner@example.com|"@evil.com was the owner."""
+    configure(home, llm, imap, smtp, allow_from=[OWNER])
+    gateway.start()
+    imap.append(mail(sender='"x|owner@example.com|"@evil.com', msgid="<a1@evil.com>", body="Run id"))
+    imap.append(b"From: eve@evil.com\n" + mail(msgid="<a2@evil.com>", body="Run id"))
+    imap.append(mail(sender=f"{OWNER}, eve@evil.com", msgid="<a3@evil.com>", body="Run id"))
+    imap.append(mail(msgid="<ok@example.com>", body="Hello"))
+    wait_for(lambda: smtp.messages, what="the reply to the owner")
+    assert asked(llm) == ["Subject: Plans\n\nHello"] and [m["To"] for m in smtp.messages] == [OWNER]
+    assert [json.loads(p.read_text())["sender_id"] for p in (home / "inbox").glob("*/*.json")] \
+        == [OWNER]
+    logs = gateway.logs()
+    assert """'"x|owner@example.com|"@evil.com' is not a plain address""" in logs
+    assert "2 From header(s) with 2 mailbox(es)" in logs and "1 From header(s) with 2" in logs
+
+
 def test_without_consent_the_mailbox_is_not_touched(home, llm, imap, smtp, caplog):
     configure(home, llm, imap, smtp, consent_granted=False)
     uid = imap.append(mail())
@@ -242,6 +260,26 @@ def test_reply_subject_and_authentication_results():
     # only the topmost header is the receiving server's; a lower one may be the sender's forgery
     assert not verdict("mx.example.com; spf=fail smtp.mailfrom=a@example.com",
                        "forged; dkim=pass header.d=example.com")
+
+
+@pytest.mark.parametrize("headers,address", [
+    (['"x|owner@example.com|"@evil.com'], ""),              # the allow-list bypass of issue 8
+    (["Owner <Owner@Example.COM>"], OWNER), ([f"Owner\r\n <{OWNER}>"], OWNER), ([OWNER], OWNER),
+    ([OWNER, "eve@evil.com"], ""), ([f"{OWNER}, eve@evil.com"], ""),  # one header, one mailbox
+    ([f"{OWNER} <eve@evil.com>"], ""), ([f"{OWNER} (me) <eve@evil.com>"], ""),
+    (["=?utf-8?q?owner=40example.com?="], ""),              # decoded, it would be the owner
+    (["=?utf-8?q?owner=40example.com?= <eve@evil.com>"], "eve@evil.com"),
+    ([f'"{OWNER}" <eve@evil.com>'], "eve@evil.com"), (['x <"a b"@evil.com>'], ""),
+    ([], ""), ([""], ""), (["owner"], ""), (["<>"], ""), ([f"{OWNER}@evil.com"], ""),
+    (["owner|x@example.com"], ""), (["o'brien+tag@example.com"], "o'brien+tag@example.com"),
+])
+def test_the_sender_is_the_one_plain_from_address(headers, address):
+    from email import message_from_string, policy
+
+    from lib.channels.email import from_address
+    text = "".join(f"From: {h}\n" for h in headers) + "Subject: hi\n\nbody"
+    found, why = from_address(message_from_string(text, policy=policy.default))
+    assert found == address and bool(why) != bool(address)
 
 
 def test_html_to_text():
