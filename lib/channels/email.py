@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from lib import maildir
+from lib.channels import EMAIL_FORGEABLE
 from lib.channels.base import Channel, SendError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class EmailChannel(Channel):
         if not (s.smtp_use_ssl or s.smtp_use_tls):
             log.warning("email: smtp_use_ssl and smtp_use_tls are both false: replies and the SMTP "
                         "password travel unencrypted")
+        if not s.authserv_id:
+            log.warning("email: %s", EMAIL_FORGEABLE)
         attempt = 0
         while not self.stopping.is_set():
             imap = None
@@ -159,7 +162,8 @@ class EmailChannel(Channel):
         if not self.admits(sender):
             self._refuse(sender, sender, None)
             return
-        genuine, verdict = authentic(msg, sender)
+        genuine, verdict = verified(msg, sender, s.authserv_id) if s.authserv_id else \
+            authentic(msg, sender)
         if not genuine:
             log.warning("email: refused mail claiming to be from %s as spoofed (%s)", sender, verdict)
             return
@@ -311,9 +315,28 @@ def from_address(msg) -> tuple[str, str]:
     return boxes[0][1].lower(), ""
 
 
+def verified(msg, sender: str, authserv_id: str) -> tuple[bool, str]:
+    """SPEC §8: the topmost Authentication-Results written by `authserv_id` (the one it added;
+    lower ones may be forged) must show dmarc=pass, or dkim=pass for header.d = the From domain."""
+    for value in _raw(msg, "Authentication-Results"):
+        server, results = auth_results(value)
+        if server.lower() == authserv_id.strip().lower():
+            break
+    else:
+        return False, f"no Authentication-Results from {authserv_id}"
+    domain = sender.rpartition("@")[2]
+    for method, result, props in results:
+        if result == "pass" and (method == "dmarc" or method == "dkim" and
+                                 props.get("header.d", "").lower() == domain):
+            return True, f"{authserv_id}: {method}=pass"
+    return False, f"{authserv_id}: " + (", ".join(
+        f"{m}={r}" + (f" for {p['header.d']}" if "header.d" in p else "") for m, r, p in results)
+        or "no results")
+
+
 def authentic(msg, sender: str) -> tuple[bool, str]:
-    """The receiving server's verdict on the From address, from the topmost Authentication-Results
-    (the one it added; lower ones may be forged). DMARC decides when it says pass or fail; else a
+    """A best effort without channels.email.authserv_id: the verdict of the topmost
+    Authentication-Results, whoever wrote it. DMARC decides when it says pass or fail; else a
     passing DKIM or SPF must be for the From domain. No header, or no results in it: no verdict."""
     headers = _raw(msg, "Authentication-Results")
     results = auth_results(headers[0])[1] if headers else []
