@@ -154,6 +154,9 @@ def cmd_status(args):
         allowed = f"allow_from: {', '.join(ch.allow_from) or 'nobody (deny by default)'}"
         print(f"  {yes if ch.enabled else no} {name:<11}{'enabled' if ch.enabled else 'disabled':<10}"
               f"{allowed if ch.enabled else ''}")
+        if name == "email" and ch.enabled and not ch.authserv_id:
+            from lib.channels import EMAIL_FORGEABLE
+            print(f"    {term.style('warning', 'yellow')}: {EMAIL_FORGEABLE}")
 
 
 # --- agent ---

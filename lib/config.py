@@ -339,7 +339,11 @@ def load_config(explicit: str | None = None) -> Config:
     if lines.get("ignored"):
         log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
                     "ignored: %s", path, len(lines["ignored"]), ", ".join(lines["ignored"]))
-    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
+    email = cfg.channels.email          # mail addresses are compared lower-cased (SPEC §8)
+    channels = dataclasses.replace(cfg.channels, email=dataclasses.replace(
+        email, allow_from=[a.lower() for a in email.allow_from]))
+    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), channels=channels,
+                               path=path, home=home_dir())
 
 
 def _read(path: Path):
@@ -522,10 +526,17 @@ def _env_keys(providers):
     return dataclasses.replace(providers, **changes)
 
 
-def allowed(allow_from: list, sender_id: str) -> bool:
-    """Deny by default: [] lets nobody in, ["*"] everyone. A sender id may carry several
-    spellings joined by '|' (Telegram's "12345|alice"); any one of them may be listed."""
+def allowed(allow_from: list, sender_id: str, aliases=()) -> bool:
+    """Deny by default: [] lets nobody in, ["*"] everyone. The sender id is one opaque string,
+    compared whole with each entry (surrounding spaces and a leading @ or + aside), never split;
+    so is each of `aliases`, the other names the platform gives that sender (a Telegram username).
+    Anything but a list of strings as aliases counts as none."""
     if "*" in allow_from:
         return True
-    ids = {s.strip().lstrip("@+") for s in str(sender_id).split("|") if s.strip()}
-    return bool(ids & {a.strip().lstrip("@+") for a in allow_from})
+    names = [sender_id, *(aliases if isinstance(aliases, (list, tuple)) else ())]
+    ids = {_bare(n) for n in names if isinstance(n, str)} - {""}
+    return bool(ids & {_bare(str(a)) for a in allow_from})
+
+
+def _bare(name: str) -> str:
+    return name.strip().lstrip("@+")

@@ -138,7 +138,7 @@ class Worker(Part):
         sender = str(msg.get("sender_id", ""))
         if msg["channel"] not in NO_REMOTE:
             allow = getattr(self.config.channels, msg["channel"]).allow_from
-            if not allowed(allow, sender):
+            if not allowed(allow, sender, msg.get("metadata", {}).get("sender_aliases")):
                 reason = (f"sender {sender or '(none)'} is not in channels.{msg['channel']}."
                           "allow_from; add the id there to let them in")
                 log.warning("refused %s: %s", path.name, reason)

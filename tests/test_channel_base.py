@@ -106,22 +106,30 @@ def test_receive_drops_allowed_messages_in_the_inbox_and_refuses_strangers(home,
     (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['42', 'alice']}\n")
     ch = Recorder(load_config(), home)
     assert ch.receive("100", "42", "hello", metadata={"message_id": 7})
-    assert ch.receive("100", "7|alice", "by name")
+    assert ch.receive("100", "7", "by name", metadata={"sender_aliases": ["alice"]})
     assert not ch.receive("100", "13", "let me in")
+    assert not ch.receive("100", "7|alice", "split me")        # an id is compared whole
     files = sorted((home / "inbox" / "new").glob("*.json"))
     msgs = [json.loads(f.read_text()) for f in files]
     assert [m["text"] for m in msgs] == ["hello", "by name"]
+    assert msgs[1]["sender_id"] == "7" and msgs[1]["metadata"] == {"sender_aliases": ["alice"]}
     assert msgs[0]["channel"] == "telegram" and msgs[0]["metadata"] == {"message_id": 7}
     assert "refused sender 13" in caplog.text and "channels.telegram.allow_from" in caplog.text
 
 
-@pytest.mark.parametrize("allow,sender,ok", [
-    ([], "1", False), (["*"], "anyone", True), (["1"], "1", True), (["1"], "2", False),
-    (["+4915"], "4915", True), (["@bob"], "123|bob", True), ([" 5 "], "5", True),
+@pytest.mark.parametrize("allow,sender,aliases,ok", [
+    ([], "1", (), False), (["*"], "anyone", (), True), (["1"], "1", (), True),
+    (["1"], "2", (), False), (["+4915"], "4915", (), True), ([" 5 "], "5", (), True),
+    (["@bob"], "123", ["bob"], True), (["bob"], "123", ["@bob"], True), ([], "1", ["1"], False),
+    (["@bob"], "123|bob", (), False), (["123"], "123|bob", (), False),       # never split
+    (["owner@example.com"], "x|owner@example.com|", (), False),
+    (["x|owner@example.com|"], "x|owner@example.com|", (), True),            # but whole, it is
+    (["bob"], "123", "bob", False), (["b"], "123", "bob", False),           # aliases: a list
+    (["bob"], "123", [None, 7, "bob"], True), ([""], "", [""], False),
 ])
-def test_allow_lists_deny_by_default(allow, sender, ok):
+def test_allow_lists_deny_by_default_and_compare_ids_whole(allow, sender, aliases, ok):
     from lib.config import allowed
-    assert allowed(allow, sender) is ok
+    assert allowed(allow, sender, aliases) is ok
 
 
 from lib.channels.base import split_message  # noqa: E402
@@ -167,7 +175,7 @@ def test_refused_sender_is_told_its_id_once_a_day(home):
     (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['42']}\n")
     ch = Recorder(load_config(), home)
     for _ in range(3):
-        assert not ch.receive("77", "13|mallory", "hi")
+        assert not ch.receive("77", "13", "hi", metadata={"sender_aliases": ["mallory"]})
     notes = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*.json")]
     assert [(n["chat_id"], n["text"]) for n in notes] == [
         ("77", "This assistant is private. Your telegram id is 13.")]

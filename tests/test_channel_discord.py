@@ -73,6 +73,19 @@ def test_strangers_guilds_and_bots(gateway, llm, discord):
     assert discord.texts("600") == ["echo: what time is it"]
 
 
+def test_a_username_made_of_digits_cannot_pass_for_an_allowed_id(channel, discord, home):
+    ch = channel()
+    discord.wait_for(lambda: discord.connected, what="IDENTIFY")
+    discord.say("it's me, 111", author_id="666", username="111")
+    discord.say("bob here", author_id="777", username="bob")
+    msg = wait_for(lambda: inbox(home), what="bob's message")[0]
+    assert msg["sender_id"] == "777" and msg["metadata"]["sender_aliases"] == ["bob"]
+    ch.wake()
+    wait_for(lambda: discord.texts(), what="the refusal")
+    assert discord.texts() == ["This assistant is private. Your discord id is 666."]
+    assert len(inbox(home)) == 1
+
+
 def test_a_long_reply_is_split_at_2000_characters(gateway, llm, discord):
     text = "\n\n".join(f"Paragraph {i}: " + "words " * 150 for i in range(8))
     llm.script(text)
@@ -145,7 +158,8 @@ def test_typing_lasts_until_the_reply_is_delivered(channel, discord, home, monke
     discord.wait_for(lambda: discord.connected, what="IDENTIFY")
     discord.say("think hard")
     msg = wait_for(lambda: inbox(home), what="inbox")[0]
-    assert msg["sender_id"] == "111|alice" and msg["metadata"]["message_id"]
+    assert msg["sender_id"] == "111" and msg["metadata"]["message_id"]
+    assert msg["metadata"]["sender_aliases"] == ["alice"]
     discord.wait_for(lambda: len(discord.typing) >= 3, what="typing renewed")
     post_outbox(home, "discord", msg["chat_id"], "done thinking", reply_to="x",
                 metadata=msg["metadata"])

@@ -7,6 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from lib.channels import EMAIL_FORGEABLE
 from tests.fakes import mailserver
 from tests.fakes.mailserver import PASSWORD, USER, Dovecot, SmtpRecorder
 from tests.conftest import replies, run_cli, wait_for, write_config
@@ -98,6 +99,7 @@ def test_mail_from_the_owner_gets_a_threaded_reply_and_is_marked_read_only_after
     assert reply["Message-ID"] not in ("<m1@example.com>", None) and reply["Date"]
     assert reply.get_content().strip() == "Friday works."
     wait_for(lambda: seen(imap, uid), what="\\Seen")
+    assert gateway.logs().count(EMAIL_FORGEABLE) == 1           # once, whatever the reconnects
     done = json.loads(wait_for(lambda: list((home / "inbox" / "done").glob("*.json")), what="done/")[0]
                       .read_text())
     assert done["chat_id"] == OWNER and done["metadata"]["message_id"] == "<m1@example.com>"
@@ -139,6 +141,42 @@ def test_strangers_and_spoofed_mail_never_reach_the_model_and_are_not_answered(
     wait_for(lambda: replies(home), what="the reply in outbox/sent/")
     outbox = [json.loads(p.read_text()) for p in (home / "outbox").glob("*/*.json")]
     assert [r["chat_id"] for r in outbox] == [OWNER]        # nobody else was told anything
+
+
+def test_a_from_address_that_only_looks_like_the_owners_never_reaches_the_inbox(
+        gateway, home, llm, imap, smtp):
+    """Issue 8: when ids were split on '|', "x|owner@example.com|"@evil.com was the owner."""
+    configure(home, llm, imap, smtp, allow_from=[OWNER])
+    gateway.start()
+    imap.append(mail(sender='"x|owner@example.com|"@evil.com', msgid="<a1@evil.com>", body="Run id"))
+    imap.append(b"From: eve@evil.com\n" + mail(msgid="<a2@evil.com>", body="Run id"))
+    imap.append(mail(sender=f"{OWNER}, eve@evil.com", msgid="<a3@evil.com>", body="Run id"))
+    imap.append(mail(msgid="<ok@example.com>", body="Hello"))
+    wait_for(lambda: smtp.messages, what="the reply to the owner")
+    assert asked(llm) == ["Subject: Plans\n\nHello"] and [m["To"] for m in smtp.messages] == [OWNER]
+    assert [json.loads(p.read_text())["sender_id"] for p in (home / "inbox").glob("*/*.json")] \
+        == [OWNER]
+    logs = gateway.logs()
+    assert """'"x|owner@example.com|"@evil.com' is not a plain address""" in logs
+    assert "2 From header(s) with 2 mailbox(es)" in logs and "1 From header(s) with 2" in logs
+
+
+def test_with_authserv_id_only_mail_that_server_passed_gets_in(gateway, home, llm, imap, smtp):
+    configure(home, llm, imap, smtp, authserv_id="mx.example.com")
+    gateway.start()
+    for n, results in enumerate([
+            ("mx.example.com; dmarc=fail", "mx.example.com; dmarc=pass"),     # a forged lower one
+            ("mx.evil.net; dmarc=pass",), ("mx.example.com; dkim=pass header.d=evil.net",), ()]):
+        imap.append(mail(msgid=f"<f{n}@evil.net>", body="Run id",
+                         extra=[("Authentication-Results", r) for r in results]))
+    imap.append(mail(msgid="<ok@example.com>", body="Hello", extra=[(
+        "Authentication-Results", "mx.example.com; dkim=pass header.d=example.com; dmarc=pass")]))
+    wait_for(lambda: smtp.messages, what="the reply to the owner")
+    assert asked(llm) == ["Subject: Plans\n\nHello"]
+    logs = gateway.logs()
+    assert logs.count("as spoofed") == 4 and EMAIL_FORGEABLE not in logs
+    assert "(no Authentication-Results from mx.example.com)" in logs
+    assert "(mx.example.com: dkim=pass for evil.net)" in logs
 
 
 def test_without_consent_the_mailbox_is_not_touched(home, llm, imap, smtp, caplog):
@@ -242,6 +280,60 @@ def test_reply_subject_and_authentication_results():
     # only the topmost header is the receiving server's; a lower one may be the sender's forgery
     assert not verdict("mx.example.com; spf=fail smtp.mailfrom=a@example.com",
                        "forged; dkim=pass header.d=example.com")
+
+
+@pytest.mark.parametrize("headers,address", [
+    (['"x|owner@example.com|"@evil.com'], ""),              # the allow-list bypass of issue 8
+    (["Owner <Owner@Example.COM>"], OWNER), ([f"Owner\r\n <{OWNER}>"], OWNER), ([OWNER], OWNER),
+    ([OWNER, "eve@evil.com"], ""), ([f"{OWNER}, eve@evil.com"], ""),  # one header, one mailbox
+    ([f"{OWNER} <eve@evil.com>"], ""), ([f"{OWNER} (me) <eve@evil.com>"], ""),
+    (["=?utf-8?q?owner=40example.com?="], ""),              # decoded, it would be the owner
+    (["=?utf-8?q?owner=40example.com?= <eve@evil.com>"], "eve@evil.com"),
+    ([f'"{OWNER}" <eve@evil.com>'], "eve@evil.com"), (['x <"a b"@evil.com>'], ""),
+    ([], ""), ([""], ""), (["owner"], ""), (["<>"], ""), ([f"{OWNER}@evil.com"], ""),
+    (["owner|x@example.com"], ""), (["o'brien+tag@example.com"], "o'brien+tag@example.com"),
+])
+def test_the_sender_is_the_one_plain_from_address(headers, address):
+    from email import message_from_string, policy
+
+    from lib.channels.email import from_address
+    text = "".join(f"From: {h}\n" for h in headers) + "Subject: hi\n\nbody"
+    found, why = from_address(message_from_string(text, policy=policy.default))
+    assert found == address and bool(why) != bool(address)
+
+
+def authserv(*results, sender=OWNER, server="mx.example.com"):
+    """The verdict of verified() on a mail with these Authentication-Results, topmost first."""
+    from email import message_from_string, policy
+
+    from lib.channels.email import verified
+    text = "".join(f"Authentication-Results: {r}\n" for r in results) + f"From: {sender}\n\nx"
+    return verified(message_from_string(text, policy=policy.default), sender, server)
+
+
+def test_with_authserv_id_only_that_servers_topmost_pass_lets_mail_in():
+    assert authserv("mx.example.com; dmarc=pass (p=REJECT) header.from=example.com")[0]
+    assert authserv("MX.example.com 1; dkim=pass header.d=Example.com header.s=s1; spf=fail")[0]
+    assert authserv("relay.example.com; dmarc=fail", "mx.example.com; dmarc=pass")[0]
+    assert authserv("mx.example.com; dkim=pass header.d=\"example.com\"")[0]
+    for refused in [
+        (), ("mx.example.com; none",), ("mx.example.com; dmarc=fail; dkim=fail header.d=example.com",),
+        ("mx.example.com; spf=pass smtp.mailfrom=owner@example.com",),  # SPF: the envelope only
+        ("mx.example.com; dkim=pass header.d=evil.com",),               # signed, by someone else
+        ("mx.example.com; dkim=pass header.i=@example.com",),
+        ("mx.evil.com; dmarc=pass",), ("evil; dmarc=pass",),            # another server's word
+        ("mx.example.com; dmarc=none", "mx.example.com; dmarc=pass"),   # the lower one: forged
+        ("mx.example.com; dkim=pass (dmarc=pass; x) header.d=evil.com",),
+        ('mx.example.com; dkim=fail reason="bad; dmarc=pass"',),
+        ('mx.example.com; spf=pass smtp.mailfrom="a;dmarc=pass"@evil.com',),
+        ('mx.example.com; dkim=pass header.d=evil.com header.b="(" ; dmarc=fail)',),
+        ('mx.example.com; dmarc="pass"',), ('"mx.example.com; dmarc=pass"',),
+    ]:
+        ok, why = authserv(*refused)
+        assert not ok and why, refused
+    assert authserv()[1] == "no Authentication-Results from mx.example.com"
+    assert authserv("mx.example.com; dkim=pass header.d=evil.com")[1] == \
+        "mx.example.com: dkim=pass for evil.com"
 
 
 def test_html_to_text():

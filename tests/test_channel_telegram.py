@@ -172,10 +172,25 @@ def test_photos_documents_and_voice_notes_are_downloaded(home, llm, tg, channel)
     assert note["text"] == "[voice note, transcribed] hello from a voice note"
     assert note["media"][0].endswith(".ogg")
     assert big["media"] == [] and "huge.bin was not downloaded" in big["text"]
-    assert photo["sender_id"] == "42|alice" and big["metadata"]["message_id"] == last["message_id"]
+    assert photo["sender_id"] == "42" and photo["metadata"]["sender_aliases"] == ["alice"]
+    assert big["metadata"]["message_id"] == last["message_id"]
     assert [c["params"]["file_id"] for c in tg.calls_of("getFile")] == \
         [large["file_id"], doc["file_id"], voice["file_id"]]
     del ch
+
+
+def test_the_username_travels_apart_from_the_id_and_is_compared_whole(home, tg, channel):
+    """allow_from: [alice] lets @alice in by her username; the id stays the bare number."""
+    channel(allow="['@alice', '43|mallory']")
+    tg.message("by name", user=ALICE)
+    tg.message("split me", user=(43, "mallory"))        # "43|mallory" is not 43 nor mallory
+    tg.message("no name", user=(44, None))
+    refused = wait_for(lambda: len(tg.sent) == 2 and tg.sent, what="two refusals")
+    assert [r["text"] for r in refused] == [f"This assistant is private. Your telegram id is {i}."
+                                            for i in (43, 44)]
+    [msg] = inbox(home)
+    assert msg["text"] == "by name" and msg["sender_id"] == "42"
+    assert msg["metadata"]["sender_aliases"] == ["alice"]
 
 
 def test_html_telegram_refuses_is_sent_again_as_plain_text(home, tg, channel):

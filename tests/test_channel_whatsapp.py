@@ -26,12 +26,13 @@ def bridge():
         yield fake
 
 
-def configure(home, llm, url, extra="    start_bridge: false\n    bridge_token: test-token\n"):
+def configure(home, llm, url, extra="    start_bridge: false\n    bridge_token: test-token\n",
+              allow=f'["{ALICE}", "{BOB.lstrip("+")}"]'):
     write_config(home, model_yaml(llm) + f"""channels:
   whatsapp:
     enabled: true
     bridge_url: {url}
-    allow_from: ["{ALICE}", "{BOB.lstrip('+')}"]
+    allow_from: {allow}
 {extra}""")
 
 
@@ -141,8 +142,8 @@ def test_voice_notes_are_transcribed_and_files_passed_on(gateway, llm, bridge, h
 @pytest.fixture
 def channel(home, llm, bridge, run_channel):
 
-    def make(extra=None, url=None):
-        configure(home, llm, url or bridge.url, *([extra] if extra is not None else []))
+    def make(extra=None, url=None, **allow):
+        configure(home, llm, url or bridge.url, *([extra] if extra is not None else []), **allow)
         return run_channel(whatsapp.WhatsAppChannel)
     return make
 
@@ -175,7 +176,8 @@ def test_typing_lasts_until_the_reply_is_delivered(channel, bridge, home, monkey
     ch = channel()
     bridge.say("think hard")
     msg = wait_for(lambda: inbox(home), what="inbox")[0]
-    assert msg["sender_id"] == f"{ALICE}|15550001|{ALICE_JID}" and msg["chat_id"] == ALICE_JID
+    assert msg["sender_id"] == ALICE and msg["chat_id"] == ALICE_JID
+    assert msg["metadata"]["sender_aliases"] == ["15550001", ALICE_JID]
     assert msg["metadata"]["phone"] == ALICE and msg["metadata"]["message_id"]
     bridge.wait_for(lambda: len(bridge.presence) >= 3, what="typing renewed")
     post_outbox(home, "whatsapp", msg["chat_id"], "done thinking", reply_to="x",
@@ -187,6 +189,17 @@ def test_typing_lasts_until_the_reply_is_delivered(channel, bridge, home, monkey
     time.sleep(0.3)                                 # six renewals' worth of time
     assert len(bridge.presence) == count
     assert all(p["to"] == ALICE_JID for p in bridge.presence)
+
+
+def test_the_number_and_jid_let_in_as_aliases_and_a_joined_entry_matches_nothing(
+        channel, bridge, home):
+    channel(allow=f'["{ALICE_JID}", "+4915112345678|4915112345678"]')
+    bridge.say("by jid")
+    bridge.say("joined?", phone=BOB)
+    msg = wait_for(lambda: inbox(home), what="Alice's message")[0]
+    assert msg["text"] == "by jid" and msg["sender_id"] == ALICE
+    bridge.wait_for(lambda: bridge.texts("4915112345678@s.whatsapp.net"), what="the refusal")
+    assert len(inbox(home)) == 1
 
 
 def test_a_wrong_token_is_reported(channel, bridge, caplog):

@@ -93,6 +93,19 @@ def test_status_lists_providers_and_channels(home, llm):
     assert "telegram   enabled   allow_from: 123" in r.stdout
 
 
+def test_status_says_when_email_senders_are_forgeable(home, llm):
+    email = ("channels:\n  email: {enabled: true, consent_granted: true, imap_host: h, "
+             "imap_username: u, imap_password: p, smtp_host: h, allow_from: [Me@Example.com]")
+    fake_config(home, llm, email + "}\n")
+    r = run_cli("status")
+    assert r.returncode == 0 and "email      enabled   allow_from: me@example.com" in r.stdout
+    assert "anyone who knows an allowed address can write as it" in r.stdout
+    assert "channels.email.authserv_id" in r.stdout
+    fake_config(home, llm, email + ", authserv_id: mx.example.com}\n")
+    r = run_cli("status")
+    assert r.returncode == 0 and "anyone who knows" not in r.stdout
+
+
 def test_missing_key_is_one_line_and_exit_2(home):
     r = run_cli("agent", "-m", "hi")
     assert r.returncode == 2 and r.stdout == ""

@@ -124,3 +124,28 @@ def test_a_name_waiting_in_new_and_left_in_cur_by_a_crash_are_both_answered(work
         worker.stop()
     asked = sorted(b["messages"][-1]["content"] for b in llm.chat_requests)
     assert asked == ["a new one", "the one cut off"]
+
+
+def test_a_sender_id_is_compared_whole_and_aliases_come_from_the_metadata(llm, home):
+    """Issue 8: "x|owner@example.com|" passed for owner@example.com when ids were split on '|'."""
+    from lib.config import load_config
+    conftest.write_config(home, conftest.model_yaml(llm) + "channels:\n"
+                          "  email: {allow_from: [owner@example.com]}\n"
+                          "  telegram: {allow_from: ['@alice']}\n")
+    config = load_config()
+    maildir.ensure(home / "inbox")
+    worker = Worker(config, Agent(config))
+    llm.script("hello alice")
+    for name, channel, sender, meta in [
+            ("a", "email", "x|owner@example.com|", {}), ("b", "telegram", "7|alice", {}),
+            ("c", "telegram", "8", {"sender_aliases": "alice"}),      # a string is not a list
+            ("d", "telegram", "7", {"sender_aliases": ["alice"]})]:
+        maildir.deliver(home / "inbox", {"channel": channel, "chat_id": "1", "sender_id": sender,
+                                         "text": "hi", "metadata": meta}, name)
+    worker.drain()
+    failed = sorted(p.name for p in (home / "inbox" / "failed").glob("*.json"))
+    assert failed == ["a.json", "b.json", "c.json"]
+    assert "sender x|owner@example.com| is not in channels.email.allow_from" in \
+        (home / "inbox" / "failed" / "a.json.error").read_text()
+    [reply] = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("*.json")]
+    assert len(llm.chat_requests) == 1 and reply["text"] == "hello alice"

@@ -17,6 +17,9 @@ CHANNELS = {
     "email": ("lib.channels.email", "EmailChannel",
               ("consent_granted", "imap_host", "imap_username", "imap_password", "smtp_host")),
 }
+# said once at start-up and by `status` while channels.email.authserv_id is empty (SPEC §8)
+EMAIL_FORGEABLE = ("channels.email.authserv_id is not set: anyone who knows an allowed address can "
+                   "write as it (set it to your mail server's name, e.g. mx.google.com)")
 # the modules whose package (in requirements.txt) has another name
 PACKAGES = {"websocket": "websocket-client", "telegram": "python-telegram-bot",
             "slack_sdk": "slack-sdk", "yaml": "pyyaml"}

@@ -98,8 +98,9 @@ class Channel:
         """Hand a message to the assistant (via the inbox) if the sender may talk to it.
         A stranger is logged and told their id, at most once a day; the model never sees them.
         With the platform's message `key` and time `at` (epoch seconds) the inbox name is fixed,
-        so the same message received again (after a crash, a redelivery) is dropped."""
-        if not allowed(self.settings.allow_from, str(sender_id)):
+        so the same message received again (after a crash, a redelivery) is dropped.
+        `metadata["sender_aliases"]` lists the sender's other names, which allow_from may hold."""
+        if not self.admits(sender_id, metadata):
             self._refuse(str(chat_id), str(sender_id), metadata)
             return False
         name = None
@@ -110,24 +111,28 @@ class Channel:
                                "metadata": metadata or {}}, name)
         return True
 
+    def admits(self, sender_id, metadata=None) -> bool:
+        """Whether allow_from lets in `sender_id`, or one of metadata's sender_aliases."""
+        aliases = (metadata or {}).get("sender_aliases", ())
+        return allowed(self.settings.allow_from, str(sender_id), aliases)
+
     def _refuse(self, chat_id, sender_id, metadata):
-        shown = sender_id.split("|")[0]
         log.warning("%s: refused sender %s; add it to channels.%s.allow_from to let them in",
-                    self.name, shown, self.name)
+                    self.name, sender_id, self.name)
         path = self.home / "state" / "refused.json"
         with _refused_lock:             # every channel's thread reads and rewrites this file
             try:
                 seen = json.loads(path.read_text())
             except (OSError, ValueError):
                 seen = {}
-            key, today = f"{self.name}:{shown}", time.strftime("%Y-%m-%d")
+            key, today = f"{self.name}:{sender_id}", time.strftime("%Y-%m-%d")
             if seen.get(key) == today:
                 return
             seen = {k: v for k, v in seen.items() if v == today}     # forget older days
             seen[key] = today
             maildir.atomic_write(path, json.dumps(seen))
         post_outbox(self.home, self.name, chat_id, f"This assistant is private. Your {self.name} "
-                    f"id is {shown}.", metadata=metadata)
+                    f"id is {sender_id}.", metadata=metadata)
 
     def media_path(self, name: str) -> Path:
         """Where a downloaded attachment goes: media/<channel>/<unique>-<name>."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels.typing_sign import Typing
-from lib.config import allowed
 
 log = logging.getLogger(__name__)
 LIMIT = 2000
@@ -100,13 +99,14 @@ class DiscordChannel(Channel):
         attachments = d.get("attachments") or ()
         if not text and not attachments:
             return
-        sender = f"{author.get('id')}|{author.get('username', '')}"
+        name = str(author.get("username") or "")      # all digits: it could pass for an id
+        meta = {"message_id": d.get("id"), "guild_id": d.get("guild_id"),
+                **({"sender_aliases": [name]} if name and not name.isdigit() else {})}
         media = []
-        if allowed(self.settings.allow_from, sender):   # strangers' files are not fetched
+        if self.admits(author.get("id"), meta):     # strangers' files are not fetched
             self.typing.start(chat)
             text, media = self._attachments(text, attachments)
-        self.receive(chat, sender, text, media, {"message_id": d.get("id"),
-                                                 "guild_id": d.get("guild_id")})
+        self.receive(chat, author.get("id"), text, media, meta)
 
     def _attachments(self, text: str, attachments) -> tuple[str, list]:
         media = []

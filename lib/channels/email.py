@@ -16,13 +16,13 @@ import smtplib
 import ssl
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, getaddresses, make_msgid
 from html.parser import HTMLParser
 from pathlib import Path
 
 from lib import maildir
+from lib.channels import EMAIL_FORGEABLE
 from lib.channels.base import Channel, SendError
-from lib.config import allowed
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30                                # seconds for every IMAP and SMTP socket operation
@@ -30,6 +30,7 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024        # larger mail: only its headers are 
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024     # larger attachments are not saved (the text says so)
 REMEMBER = 2000                             # Message-IDs kept in the state file
 IMAP_ERRORS = (imaplib.IMAP4.error, OSError, EOFError)
+PLAIN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{}~-]+@[A-Za-z0-9.-]+")    # no quotes, | or spaces
 
 
 class EmailChannel(Channel):
@@ -52,6 +53,8 @@ class EmailChannel(Channel):
         if not (s.smtp_use_ssl or s.smtp_use_tls):
             log.warning("email: smtp_use_ssl and smtp_use_tls are both false: replies and the SMTP "
                         "password travel unencrypted")
+        if not s.authserv_id:
+            log.warning("email: %s", EMAIL_FORGEABLE)
         attempt = 0
         while not self.stopping.is_set():
             imap = None
@@ -145,23 +148,24 @@ class EmailChannel(Channel):
 
     def _handle(self, msg, too_big: int = 0):
         s = self.settings
-        sender = parseaddr(str(msg.get("From", "")))[1].lower()
-        own = {a.lower() for a in (s.from_address, s.smtp_username, s.imap_username) if a}
-        if not sender or sender in own:
+        sender, why = from_address(msg)
+        if not sender:
+            log.warning("email: refused mail %s (not answered): %s",
+                        _one_line(msg.get("Message-ID", "")) or "without a Message-ID", why)
+            return
+        if sender in {a.lower() for a in (s.from_address, s.smtp_username, s.imap_username) if a}:
             return
         if str(msg.get("Auto-Submitted", "no")).strip().lower() != "no" or \
                 str(msg.get("Precedence", "")).strip().lower() in ("bulk", "junk", "list"):
             log.info("email: automatic mail from %s ignored (no replies to robots)", sender)
             return
-        # the spellings in allow_from that match this address, so the worker's check agrees too
-        sender_id = "|".join([sender] + [a for a in s.allow_from if a.strip().lower() == sender != a])
-        if not allowed(s.allow_from, sender_id):
-            self._refuse(sender, sender_id, None)
+        if not self.admits(sender):
+            self._refuse(sender, sender, None)
             return
-        genuine, verdict = authentic(msg, sender)
+        genuine, verdict = verified(msg, sender, s.authserv_id) if s.authserv_id else \
+            authentic(msg, sender)
         if not genuine:
-            log.warning("email: refused mail claiming to be from %s as spoofed: the server's "
-                        "Authentication-Results say %s", sender, verdict)
+            log.warning("email: refused mail claiming to be from %s as spoofed (%s)", sender, verdict)
             return
         subject = _one_line(msg.get("Subject", ""))[:500]
         if too_big:
@@ -175,7 +179,7 @@ class EmailChannel(Channel):
         text = "\n\n".join(x for x in (f"Subject: {subject}", body, "\n".join(notes)) if x)
         meta = {"subject": subject, "message_id": _one_line(msg.get("Message-ID", "")),
                 "references": _one_line(msg.get("References", ""))}
-        self.receive(sender, sender_id, text, media, meta)
+        self.receive(sender, sender, text, media, meta)
 
     def _refuse(self, chat_id, sender_id, metadata):
         """Unlike other channels, a stranger is not told anything: mail senders are trivially
@@ -299,32 +303,100 @@ def reply_subject(subject: str, prefix: str) -> str:
         subject = rest.strip()
 
 
+def from_address(msg) -> tuple[str, str]:
+    """(the lower-cased address of the one From mailbox, "") or ("", why not). The raw header is
+    parsed by email.utils, not the decoded one: a =?utf-8?…?= word could decode to an address."""
+    froms = _raw(msg, "From")
+    boxes = getaddresses(froms)
+    if len(froms) != 1 or len(boxes) != 1:
+        return "", f"{len(froms)} From header(s) with {len(boxes)} mailbox(es); one of each is read"
+    if not PLAIN.fullmatch(boxes[0][1]):
+        return "", f"the From address {boxes[0][1]!r} is not a plain address"
+    return boxes[0][1].lower(), ""
+
+
+def verified(msg, sender: str, authserv_id: str) -> tuple[bool, str]:
+    """SPEC §8: the topmost Authentication-Results written by `authserv_id` (the one it added;
+    lower ones may be forged) must show dmarc=pass, or dkim=pass for header.d = the From domain."""
+    for value in _raw(msg, "Authentication-Results"):
+        server, results = auth_results(value)
+        if server.lower() == authserv_id.strip().lower():
+            break
+    else:
+        return False, f"no Authentication-Results from {authserv_id}"
+    domain = sender.rpartition("@")[2]
+    for method, result, props in results:
+        if result == "pass" and (method == "dmarc" or method == "dkim" and
+                                 props.get("header.d", "").lower() == domain):
+            return True, f"{authserv_id}: {method}=pass"
+    return False, f"{authserv_id}: " + (", ".join(
+        f"{m}={r}" + (f" for {p['header.d']}" if "header.d" in p else "") for m, r, p in results)
+        or "no results")
+
+
 def authentic(msg, sender: str) -> tuple[bool, str]:
-    """The receiving server's verdict on the From address, from the topmost Authentication-Results
-    (the one it added; lower ones may be forged). DMARC decides when it says pass or fail; else a
+    """A best effort without channels.email.authserv_id: the verdict of the topmost
+    Authentication-Results, whoever wrote it. DMARC decides when it says pass or fail; else a
     passing DKIM or SPF must be for the From domain. No header, or no results in it: no verdict."""
-    headers = msg.get_all("Authentication-Results") or []
-    if not headers:
-        return True, "no Authentication-Results"
-    results = {}
-    for clause in re.sub(r"\([^)]*\)", " ", str(headers[0])).split(";")[1:]:
-        found = re.match(r"\s*([\w.-]+)\s*=\s*([\w-]+)(.*)", clause, re.S)
-        if found:
-            props = dict(re.findall(r"([\w.-]+)\s*=\s*\"?([^\s\"]+)", found.group(3)))
-            results.setdefault(found.group(1).lower(), []).append((found.group(2).lower(), props))
+    headers = _raw(msg, "Authentication-Results")
+    results = auth_results(headers[0])[1] if headers else []
     if not results:
-        return True, "no results"
-    dmarc = results.get("dmarc", [("", {})])[0][0]
+        return True, "no Authentication-Results" if not headers else "no results"
+    dmarc = next((result for method, result, _ in results if method == "dmarc"), "")
     if dmarc in ("pass", "fail"):
         return dmarc == "pass", f"dmarc={dmarc}"
     domain, seen = sender.rpartition("@")[2], []
-    for method, keys in (("dkim", ("header.d", "header.i")), ("spf", ("smtp.mailfrom", "smtp.helo"))):
-        for result, props in results.get(method, []):
+    for method, result, props in results:
+        keys = {"dkim": ("header.d", "header.i"), "spf": ("smtp.mailfrom", "smtp.helo")}.get(method)
+        if keys:
             d = next((props[k] for k in keys if k in props), "").rpartition("@")[2].lower()
             if result == "pass" and d and (d == domain or domain.endswith("." + d) or d.endswith("." + domain)):
                 return True, f"{method}=pass"
             seen.append(f"{method}={result}" + (f" for {d}" if d else ""))
-    return False, ", ".join(seen or [f"{m}={v[0][0]}" for m, v in results.items()])
+    return False, ", ".join(seen or [f"{m}={r}" for m, r, _ in results])
+
+
+def auth_results(value: str) -> tuple[str, list[tuple[str, str, dict]]]:
+    """One Authentication-Results value (RFC 8601) as (authserv-id, [(method, result,
+    {property: value})])."""
+    clauses = _clauses(value)
+    server = clauses[0][0].lstrip('"') if clauses[0] else ""
+    results = []
+    for w in clauses[1:]:
+        if len(w) >= 3 and w[1] == "=":
+            props = {w[i].lower(): w[i + 2].lstrip('"')
+                     for i in range(3, len(w) - 2) if w[i + 1] == "="}
+            results.append((w[0].split("/")[0].lower(), w[2].lower(), props))
+    return server, results
+
+
+def _clauses(value: str) -> list[list[str]]:
+    """The words of each ';'-separated clause, '=' a word of its own, comments dropped. A quoted
+    string is one word starting with '"', whatever ';', '=' or '(' it holds: it never passes
+    for a method, a result or a property name."""
+    clauses, word, depth, quoted, escaped = [[]], "", 0, False, False
+    for ch in value + ";":
+        if escaped or quoted and ch not in '\\"':        # an escaped or quoted character
+            word, escaped = word + ("" if depth else ch), False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"' and not depth:                   # a quoted string starts or ends
+            quoted, word = not quoted, word or '"'
+        elif ch in "()":
+            depth = max(depth + (1 if ch == "(" else -1), 0)
+        elif depth or ch not in " \t\r\n=;":
+            word += "" if depth else ch
+        else:                                           # a word ends
+            clauses[-1] += [w for w in (word, "=" if ch == "=" else "") if w]
+            word = ""
+            if ch == ";":
+                clauses.append([])
+    return clauses[:-1]
+
+
+def _raw(msg, name: str) -> list[str]:
+    """Each `name` header as it came (unfolded, not decoded)."""
+    return [" ".join(str(v).split()) for k, v in msg.raw_items() if k.lower() == name.lower()]
 
 
 def _attachment_parts(msg):

@@ -14,7 +14,6 @@ import threading
 from lib import maildir
 from lib.channels.base import Channel, SendError, split_message, unsent
 from lib.channels.typing_sign import Typing
-from lib.config import allowed
 from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -153,9 +152,9 @@ class TelegramChannel(Channel):
                 return
             text = re.sub(rf"(?<![\w/])@{re.escape(me)}\b", "", text, flags=re.I).strip()
         text = re.sub(rf"^(/\w+)@{re.escape(me)}\b", r"\1", text, flags=re.I)     # /new@bot -> /new
-        sender = f"{user.id}|{user.username}" if user.username else str(user.id)
-        if not allowed(self.settings.allow_from, sender):
-            self.receive(chat.id, sender, text)      # refused and told, before any download
+        who = {"sender_aliases": [user.username]} if user.username else {}     # @name too
+        if not self.admits(user.id, who):
+            self.receive(chat.id, user.id, text, metadata=who)     # refused, before any download
             return
         media = []
         for item, name, voice in _attachments(m):
@@ -170,10 +169,10 @@ class TelegramChannel(Channel):
         if not text.strip() and not media:
             return                                  # a sticker, a poll, a location…
         meta = {"message_id": m.message_id, "user_id": user.id, "username": user.username,
-                "first_name": user.first_name, "chat_type": chat.type}
+                "first_name": user.first_name, "chat_type": chat.type, **who}
         if m.is_topic_message and m.message_thread_id:
             meta["thread_id"] = m.message_thread_id
-        if self.receive(chat.id, sender, text.strip(), media, meta,       # the same update
+        if self.receive(chat.id, user.id, text.strip(), media, meta,       # the same update
                         key=f"{chat.id}-{m.message_id}", at=m.date.timestamp()):  # once
             self.typing.start(str(chat.id))
 

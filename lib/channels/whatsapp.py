@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 
 from lib.channels.base import Channel, Closed, SendError, split_message, unsent
 from lib.channels.typing_sign import Typing
-from lib.config import allowed
 from lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -206,13 +205,13 @@ class WhatsAppChannel(Channel):
         chat, jid, phone = f.get("chat") or "", f.get("sender") or f.get("chat") or "", \
             f.get("phone") or ""
         number = jid.split("@")[0].split(":")[0]
-        sender = "|".join(dict.fromkeys(x for x in (phone, number, jid) if x))
+        sender, *aliases = dict.fromkeys(x for x in (phone, number, jid) if x) or [""]
         text, group = f.get("text") or "", bool(f.get("isGroup"))
         media = [p for p in f.get("media") or () if Path(p).is_file()]
         meta = {"message_id": f.get("id"), "sender": jid, "phone": phone, "is_group": group,
-                "name": f.get("name") or ""}
+                "name": f.get("name") or "", "sender_aliases": aliases}
         addressed = not group or f.get("mentioned")     # in groups: what @mentions or answers us
-        if not (addressed and allowed(self.settings.allow_from, sender)):
+        if not (addressed and self.admits(sender, meta)):
             mine = (self.home / "media" / self.name).resolve()
             for p in media:                     # files not for us, or from strangers: not kept
                 if Path(p).resolve().is_relative_to(mine):
