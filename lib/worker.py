@@ -7,6 +7,7 @@ A message found in cur/ at start-up is looked up in that order and finished wher
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 from lib import maildir
@@ -20,6 +21,8 @@ CHANNELS = ("telegram", "slack", "discord", "whatsapp", "feishu", "dingtalk", "q
             "email", "cli", "system", "local")
 NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
 MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses
+KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")
 RESCAN_S = 5.0          # a safety net under the file watcher
 HEARTBEAT_OK = "HEARTBEAT_OK"
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
@@ -51,15 +54,24 @@ def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=N
 
 def read_message(path: Path) -> dict:
     """The inbox message in `path`, checked against SPEC §3; ValueError says what is wrong."""
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
+    # Anything but a regular file is refused unread: a FIFO would block, a link point anywhere.
+    _regular(os.lstat(path))
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+        size = _regular(os.fstat(f.fileno())).st_size       # it may have been swapped meanwhile
+        if size > MAX_BYTES:
+            raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
+        raw = f.read()
+    deep = ValueError(f"JSON nested too deep (the limit is {MAX_DEPTH} levels)")
     try:
-        msg = json.loads(path.read_bytes().decode("utf-8"))
+        msg = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise deep from None
+    if not _within(msg, MAX_DEPTH):
+        raise deep
     if not isinstance(msg, dict):
         raise ValueError("not a JSON object")
     for field in ("channel", "chat_id", "text"):
@@ -79,6 +91,24 @@ def read_message(path: Path) -> dict:
     msg["id"] = str(msg.get("id") or path.stem)
     msg.setdefault("created_at", now_iso())
     return msg
+
+
+def _regular(st: os.stat_result) -> os.stat_result:
+    if not stat.S_ISREG(st.st_mode):
+        kind = KINDS.get(stat.filemode(st.st_mode)[0], "of another kind")
+        raise ValueError(f"not a regular file ({kind}); it was not read")
+    return st
+
+
+def _within(obj, depth: int) -> bool:
+    # True when `obj` nests lists and objects at most `depth` levels (walked level by level).
+    level = [obj]
+    for _ in range(depth):
+        level = [v for o in level if isinstance(o, (dict, list))
+                 for v in (o.values() if isinstance(o, dict) else o)]
+        if not level:
+            return True
+    return False
 
 
 class Worker(Part):

@@ -3,6 +3,7 @@ import json
 import os
 import random
 import signal
+import stat
 import time
 
 import pytest
@@ -75,6 +76,49 @@ def test_malformed_files_go_to_failed_with_the_reason(gateway, llm, home, name, 
     drop(home, "ok.json", {"channel": "local", "chat_id": "x", "text": "still there?"})
     wait_for(lambda: replies(home), what="the gateway to keep going")
     assert len(llm.chat_requests) == 1
+
+
+def _fifo(path):
+    os.mkfifo(path)
+
+
+def _symlink(path):
+    os.symlink("/etc/passwd", path)
+
+
+def _device(path):
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))     # what /dev/null is
+    except PermissionError:
+        pytest.skip("making a device file needs root")
+
+
+@pytest.mark.parametrize("make,kind", [(_fifo, "a FIFO"), (_symlink, "a symbolic link"),
+                                       (os.mkdir, "a folder"), (_device, "a device")])
+def test_an_entry_that_is_not_a_file_goes_to_failed_unopened(gateway, llm, home, make, kind):
+    """A FIFO would block a reader for ever; a symlink could point anywhere (the reason must
+    not come from reading /etc/passwd as JSON); a device could be /dev/zero."""
+    gateway.start()
+    make(home / "inbox" / "tmp" / "odd.json")
+    os.rename(home / "inbox" / "tmp" / "odd.json", home / "inbox" / "new" / "odd.json")
+    error = home / "inbox" / "failed" / "odd.json.error"
+    wait_for(error.exists, what=".error")
+    assert f"not a regular file ({kind})" in error.read_text()
+    assert os.path.lexists(home / "inbox" / "failed" / "odd.json")     # kept for a person
+    drop(home, "ok.json", {"channel": "local", "chat_id": "x", "text": "still there?"})
+    wait_for(lambda: replies(home), what="the gateway to keep going")
+
+
+def test_json_nested_too_deep_goes_to_failed(gateway, llm, home):
+    gateway.start()
+    deep = b'{"channel": "local", "chat_id": "x", "text": "hi", "metadata": {"a": %s}}'
+    for name, depth in (("deep.json", 100_000), ("less.json", 500)):
+        drop(home, name, deep % (b"[" * depth + b"]" * depth), raw=True)
+        error = home / "inbox" / "failed" / (name + ".error")
+        wait_for(error.exists, what=".error")
+        assert "nested too deep" in error.read_text()
+    drop(home, "ok.json", {"channel": "local", "chat_id": "x", "text": "still there?"})
+    wait_for(lambda: replies(home), what="the gateway to keep going")
 
 
 def test_a_stranger_never_reaches_the_model(gateway, llm, home):
