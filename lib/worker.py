@@ -4,10 +4,12 @@ Exactly once, even across kill -9: the session records every step under the mess
 reply's file name carries the inbox file's name, and only then does the message move to done/.
 A message found in cur/ at start-up is looked up in that order and finished where it stopped.
 """
+import errno
 import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from lib import maildir
@@ -22,6 +24,7 @@ CHANNELS = ("telegram", "slack", "discord", "whatsapp", "feishu", "dingtalk", "q
 NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses
+FULL = (errno.ENOSPC, errno.EDQUOT)
 KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")
 RESCAN_S = 5.0          # a safety net under the file watcher
 HEARTBEAT_OK = "HEARTBEAT_OK"
@@ -121,30 +124,59 @@ class Worker(Part):
         self.home = config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
-        self._recovered: set[str] = set()
         self._last_chat = None
+        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full
 
     def start(self):
         maildir.ensure(self.inbox)
         maildir.ensure(self.outbox, ("sent", "failed"))
-        self._recovered = {Path(n).stem for n in maildir.recover(self.inbox)}
-        if self._recovered:
-            log.info("finishing %d message(s) left by the last run", len(self._recovered))
+        left = maildir.recover(self.inbox, requeue=False)
+        if left:
+            log.info("finishing %d message(s) left by the last run", len(left))
         super().start()
 
     def step(self) -> float:
         self.drain()
-        return RESCAN_S
+        return max(0.0, self._retry_at - time.monotonic()) or RESCAN_S
 
     def drain(self):
-        for name in maildir.waiting(self.inbox):
-            if self._stop.is_set():
-                return
-            path = maildir.claim(self.inbox, name)
-            if path:
-                self.handle(path)       # a turn cut off by stop() stays in cur/ for the next start
+        # cur/ first, in place: what a crash or a full disk left there is taken up where it
+        # stopped, however often we are killed meanwhile. Then new/. A turn cut off by stop()
+        # stays in cur/. While the disk is full, nothing is tried before the back-off ends.
+        if time.monotonic() < self._retry_at:
+            return
+        for folder in ("cur", "new"):
+            for name in maildir.waiting(self.inbox, folder=folder):
+                if self._stop.is_set():
+                    return
+                path = self.inbox / "cur" / name if folder == "cur" else \
+                    maildir.claim(self.inbox, name)
+                if path and not self._take(path, recovered=folder == "cur"):
+                    return
 
-    def handle(self, path: Path):
+    def _take(self, path: Path, recovered: bool) -> bool:
+        # handle() one message. False when the disk is full: it waits in cur/ for the back-off
+        # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
+        try:
+            self.handle(path, recovered)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno in FULL:
+                self._backoff = min(60.0, self._backoff * 2 or 1.0)
+                self._retry_at = time.monotonic() + self._backoff
+                if self._backoff == 1.0:
+                    log.error("the disk is full (%s): inbox/%s and the messages after it wait in "
+                              "inbox/; trying again until there is space", e.strerror, path.name)
+                self._sessions.clear()      # their files may lack what could not be written
+                return False
+            log.exception("inbox/%s failed; moved to inbox/failed/", path.name)
+            if os.path.lexists(path):
+                maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
+        self._backoff = 0.0
+        return True
+
+    def handle(self, path: Path, recovered: bool = False):
+        # `recovered`: it was in cur/ before (a crash, a full disk), so its reply or part of its
+        # turn may exist already. The same name dropped again later is a new message.
         try:
             msg = read_message(path)
         except (ValueError, OSError) as e:
@@ -161,8 +193,6 @@ class Worker(Part):
                 maildir.fail(path, reason)
                 return
         key = path.stem
-        recovered = key in self._recovered      # a script may drop the same name again later
-        self._recovered.discard(key)
         if recovered and self._reply_exists(key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
@@ -175,6 +205,8 @@ class Worker(Part):
         except ProviderError as e:
             reply = str(e)
         except Exception as e:      # a bug must not stop the service or lose the message
+            if isinstance(e, OSError) and e.errno in FULL:
+                raise               # not a bug: the message waits in cur/ for space
             log.exception("inbox/%s failed", path.name)
             self._sessions.pop(f"{channel}:{chat_id}", None)
             post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
