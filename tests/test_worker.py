@@ -189,3 +189,16 @@ def test_an_unexpected_error_files_the_message_in_failed_and_the_next_is_taken(w
     assert sorted(p.name for p in failed.glob("*.json")) == ["a.json", "b.json"]
     assert "internal error: FileExistsError" in (failed / "a.json.error").read_text()
     assert not list((home / "inbox" / "cur").iterdir())
+
+
+def test_start_up_sweeps_stale_leftovers_and_a_folder_in_tmp_does_not_stop_it(worker, llm, home):
+    inbox = home / "inbox"
+    stale = [inbox / "tmp" / "cut-off.json", inbox / "cur" / ".m.json.1.2.tmp"]
+    for path in stale:
+        path.write_text("{")
+    (inbox / "tmp" / "odd").mkdir()
+    for path in (*stale, inbox / "tmp" / "odd"):
+        os.utime(path, (0, 0))
+    worker.start()
+    worker.stop()
+    assert not any(p.exists() for p in stale) and (inbox / "tmp" / "odd").is_dir()
