@@ -67,10 +67,10 @@ def deliver(box: Path, obj: dict, name: str | None = None, into: str = "new") ->
     return dest
 
 
-def waiting(box: Path, prefix: str = "") -> list[str]:
-    """Names in new/, oldest first."""
+def waiting(box: Path, prefix: str = "", folder: str = "new") -> list[str]:
+    """Names in new/ (or another folder), oldest first."""
     try:
-        return sorted(n for n in os.listdir(Path(box) / "new")
+        return sorted(n for n in os.listdir(Path(box) / folder)
                       if n.startswith(prefix) and not n.startswith("."))
     except FileNotFoundError:
         return []
@@ -97,29 +97,32 @@ def fail(path: Path, reason: str) -> Path:
     """Move to failed/ with a sibling NAME.error saying why (the original bytes are kept)."""
     dest = path.parent.parent / "failed" / path.name
     dest.parent.mkdir(exist_ok=True)
+    if os.path.lexists(dest) and (os.path.isdir(dest) or os.path.isdir(path)):
+        dest = dest.with_name(f"{unique_name()}.{path.name}")   # no rename over or of a folder
     atomic_write(dest.with_name(dest.name + ".error"), reason.rstrip() + "\n")
     os.replace(path, dest)
     return dest
 
 
-def recover(box: Path) -> list[str]:
-    """At start-up: what a crash left in cur/ goes back to new/ (oldest first, processed again);
-    tmp/ files nobody finished within an hour are removed. Returns the names put back."""
+def recover(box: Path, requeue: bool = True) -> list[str]:
+    """At start-up: what a crash left in cur/ goes back to new/ when `requeue`; leftovers of
+    writes nobody finished within an hour are removed. Returns the names in cur/."""
+    # An outbox file keeps the parts it sent. The inbox keeps its files in cur/: moved to new/
+    # they would look fresh, and a second crash before they were taken up would answer them twice.
     box = Path(box)
-    back = []
-    for name in sorted(os.listdir(box / "cur")) if (box / "cur").is_dir() else ():
-        if (box / "new" / name).exists():       # a script reused the name meanwhile: that one
-            os.rename(box / "new" / name, box / "new" / (unique_name() + ".json"))  # moves aside
+    left = waiting(box, folder="cur")
+    for name in left if requeue else ():
         os.replace(box / "cur" / name, box / "new" / name)
-        back.append(name)
     cutoff = time.time() - STALE_TMP_S
-    for entry in os.scandir(box / "tmp") if (box / "tmp").is_dir() else ():
-        try:
-            if entry.stat().st_mtime < cutoff:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
-    return back
+    for folder in ("tmp", "cur"):           # cur/.NAME…tmp: an atomic_write cut off
+        for entry in os.scandir(box / folder) if (box / folder).is_dir() else ():
+            try:
+                if (folder == "tmp" or entry.name.startswith(".")) and \
+                        entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:                 # gone already, or a folder someone put there
+                pass
+    return left
 
 
 def prune(box: Path, days: float, finals=("done", "sent")) -> int:

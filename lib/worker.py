@@ -4,9 +4,11 @@ Exactly once, even across kill -9: the session records every step under the mess
 reply's file name carries the inbox file's name, and only then does the message move to done/.
 A message found in cur/ at start-up is looked up in that order and finished where it stopped.
 """
+import errno
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -21,6 +23,9 @@ CHANNELS = ("telegram", "slack", "discord", "whatsapp", "feishu", "dingtalk", "q
             "email", "cli", "system", "local")
 NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
 MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses
+FULL = (errno.ENOSPC, errno.EDQUOT)
+KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")
 RESCAN_S = 5.0          # a safety net under the file watcher
 HEARTBEAT_OK = "HEARTBEAT_OK"
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
@@ -53,15 +58,24 @@ def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=N
 
 def read_message(path: Path) -> dict:
     """The inbox message in `path`, checked against SPEC §3; ValueError says what is wrong."""
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
+    # Anything but a regular file is refused unread: a FIFO would block, a link point anywhere.
+    _regular(os.lstat(path))
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+        size = _regular(os.fstat(f.fileno())).st_size       # it may have been swapped meanwhile
+        if size > MAX_BYTES:
+            raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
+        raw = f.read()
+    deep = ValueError(f"JSON nested too deep (the limit is {MAX_DEPTH} levels)")
     try:
-        msg = json.loads(path.read_bytes().decode("utf-8"))
+        msg = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise deep from None
+    if not _within(msg, MAX_DEPTH):
+        raise deep
     if not isinstance(msg, dict):
         raise ValueError("not a JSON object")
     for field in ("channel", "chat_id", "text"):
@@ -83,6 +97,24 @@ def read_message(path: Path) -> dict:
     return msg
 
 
+def _regular(st: os.stat_result) -> os.stat_result:
+    if not stat.S_ISREG(st.st_mode):
+        kind = KINDS.get(stat.filemode(st.st_mode)[0], "of another kind")
+        raise ValueError(f"not a regular file ({kind}); it was not read")
+    return st
+
+
+def _within(obj, depth: int) -> bool:
+    # True when `obj` nests lists and objects at most `depth` levels (walked level by level).
+    level = [obj]
+    for _ in range(depth):
+        level = [v for o in level if isinstance(o, (dict, list))
+                 for v in (o.values() if isinstance(o, dict) else o)]
+        if not level:
+            return True
+    return False
+
+
 class Worker(Part):
     name = "worker"
 
@@ -93,33 +125,36 @@ class Worker(Part):
         self.home = config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
-        self._recovered: set[str] = set()
         self._last_chat = None
         self.busy_since: float | None = None    # monotonic start of the current step of work
+        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full
 
     def start(self):
         maildir.ensure(self.inbox)
         maildir.ensure(self.outbox, ("sent", "failed"))
-        self._recovered = {Path(n).stem for n in maildir.recover(self.inbox)}
-        if self._recovered:
-            log.info("finishing %d message(s) left by the last run", len(self._recovered))
+        left = maildir.recover(self.inbox, requeue=False)
+        if left:
+            log.info("finishing %d message(s) left by the last run", len(left))
         super().start()
 
     def step(self) -> float:
         self.drain()
-        return RESCAN_S
+        return max(0.0, self._retry_at - time.monotonic()) or RESCAN_S
 
     def drain(self):
-        for name in maildir.waiting(self.inbox):
-            if self._stop.is_set():
-                return
-            path = maildir.claim(self.inbox, name)
-            if path:
-                self.busy_since = time.monotonic()
-                try:
-                    self.handle(path)   # a turn cut off by stop() stays in cur/ for the next start
-                finally:
-                    self.busy_since = None
+        # cur/ first, in place: what a crash or a full disk left there is taken up where it
+        # stopped, however often we are killed meanwhile. Then new/. A turn cut off by stop()
+        # stays in cur/. While the disk is full, nothing is tried before the back-off ends.
+        if time.monotonic() < self._retry_at:
+            return
+        for folder in ("cur", "new"):
+            for name in maildir.waiting(self.inbox, folder=folder):
+                if self._stop.is_set():
+                    return
+                path = self.inbox / "cur" / name if folder == "cur" else \
+                    maildir.claim(self.inbox, name)
+                if path and not self._take(path, recovered=folder == "cur"):
+                    return
 
     def progressing(self) -> bool:
         """False when one message has held the worker well past the turn deadline (a hang the
@@ -128,7 +163,32 @@ class Worker(Part):
         limit = self.config.agents.defaults.turn_timeout_s + STUCK_GRACE_S
         return since is None or time.monotonic() - since < limit
 
-    def handle(self, path: Path):
+    def _take(self, path: Path, recovered: bool) -> bool:
+        # handle() one message. False when the disk is full: it waits in cur/ for the back-off
+        # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
+        self.busy_since = time.monotonic()
+        try:
+            self.handle(path, recovered)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno in FULL:
+                self._backoff = min(60.0, self._backoff * 2 or 1.0)
+                self._retry_at = time.monotonic() + self._backoff
+                if self._backoff == 1.0:
+                    log.error("the disk is full (%s): inbox/%s and the messages after it wait in "
+                              "inbox/; trying again until there is space", e.strerror, path.name)
+                self._sessions.clear()      # their files may lack what could not be written
+                return False
+            log.exception("inbox/%s failed; moved to inbox/failed/", path.name)
+            if os.path.lexists(path):
+                maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            self.busy_since = None
+        self._backoff = 0.0
+        return True
+
+    def handle(self, path: Path, recovered: bool = False):
+        # `recovered`: it was in cur/ before (a crash, a full disk), so its reply or part of its
+        # turn may exist already. The same name dropped again later is a new message.
         try:
             msg = read_message(path)
         except (ValueError, OSError) as e:
@@ -145,8 +205,6 @@ class Worker(Part):
                 maildir.fail(path, reason)
                 return
         key = path.stem
-        recovered = key in self._recovered      # a script may drop the same name again later
-        self._recovered.discard(key)
         if recovered and self._reply_exists(key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
@@ -159,6 +217,8 @@ class Worker(Part):
         except ProviderError as e:
             reply = str(e)
         except Exception as e:      # a bug must not stop the service or lose the message
+            if isinstance(e, OSError) and e.errno in FULL:
+                raise               # not a bug: the message waits in cur/ for space
             log.exception("inbox/%s failed", path.name)
             self._sessions.pop(f"{channel}:{chat_id}", None)
             post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "

@@ -125,6 +125,36 @@ def test_a_dropped_connection_loses_nothing_and_repeats_nothing(home, llm, tg, g
         ["one", "two", "three", "four"]
 
 
+class KillingTelegram(FakeTelegram):
+    """Kills `victim` (a Popen) with SIGKILL the moment sendMessage number `at` arrives, before
+    it is answered: that part is the one in flight."""
+    victim, at = None, 3
+
+    def _record(self, method, params):
+        super()._record(method, params)
+        if method == "sendMessage" and self.victim and len(self.calls_of(method)) == self.at:
+            self.victim.kill()
+            self.victim = None
+
+
+def test_a_kill_9_during_a_long_reply_resends_at_most_the_part_in_flight(home, llm, gateway):
+    with KillingTelegram() as tg:
+        configure(home, llm, tg)
+        gateway.start()
+        llm.script("\n\n".join(f"Part {i}: " + "word " * 700 for i in range(5)))
+        tg.victim = gateway.proc
+        tg.message("tell me everything", user=ALICE)
+        wait_for(lambda: gateway.proc.poll() is not None, what="the kill at the third part")
+        gateway.kill()
+        gateway.start()
+        wait_for(lambda: list((home / "outbox" / "sent").glob("telegram.*.json")),
+                 what="the rest of the reply")
+        texts = [c["params"]["text"] for c in tg.calls_of("sendMessage")]
+    again = [t for i, t in enumerate(texts) if t in texts[:i]]
+    assert len(set(texts)) == 5 and again in ([], [texts[2]]), [t[:8] for t in texts]
+    assert len(llm.chat_requests) == 1
+
+
 def test_a_rate_limit_answer_is_honoured(home, llm, tg, gateway):
     configure(home, llm, tg)
     gateway.start()

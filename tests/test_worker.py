@@ -1,5 +1,8 @@
 """The worker in-process, on a real home folder, with the fake model: what a script sees."""
+import errno
 import json
+import os
+import subprocess
 from functools import partial
 
 import pytest
@@ -149,3 +152,78 @@ def test_a_sender_id_is_compared_whole_and_aliases_come_from_the_metadata(llm, h
         (home / "inbox" / "failed" / "a.json.error").read_text()
     [reply] = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("*.json")]
     assert len(llm.chat_requests) == 1 and reply["text"] == "hello alice"
+
+
+@pytest.fixture
+def small_disk(home):
+    """`home` on a tmpfs of 1 MiB (mounted before the config and workspace are written into
+    it): a real file system that really fills up. Mounting needs root, as in the test container."""
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(home)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"the full disk is a small tmpfs, and mounting one failed: {r.stderr.strip()}")
+    yield home
+    subprocess.run(["umount", "-l", str(home)], check=True)
+
+
+def fill(folder):
+    """Write a file until the file system says ENOSPC; returns the file."""
+    path = folder / "filler"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_a_full_disk_holds_messages_back_and_they_are_answered_once_space_is_free(
+        small_disk, worker, llm, home, caplog):
+    assert os.path.ismount(home) and (home / "config.yaml").exists()
+    llm.script("answer")
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "hi"}, "m")
+    filler = fill(home)
+    worker.start()
+    try:
+        wait_for(lambda: "disk is full" in caplog.text)
+        assert (home / "inbox" / "cur" / "m.json").exists() and not sent(home)
+        filler.unlink()
+        wait_for(lambda: sent(home))
+    finally:
+        worker.stop()
+    assert [r["text"] for r in sent(home)] == ["answer"]
+    assert (home / "inbox" / "done" / "m.json").exists()
+    assert len([line for line in caplog.text.splitlines() if "disk is full" in line]) == 1
+    rows = (home / "sessions" / "local_x.jsonl").read_text().splitlines()
+    assert [json.loads(r).get("role") for r in rows if r.strip()] == [None, "user", "assistant"]
+
+
+def test_an_unexpected_error_files_the_message_in_failed_and_the_next_is_taken(worker, llm, home):
+    """Nothing stays in cur/ to be tried (and to fail) again and again: here inbox/done is a
+    file, so finishing fails."""
+    llm.script("one", "two")
+    (home / "inbox" / "done").rmdir()
+    (home / "inbox" / "done").write_text("not a folder")
+    for name in ("a", "b"):
+        maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": name}, name)
+    worker.drain()
+    failed = home / "inbox" / "failed"
+    assert sorted(p.name for p in failed.glob("*.json")) == ["a.json", "b.json"]
+    assert "internal error: FileExistsError" in (failed / "a.json.error").read_text()
+    assert not list((home / "inbox" / "cur").iterdir())
+
+
+def test_start_up_sweeps_stale_leftovers_and_a_folder_in_tmp_does_not_stop_it(worker, llm, home):
+    inbox = home / "inbox"
+    stale = [inbox / "tmp" / "cut-off.json", inbox / "cur" / ".m.json.1.2.tmp"]
+    for path in stale:
+        path.write_text("{")
+    (inbox / "tmp" / "odd").mkdir()
+    for path in (*stale, inbox / "tmp" / "odd"):
+        os.utime(path, (0, 0))
+    worker.start()
+    worker.stop()
+    assert not any(p.exists() for p in stale) and (inbox / "tmp" / "odd").is_dir()

@@ -33,6 +33,17 @@ class SendError(Exception):
         self.retry_after, self.permanent = retry_after, permanent
 
 
+class Outgoing(dict):
+    """An outbox message being sent, with its file in outbox/cur/: unsent() records progress there."""
+
+    def __init__(self, path: Path, msg: dict):
+        super().__init__(msg)
+        self.path = path
+
+    def save(self):
+        maildir.atomic_write(self.path, json.dumps(self, ensure_ascii=False))
+
+
 class Closed(ConnectionError):
     """The other end closed the websocket with `code`."""
 
@@ -262,8 +273,8 @@ class Channel:
 
     def _send_one(self, path: Path):
         try:
-            msg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+            msg = Outgoing(path, json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as e:       # TypeError: not a JSON object
             maildir.fail(path, f"unreadable outbox file: {e}")
             return
         error = None
@@ -278,8 +289,6 @@ class Channel:
                 error = SendError(f"{type(e).__name__}: {e}")
             if error.permanent or attempt == TRIES - 1:
                 break
-            if msg.get("_done"):        # parts already out stay out, even across a restart
-                maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
             delay = error.retry_after if error.retry_after is not None else \
                 self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
             log.warning("%s: sending %s failed (%s); retry %d in %.1fs", self.name, path.name,
@@ -288,7 +297,7 @@ class Channel:
                 return          # stays in cur/: recovered and sent at the next start
         log.error("%s: giving up on %s: %s", self.name, path.name, error)
         msg["error"] = str(error)
-        maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
+        msg.save()
         maildir.finish(path, "failed")
 
 
@@ -302,12 +311,16 @@ def json_of(response) -> dict:
 
 
 def unsent(msg: dict, parts: list):
-    """(index, part) for the parts of outbox message `msg` not sent yet. A retry of deliver(msg)
-    gets the same dict, so it goes on after the last part that got through: a part counts as sent
-    once the loop body that took it has finished. `msg["_done"]` exists from the first try on."""
+    """(index, part) for the parts of outbox message `msg` not sent yet: it goes on after the last
+    part that got through, on a retry and after a crash. A part counts as sent once the loop body
+    that took it has finished, and is recorded in the outbox file (Outgoing.save, fsynced) before
+    the next one is taken: a crash sends again at most the part in flight. `msg["_done"]` exists
+    from the first try on."""
     for i in range(msg.setdefault("_done", 0), len(parts)):
         yield i, parts[i]
         msg["_done"] = i + 1
+        if i + 1 < len(parts) and isinstance(msg, Outgoing):
+            msg.save()
 
 
 def split_message(text: str, limit: int) -> list[str]:
