@@ -13,7 +13,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib.channels import CHANNELS
 from lib.errors import ConfigError
+from lib.fields import setting
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -41,20 +43,11 @@ LEGACY_IGNORED = {
 }
 
 
-def _f(default, *choices, low=None, high=None):
-    """A field with a default (copied when mutable) and, optionally, the values it may take:
-    one of `choices`, or a number from `low` to `high`."""
-    meta = {"choices": choices, "low": low, "high": high}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass(frozen=True)
 class ProviderConfig:
     api_key: str = ""
     api_base: str = ""
-    extra_headers: dict[str, str] = _f({})
+    extra_headers: dict[str, str] = setting({})
 
 
 Providers = dataclasses.make_dataclass(
@@ -65,158 +58,25 @@ Providers = dataclasses.make_dataclass(
 @dataclass(frozen=True)
 class AgentDefaults:
     model: str = "anthropic/claude-opus-4-5"
-    provider: str = _f("auto", "auto", *[p.name for p in PROVIDERS])
-    max_tokens: int = _f(8192, low=1)
-    temperature: float = _f(0.7, low=0.0, high=2.0)
-    max_tool_iterations: int = _f(20, low=1)
-    memory_window: int = _f(50, low=1)
-    consolidate_batch: int = _f(100, low=1)   # messages per consolidation call (SPEC §13)
-    turn_timeout_s: int = _f(600, low=1)      # one turn, model calls and tools (SPEC §8)
+    provider: str = setting("auto", "auto", *[p.name for p in PROVIDERS])
+    max_tokens: int = setting(8192, low=1)
+    temperature: float = setting(0.7, low=0.0, high=2.0)
+    max_tool_iterations: int = setting(20, low=1)
+    memory_window: int = setting(50, low=1)
+    consolidate_batch: int = setting(100, low=1)   # messages per consolidation call (SPEC §13)
+    turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
 
 @dataclass(frozen=True)
 class Agents:
-    defaults: AgentDefaults = _f(AgentDefaults())
+    defaults: AgentDefaults = setting(AgentDefaults())
 
 
-# --- channels: credentials as in the original README, plus where the traffic goes ---
-
-@dataclass(frozen=True)
-class Telegram:
-    enabled: bool = False
-    token: str = ""
-    allow_from: list[str] = _f([])
-    api_base: str = "https://api.telegram.org"
-    proxy: str = ""
-    groups: bool = False         # answer in groups (when @mentioned or replied to)
-
-
-@dataclass(frozen=True)
-class SlackDM:
-    enabled: bool = True
-    policy: str = _f("open", "open", "allowlist")
-    allow_from: list[str] = _f([])
-
-
-@dataclass(frozen=True)
-class Slack:
-    enabled: bool = False
-    bot_token: str = ""
-    app_token: str = ""
-    allow_from: list[str] = _f([])
-    api_base: str = "https://slack.com/api/"
-    group_policy: str = _f("mention", "mention", "open", "allowlist")
-    group_allow_from: list[str] = _f([])
-    reply_in_thread: bool = True
-    react_emoji: str = "eyes"
-    dm: SlackDM = _f(SlackDM())
-
-
-@dataclass(frozen=True)
-class Discord:
-    enabled: bool = False
-    token: str = ""
-    allow_from: list[str] = _f([])
-    api_base: str = "https://discord.com/api/v10"
-    gateway_url: str = ""
-    intents: int = 37377
-
-
-@dataclass(frozen=True)
-class WhatsApp:
-    enabled: bool = False
-    bridge_url: str = "ws://127.0.0.1:3001"
-    bridge_token: str = ""
-    allow_from: list[str] = _f([])
-    start_bridge: bool = True      # the gateway runs bridge/index.js itself
-
-
-@dataclass(frozen=True)
-class Feishu:
-    enabled: bool = False
-    app_id: str = ""
-    app_secret: str = ""
-    encrypt_key: str = ""
-    verification_token: str = ""
-    allow_from: list[str] = _f([])
-    domain: str = "https://open.feishu.cn"
-    react_emoji: str = "OnIt"   # the "working on it" reaction (a Feishu emoji_type); "" for none
-
-
-@dataclass(frozen=True)
-class DingTalk:
-    enabled: bool = False
-    client_id: str = ""
-    client_secret: str = ""
-    allow_from: list[str] = _f([])
-    api_base: str = "https://api.dingtalk.com"
-
-
-@dataclass(frozen=True)
-class QQ:
-    enabled: bool = False
-    app_id: str = ""
-    secret: str = ""
-    allow_from: list[str] = _f([])
-    api_base: str = "https://api.sgroup.qq.com"
-    token_url: str = "https://bots.qq.com/app/getAppAccessToken"
-
-
-@dataclass(frozen=True)
-class Mochat:
-    enabled: bool = False
-    base_url: str = "https://mochat.io"
-    socket_url: str = ""         # empty: base_url
-    socket_path: str = "/socket.io"
-    claw_token: str = ""
-    agent_user_id: str = ""
-    sessions: list[str] = _f([])
-    panels: list[str] = _f([])
-    allow_from: list[str] = _f([])
-    reply_delay_mode: str = _f("non-mention", "off", "non-mention")
-    reply_delay_ms: int = 120000
-
-
-@dataclass(frozen=True)
-class Email:
-    enabled: bool = False
-    consent_granted: bool = False
-    imap_host: str = ""
-    imap_port: int = _f(993, low=1, high=65535)
-    imap_username: str = ""
-    imap_password: str = ""
-    imap_mailbox: str = "INBOX"
-    imap_use_ssl: bool = True
-    smtp_host: str = ""
-    smtp_port: int = _f(587, low=1, high=65535)
-    smtp_username: str = ""
-    smtp_password: str = ""
-    smtp_use_tls: bool = True
-    smtp_use_ssl: bool = False
-    from_address: str = ""
-    ca_file: str = ""
-    auto_reply_enabled: bool = True
-    poll_interval_seconds: int = _f(30, low=1)
-    mark_seen: bool = True       # false: leave mail unread on the server
-    max_body_chars: int = 12000
-    subject_prefix: str = "Re: "
-    allow_from: list[str] = _f([])
-    authserv_id: str = ""        # e.g. mx.google.com: only mail its Authentication-Results pass
-
-
-@dataclass(frozen=True)
-class Channels:
-    telegram: Telegram = _f(Telegram())
-    slack: Slack = _f(Slack())
-    discord: Discord = _f(Discord())
-    whatsapp: WhatsApp = _f(WhatsApp())
-    feishu: Feishu = _f(Feishu())
-    dingtalk: DingTalk = _f(DingTalk())
-    qq: QQ = _f(QQ())
-    mochat: Mochat = _f(Mochat())
-    email: Email = _f(Email())
+Channels = dataclasses.make_dataclass(
+    "Channels", [(name, c.settings, field(default_factory=c.settings)) for name, c in CHANNELS.items()],
+    frozen=True)
 
 
 # --- tools, gateway, heartbeat ---
@@ -234,71 +94,71 @@ DENY_PATTERNS = [
 @dataclass(frozen=True)
 class Exec:
     enable: bool = True          # false: no shell tool at all
-    timeout: int = _f(60, low=1)
+    timeout: int = setting(60, low=1)
     deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
                                      metadata={"regex": True})
-    sandbox: str = _f("auto", "auto", "bwrap", "off")
+    sandbox: str = setting("auto", "auto", "bwrap", "off")
     network: bool = True         # false: commands have no network (bwrap --unshare-net)
-    expose: list[str] = _f([])   # extra paths visible in the sandbox, read-only ("PATH:rw" to write)
-    env: dict[str, str] = _f({})  # variables commands get besides PATH HOME LANG TERM TZ
-    max_output: int = _f(10000, low=100)
+    expose: list[str] = setting([])   # extra paths visible in the sandbox, read-only ("PATH:rw" to write)
+    env: dict[str, str] = setting({})  # variables commands get besides PATH HOME LANG TERM TZ
+    max_output: int = setting(10000, low=100)
 
 
 @dataclass(frozen=True)
 class Search:
     api_key: str = ""
     api_base: str = "https://api.search.brave.com/res/v1/web/search"
-    max_results: int = _f(5, low=1)
+    max_results: int = setting(5, low=1)
 
 
 @dataclass(frozen=True)
 class Fetch:
-    max_chars: int = _f(50000, low=1)
-    timeout: int = _f(30, low=1)     # seconds for a whole fetch, however slowly the page drips
+    max_chars: int = setting(50000, low=1)
+    timeout: int = setting(30, low=1)     # seconds for a whole fetch, however slowly the page drips
 
 
 @dataclass(frozen=True)
 class Web:
-    search: Search = _f(Search())
-    fetch: Fetch = _f(Fetch())
-    allow_hosts: list[str] = _f([])  # hosts, host:port or CIDRs on the owner's network web_fetch may reach
+    search: Search = setting(Search())
+    fetch: Fetch = setting(Fetch())
+    allow_hosts: list[str] = setting([])  # hosts, host:port or CIDRs on the owner's network web_fetch may reach
 
 
 @dataclass(frozen=True)
 class CronTools:
-    min_interval_s: int = _f(300, low=0)   # the shortest schedule the model may ask for
+    min_interval_s: int = setting(300, low=0)   # the shortest schedule the model may ask for
 
 
 @dataclass(frozen=True)
 class Tools:
     restrict_to_workspace: bool = True
-    exec: Exec = _f(Exec())
-    web: Web = _f(Web())
-    cron: CronTools = _f(CronTools())
+    exec: Exec = setting(Exec())
+    web: Web = setting(Web())
+    cron: CronTools = setting(CronTools())
 
 
 @dataclass(frozen=True)
 class Gateway:
     host: str = "127.0.0.1"
-    port: int = _f(18790, low=0, high=65535)   # 0: no HTTP server
-    retention_days: int = _f(7, low=0)
+    port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
+    retention_days: int = setting(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     enabled: bool = True
-    interval_s: int = _f(1800, low=1)
+    interval_s: int = setting(1800, low=1)
 
 
 @dataclass(frozen=True)
 class Config:
-    providers: Providers = _f(Providers())
-    agents: Agents = _f(Agents())
-    channels: Channels = _f(Channels())
-    tools: Tools = _f(Tools())
-    gateway: Gateway = _f(Gateway())
-    heartbeat: Heartbeat = _f(Heartbeat())
+    providers: Providers = setting(Providers())
+    agents: Agents = setting(Agents())
+    channels: Channels = setting(Channels())
+    tools: Tools = setting(Tools())
+    gateway: Gateway = setting(Gateway())
+    heartbeat: Heartbeat = setting(Heartbeat())
     # not keys: where this config came from
     path: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     home: Path = field(default=Path("."), metadata={"internal": True})
@@ -524,19 +384,3 @@ def _env_keys(providers):
         if not pc.api_key and spec.env_key and os.environ.get(spec.env_key):
             changes[spec.name] = dataclasses.replace(pc, api_key=os.environ[spec.env_key])
     return dataclasses.replace(providers, **changes)
-
-
-def allowed(allow_from: list, sender_id: str, aliases=()) -> bool:
-    """Deny by default: [] lets nobody in, ["*"] everyone. The sender id is one opaque string,
-    compared whole with each entry (surrounding spaces and a leading @ or + aside), never split;
-    so is each of `aliases`, the other names the platform gives that sender (a Telegram username).
-    Anything but a list of strings as aliases counts as none."""
-    if "*" in allow_from:
-        return True
-    names = [sender_id, *(aliases if isinstance(aliases, (list, tuple)) else ())]
-    ids = {_bare(n) for n in names if isinstance(n, str)} - {""}
-    return bool(ids & {_bare(str(a)) for a in allow_from})
-
-
-def _bare(name: str) -> str:
-    return name.strip().lstrip("@+")

@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 from lib import maildir
-from lib.config import allowed
+from lib.channels import CHANNELS as CHAT_APPS, allowed
 from lib.errors import ProviderError
 from lib.part import Part
 from lib.sessions import Session, now_iso
 
 log = logging.getLogger(__name__)
-CHANNELS = ("telegram", "slack", "discord", "whatsapp", "feishu", "dingtalk", "qq", "mochat",
-            "email", "cli", "system", "local")
+CHANNELS = (*CHAT_APPS, "cli", "system", "local")
 NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses

@@ -128,7 +128,7 @@ def test_receive_drops_allowed_messages_in_the_inbox_and_refuses_strangers(home,
     (["bob"], "123", [None, 7, "bob"], True), ([""], "", [""], False),
 ])
 def test_allow_lists_deny_by_default_and_compare_ids_whole(allow, sender, aliases, ok):
-    from lib.config import allowed
+    from lib.channels import allowed
     assert allowed(allow, sender, aliases) is ok
 
 
@@ -243,7 +243,8 @@ def test_a_missing_package_is_named_as_pip_knows_it(home, tmp_path, monkeypatch,
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "needs_it", raising=False)
     monkeypatch.setitem(sys.modules, module, None)              # as if it were not installed
-    monkeypatch.setitem(channels.CHANNELS, "telegram", ("needs_it", "Fake", ("token",)))
+    monkeypatch.setitem(channels.CHANNELS, "telegram", channels.CHANNELS["telegram"]._replace(
+        module="needs_it", cls="Fake"))
     with pytest.raises(ConfigError) as e:
         channels.enabled(config, home)
     assert str(e.value) == (f"channel telegram needs the Python package {package}: "

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lib import maildir
-from lib.config import allowed
+from lib.channels import allowed
 from lib.worker import post_inbox, post_outbox
 
 log = logging.getLogger(__name__)

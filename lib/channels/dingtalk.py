@@ -23,7 +23,7 @@ from collections import OrderedDict
 from urllib.parse import quote_plus
 
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
-from lib.config import allowed
+from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 BOT_TOPIC = "/v1.0/im/bot/messages/get"

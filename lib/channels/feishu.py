@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lib.channels import pbframe
 from lib.channels.base import Channel, SendError, split_message, unsent
-from lib.config import allowed
+from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 # A post message may carry 30 KB of JSON. 4,000 characters stay under it even when every one is

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from lib import maildir
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
-from lib.config import allowed
+from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 LIMIT = 4000

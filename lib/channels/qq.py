@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels.wsgateway import FatalError, GatewaySession
-from lib.config import allowed
+from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 # QQ does not document the length limit of a text message precisely (figures from 2,000 to

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from urllib.parse import urlparse
 
 from lib.channels.base import Channel, SendError, split_message, unsent
-from lib.config import allowed
+from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 # Slack recommends keeping a message's text under 4,000 characters (it truncates past 40,000).
