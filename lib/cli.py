@@ -162,13 +162,13 @@ def cmd_status(args):
 # --- agent ---
 
 def cmd_agent(args):
-    from lib.agent.loop import Agent
+    from lib.agent.loop import Agent, agent_tools
+    from lib.providers.client import make_provider
     from lib.sessions import Session
     cfg = _config(args)
     channel, _, chat_id = args.session.partition(":")
     if not chat_id:
         channel, chat_id = "cli", channel
-    agent = Agent(cfg)
     color = term.use_color(sys.stdout) and not args.no_markdown
 
     def show(text):
@@ -186,10 +186,12 @@ def cmd_agent(args):
             post_outbox(cfg.home, ch, chat, text, media=media or ())
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
+    agent = Agent(cfg, make_provider(cfg), agent_tools(cfg), send=send)
+
     def turn(text):
         session = Session(cfg.home, channel, chat_id)
         with term.Spinner("thinking"):
-            reply = agent.respond(channel, chat_id, text, send=send, session=session)
+            reply = agent.respond({"channel": channel, "chat_id": chat_id, "text": text}, session)
             agent.maintain(session)
         return reply
 

@@ -65,6 +65,8 @@ class AgentDefaults:
     memory_window: int = setting(50, low=1)
     consolidate_batch: int = setting(100, low=1)   # messages per consolidation call (SPEC §13)
     turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
+    model_timeout_s: int = setting(90, low=1)      # one model call (retried within the turn)
+    retry_backoff_s: float = setting(1.0, low=0.0)  # first wait before a retry; doubles each time
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 from lib import maildir
-from lib.worker import Worker, post_inbox
+from lib.worker import Worker, post_inbox, post_outbox
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600
@@ -76,17 +76,24 @@ class Watcher:
 
 class Gateway:
     def __init__(self, config, agent=None):
-        from lib.agent.loop import Agent
+        from lib.agent.loop import Agent, agent_tools
+        from lib.providers.client import make_provider
+        from lib.tools import Services
         self.config = config
         self.home = config.home
-        self.agent = agent or Agent(config)
-        self.services = {}
-        self.worker = Worker(config, self.agent, self.services)
+        self.services = Services()          # filled by build()
+        self.agent = agent or Agent(config, make_provider(config), agent_tools(config),
+                                    send=self.send, services=self.services)
+        self.worker = Worker(config, self.agent)
         self.parts = []                 # started in order, stopped in reverse
         self.stopping = threading.Event()
 
     def post(self, msg: dict, name: str | None = None):
         return post_inbox(self.home, msg, name)
+
+    def send(self, channel, chat_id, text, media=None):
+        """The `message` tool's way out: the outbox."""
+        post_outbox(self.home, channel, chat_id, text, media=media or ())
 
     def build(self):
         """Create every part the config asks for (their threads start in run())."""
@@ -102,21 +109,17 @@ class Gateway:
         self._config_mtime = _mtime(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        self.parts = [self.worker, *self.channels]
-        for name, part in self._optional_parts():
-            self.services[name] = part
-            self.parts.append(part)
+        self.parts = [self.worker, *self.channels, *self._optional_parts()]
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
         from lib.agent.subagent import Subagents
         from lib.cron import CronService
         from lib.heartbeat import Heartbeat
-        cron = CronService(self.config, self.post)
-        self.watcher.watch(self.home / "cron", cron.wake)
-        return [("heartbeat", Heartbeat(self.config, self.post)),
-                ("spawn", Subagents(self.config, self.agent.provider, self.post)),
-                ("cron", cron)]
+        self.services.cron = CronService(self.config, self.post)
+        self.services.spawn = Subagents(self.config, self.agent.provider, self.post)
+        self.watcher.watch(self.home / "cron", self.services.cron.wake)
+        return [Heartbeat(self.config, self.post), self.services.spawn, self.services.cron]
 
     def run(self) -> int:
         self.build()

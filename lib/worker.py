@@ -117,10 +117,9 @@ def _within(obj, depth: int) -> bool:
 class Worker(Part):
     name = "worker"
 
-    def __init__(self, config, agent, services=None):
+    def __init__(self, config, agent):
         super().__init__()
         self.config, self.agent = config, agent
-        self.services = {} if services is None else services     # the gateway fills it later
         self.home = config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
@@ -210,9 +209,8 @@ class Worker(Part):
         channel, chat_id = self._target(msg)
         session = self._session(channel, chat_id)
         try:
-            reply = self.agent.respond(channel, chat_id, msg["text"], media=msg.get("media", ()),
-                                       msg_id=msg["id"], send=self.send, session=session,
-                                       services=self.services, resume=recovered)
+            reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id), session,
+                                       resume=recovered)
         except ProviderError as e:
             reply = str(e)
         except Exception as e:      # a bug must not stop the service or lose the message
@@ -240,10 +238,6 @@ class Worker(Part):
             self.agent.maintain(session)
         except Exception:
             log.exception("memory upkeep failed; will try again after the next message")
-
-    def send(self, channel, chat_id, text, media=None):
-        """The `message` tool's way out."""
-        post_outbox(self.home, channel, chat_id, text, media=media or ())
 
     def _target(self, msg) -> tuple[str, str]:
         """Where the reply goes and whose conversation it belongs to. A system message (cron,

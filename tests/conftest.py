@@ -46,7 +46,8 @@ def model_yaml(llm, groq="gk", provider="custom") -> str:
     """The head of a config.yaml for a channel test: the fake model as the `custom` provider (and
     as groq with api key `groq`, for transcription; none if groq is None), heartbeat off."""
     groq_line = f"  groq: {{api_key: {groq}, api_base: '{llm.url}'}}\n" if groq else ""
-    model = f"{{model: fake-model, provider: {provider}}}" if provider else "{model: fake-model}"
+    model = (f"{{model: fake-model, provider: {provider}, retry_backoff_s: 0.01}}" if provider
+             else "{model: fake-model, retry_backoff_s: 0.01}")
     return (f"providers:\n  custom: {{api_base: '{llm.url}'}}\n{groq_line}"
             f"agents: {{defaults: {model}}}\nheartbeat: {{enabled: false}}\n")
 
@@ -64,10 +65,23 @@ def config(home, llm):
     from lib.cli import _copy_missing
     from lib.config import load_config
     write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
-                       "agents:\n  defaults: {model: fake-model, memory_window: 10}\n")
+                       "agents:\n  defaults: {model: fake-model, memory_window: 10, retry_backoff_s: 0.01}\n")
     cfg = load_config()
     _copy_missing(repo / "workspace_template", cfg.workspace, skip={"skills"})
     return cfg
+
+
+def make_agent(config, provider=None, send=None, services=None):
+    """The agent as the gateway and the CLI build it: the configured provider (or the one given)
+    and the conversation's tools."""
+    from lib.agent.loop import Agent, agent_tools
+    from lib.providers.client import make_provider
+    return Agent(config, provider or make_provider(config), agent_tools(config), send, services)
+
+
+def ask(text, channel="cli", chat_id="default", **fields):
+    """An inbox message as Agent.respond takes it."""
+    return {"channel": channel, "chat_id": chat_id, "text": text, **fields}
 
 
 def run_cli(*args, input=None, env=None, timeout=60):

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from lib.agent.context import system_prompt
-from lib.agent.loop import Agent, make_provider
+from lib.providers.client import make_provider
+from tests.conftest import ask, make_agent
 from lib.errors import ProviderError
 from lib.sessions import Session
 
@@ -11,7 +12,7 @@ from lib.sessions import Session
 def turn(agent, text, home):
     """What the CLI and the worker do: answer, then keep memory in shape."""
     session = Session(home, "cli", "default")
-    reply = agent.respond("cli", "default", text, session=session)
+    reply = agent.respond(ask(text), session)
     agent.maintain(session)
     return reply
 
@@ -22,7 +23,7 @@ def saved(home, key="cli_default"):
 
 def test_a_plain_answer(config, llm):
     llm.script("Hello there.")
-    assert Agent(config).respond("cli", "default", "hi") == "Hello there."
+    assert make_agent(config).respond(ask("hi")) == "Hello there."
     body = llm.chat_requests[-1]
     assert body["messages"][0]["role"] == "system"
     assert body["messages"][-1] == {"role": "user", "content": "hi"}
@@ -32,7 +33,7 @@ def test_a_plain_answer(config, llm):
 def test_tool_calls_run_and_their_results_go_back_to_the_model(config, llm, home):
     (config.workspace / "note.txt").write_text("the secret is 42")
     llm.script({"tool_calls": [{"name": "read_file", "arguments": {"path": "note.txt"}}]}, "It is 42.")
-    assert Agent(config).respond("cli", "default", "what is the secret?", msg_id="m7") == "It is 42."
+    assert make_agent(config).respond(ask("what is the secret?", id="m7")) == "It is 42."
     second = llm.chat_requests[1]["messages"]
     assert second[-1]["role"] == "tool" and second[-1]["content"] == "the secret is 42"
     assert second[-1]["tool_call_id"] == second[-2]["tool_calls"][0]["id"]
@@ -46,7 +47,7 @@ def test_tool_calls_run_and_their_results_go_back_to_the_model(config, llm, home
 def test_unknown_tool_and_bad_arguments_go_back_as_errors_not_crashes(config, llm):
     llm.script({"tool_calls": [{"name": "teleport", "arguments": {}},
                                {"name": "read_file", "arguments": "{not json"}]}, "Sorry.")
-    assert Agent(config).respond("cli", "default", "go") == "Sorry."
+    assert make_agent(config).respond(ask("go")) == "Sorry."
     results = [m for m in llm.chat_requests[1]["messages"] if m["role"] == "tool"]
     assert results[0]["content"].startswith("Error: there is no tool named 'teleport'")
     assert results[1]["content"].startswith("Error:") and "JSON" in results[1]["content"]
@@ -58,7 +59,7 @@ def test_tool_rounds_are_capped_and_the_user_is_told(config, llm, home):
     cfg = dataclasses.replace(config, agents=dataclasses.replace(config.agents, defaults=d))
     loop = {"tool_calls": [{"name": "list_dir", "arguments": {}}]}
     llm.script(loop, loop, "never reached")
-    reply = Agent(cfg).respond("cli", "default", "loop forever")
+    reply = make_agent(cfg).respond(ask("loop forever"))
     assert "stopped after 2 rounds" in reply and len(llm.chat_requests) == 2
 
 
@@ -68,26 +69,26 @@ def test_every_message_is_saved_before_the_next_step(config, llm, home):
         assert [r.get("role") for r in saved(home)[1:]] == ["user", "assistant", "tool"]
         return "done"
     llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, check_saved)
-    assert Agent(config).respond("cli", "default", "x") == "done"
+    assert make_agent(config).respond(ask("x")) == "done"
     assert not llm.errors
 
 
 def test_a_provider_failure_keeps_the_users_message(config, llm, home):
-    agent = Agent(config)
+    agent = make_agent(config)
     agent.provider.retries, agent.provider.backoff = 1, 0.01
     llm.script({"status": 503}, {"status": 503})
     with pytest.raises(ProviderError, match="message is saved"):
-        agent.respond("cli", "default", "are you there?")
+        agent.respond(ask("are you there?"))
     assert saved(home)[-1]["content"] == "are you there?"
     llm.script("Yes.")
-    assert agent.respond("cli", "default", "hello?") == "Yes."
+    assert agent.respond(ask("hello?")) == "Yes."
     contents = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
     assert contents == ["are you there?", "hello?"]
 
 
 def test_reasoning_content_is_kept_in_the_session(config, llm, home):
     llm.script({"content": "4", "reasoning_content": "2+2 is 4"})
-    Agent(config).respond("cli", "default", "2+2?")
+    make_agent(config).respond(ask("2+2?"))
     assert saved(home)[-1]["reasoning_content"] == "2+2 is 4"
 
 
@@ -102,7 +103,7 @@ def test_the_system_prompt_has_workspace_files_memory_skills_and_runtime_facts(c
 
 
 def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home):
-    agent = Agent(config)       # memory_window is 10 in the fixture
+    agent = make_agent(config)       # memory_window is 10 in the fixture
     for i in range(5):
         llm.script(f"answer {i}")
         turn(agent, f"question {i}", home)
@@ -126,7 +127,7 @@ def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home
 
 
 def test_consolidation_failure_loses_nothing(config, llm, home):
-    agent = Agent(config)
+    agent = make_agent(config)
     for i in range(6):
         llm.script(f"a{i}", *(["I refuse to call tools"] if i == 5 else []))
         turn(agent, f"q{i}", home)
@@ -136,12 +137,12 @@ def test_consolidation_failure_loses_nothing(config, llm, home):
 
 
 def test_new_consolidates_then_starts_over(config, llm, home):
-    agent = Agent(config)
+    agent = make_agent(config)
     llm.script("hi")
-    agent.respond("cli", "default", "I am Ada")
+    agent.respond(ask("I am Ada"))
     llm.script({"tool_calls": [{"name": "save_memory", "arguments": {
         "history_entry": "Met Ada.", "memory_update": "- Name: Ada"}}]})
-    reply = agent.respond("cli", "default", "/new")
+    reply = agent.respond(ask("/new"))
     assert reply.startswith("New conversation started.") and "saved a summary" in reply
     assert "Met Ada." in (config.workspace / "memory" / "HISTORY.md").read_text()
     assert Session(home, "cli", "default").messages == []
@@ -149,7 +150,7 @@ def test_new_consolidates_then_starts_over(config, llm, home):
 
 
 def test_help_answers_without_the_model(config, llm):
-    assert "/new" in Agent(config).respond("cli", "default", "/help")
+    assert "/new" in make_agent(config).respond(ask("/help"))
     assert llm.chat_requests == []
 
 
@@ -157,7 +158,7 @@ def test_images_go_to_the_model_inline_and_the_session_keeps_the_path(config, ll
     img = tmp_path / "cat.png"
     img.write_bytes(b"\x89PNG\r\n\x1a\nfake")
     llm.script("A cat.")
-    Agent(config).respond("telegram", "9", "what is this?", media=[str(img)])
+    make_agent(config).respond(ask("what is this?", "telegram", "9", media=[str(img)]))
     content = llm.chat_requests[-1]["messages"][-1]["content"]
     assert content[0]["type"] == "text" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")
     assert saved(home, "telegram_9")[1]["media"] == [str(img)]
@@ -166,7 +167,7 @@ def test_images_go_to_the_model_inline_and_the_session_keeps_the_path(config, ll
 def test_message_tool_reaches_the_send_function_with_the_current_chat(config, llm):
     sent = []
     llm.script({"tool_calls": [{"name": "message", "arguments": {"content": "working on it"}}]}, "done")
-    Agent(config).respond("slack", "C1", "go", send=lambda *a: sent.append(a))
+    make_agent(config, send=lambda *a: sent.append(a)).respond(ask("go", "slack", "C1"))
     assert sent == [("slack", "C1", "working on it")]
 
 
@@ -176,10 +177,10 @@ def test_make_provider_uses_the_resolved_endpoint(config, llm):
 
 
 def test_a_message_answered_before_a_crash_is_not_asked_again(config, llm, home):
-    agent = Agent(config)
+    agent = make_agent(config)
     llm.script("first answer")
-    assert agent.respond("cli", "default", "q", msg_id="m1") == "first answer"
-    assert agent.respond("cli", "default", "q", msg_id="m1") == "first answer"
+    assert agent.respond(ask("q", id="m1")) == "first answer"
+    assert agent.respond(ask("q", id="m1")) == "first answer"
     assert len(llm.chat_requests) == 1
     assert [r.get("role") for r in saved(home)[1:]] == ["user", "assistant"]
 
@@ -190,7 +191,7 @@ def test_a_turn_cut_off_mid_tool_goes_on_without_duplicating_lines(config, llm, 
     s.append({"role": "assistant", "content": None, "id": "m2", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]})
     llm.script("Listed.")                  # the process died while list_dir ran
-    assert Agent(config).respond("cli", "default", "list it", msg_id="m2") == "Listed."
+    assert make_agent(config).respond(ask("list it", id="m2")) == "Listed."
     roles = [r.get("role") for r in saved(home)[1:]]
     assert roles == ["user", "assistant", "tool", "assistant"]
     tool = saved(home)[3]
@@ -209,32 +210,32 @@ def test_a_hung_model_ends_the_turn_at_its_deadline_with_a_notice(config, llm, h
     (SPEC §8): the user is told, the session records it, and the next message is answered."""
     import time
     llm.script({"delay": 30}, "back again")
-    agent = Agent(with_defaults(config, turn_timeout_s=2))
+    agent = make_agent(with_defaults(config, turn_timeout_s=2))
     started = time.monotonic()
-    reply = agent.respond("cli", "default", "hello?", msg_id="m1")
+    reply = agent.respond(ask("hello?", id="m1"))
     assert time.monotonic() - started < 10
     assert "ran out of time" in reply and "turn_timeout_s" in reply
     assert saved(home)[-1]["content"] == reply
-    assert agent.respond("cli", "default", "still there?", msg_id="m2") == "back again"
+    assert agent.respond(ask("still there?", id="m2")) == "back again"
 
 
 def test_retries_stop_at_the_turns_deadline(config, llm):
     """A provider failing again and again is retried only while the turn has time left."""
     import time
     llm.script(*[{"status": 500, "headers": {"retry-after": "1"}}] * 20)
-    agent = Agent(with_defaults(config, turn_timeout_s=2))
+    agent = make_agent(with_defaults(config, turn_timeout_s=2))
     started = time.monotonic()
-    reply = agent.respond("cli", "default", "hello?")
+    reply = agent.respond(ask("hello?"))
     assert time.monotonic() - started < 10 and "ran out of time" in reply
 
 
 def test_a_tool_sees_the_turns_deadline(config, llm):
     from lib.tools import Context
     seen = []
-    agent = Agent(with_defaults(config, turn_timeout_s=100))
+    agent = make_agent(with_defaults(config, turn_timeout_s=100))
     agent.tools.tools["list_dir"] = lambda ctx, path=".": seen.append(ctx.time_left(1000)) or "ok"
     llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
-    agent.respond("cli", "default", "go")
+    agent.respond(ask("go"))
     assert 90 < seen[0] <= 100 and Context(config, config.workspace).time_left(5) == 5
 
 
@@ -257,7 +258,7 @@ def test_an_undecodable_memory_file_is_never_rewritten(config, llm, home):
     memory = config.workspace / "memory" / "MEMORY.md"
     raw = "# Memory\n- Name: Ada\n- Café: Fl\xf6te\n".encode("latin-1")
     memory.write_bytes(raw)
-    agent = Agent(config)
+    agent = make_agent(config)
     assert "Name: Ada" in system_prompt(config, "cli", "default")
     s = chat(agent, home, 10)
     llm.script(SAVE)
@@ -283,12 +284,12 @@ def test_each_rewrite_of_memory_keeps_the_previous_version(config, llm, home):
 def test_consolidation_goes_in_bounded_batches(config, llm, home):
     """A long backlog is summarised consolidate_batch messages per call (SPEC §13), and a huge
     message is cut in the transcript: the request stays small."""
-    agent = Agent(with_defaults(config, consolidate_batch=40))
+    agent = make_agent(with_defaults(config, consolidate_batch=40))
     s = chat(agent, home, 50)
     s.append({"role": "user", "content": "x" * 1_000_000, "id": "big"})
     s.append({"role": "assistant", "content": "ok", "id": "big"})
     llm.script(*[SAVE] * 5)
-    agent.respond("cli", "default", "/new", session=s)
+    agent.respond(ask("/new"), s)
     sizes = [len(json.dumps(r["messages"])) for r in llm.chat_requests]
     assert len(sizes) == 3 and max(sizes) < 100_000
     assert all(r["messages"][0]["content"].count("USER: ") <= 20 for r in llm.chat_requests)
@@ -296,7 +297,7 @@ def test_consolidation_goes_in_bounded_batches(config, llm, home):
 
 def test_a_failed_consolidation_backs_off_instead_of_retrying_every_message(config, llm, home):
     import time
-    agent = Agent(config)           # memory_window 10
+    agent = make_agent(config)           # memory_window 10
     s = chat(agent, home, 10)
     llm.script("I will not call tools")
     agent.maintain(s)

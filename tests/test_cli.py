@@ -6,7 +6,7 @@ from tests.conftest import run_cli, write_config
 
 def fake_config(home, llm, extra=""):
     write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
-                       f"agents:\n  defaults: {{model: fake-model}}\n{extra}")
+                       f"agents:\n  defaults: {{model: fake-model, retry_backoff_s: 0.01}}\n{extra}")
 
 
 def test_onboard_creates_config_and_workspace_and_never_overwrites(home):

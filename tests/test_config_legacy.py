@@ -231,8 +231,8 @@ def test_settings_the_original_kept_elsewhere_are_moved_not_dropped(home):
     cfg = load_config()
     assert cfg.tools.restrict_to_workspace is True          # a sandbox asked for stays on
     assert cfg.heartbeat.enabled is False and cfg.heartbeat.interval_s == 600
-    from lib.agent.loop import Agent
-    assert "exec" not in Agent(cfg, provider=object()).tools.tools   # no shell when disabled
+    from lib.agent.loop import agent_tools
+    assert "exec" not in agent_tools(cfg).tools   # no shell when disabled
 
 
 def test_the_new_place_wins_over_the_old_one(home):

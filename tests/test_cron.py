@@ -14,9 +14,9 @@ from lib import cron as cronlib
 from lib.config import load_config
 from lib.cron import CronError, CronService, make_schedule, next_time, parse_cron
 from lib.errors import ConfigError, UserError
-from lib.tools import Context, default_registry, schema
+from lib.tools import Context, Services, default_registry, schema
 from tests import conftest
-from tests.conftest import run_cli, write_config
+from tests.conftest import make_agent, run_cli, write_config
 
 UTC = timezone.utc
 
@@ -384,7 +384,6 @@ def test_enable_disable_and_run_now(cfg, home):
 
 def test_a_fired_job_reaches_the_chat_through_the_worker(config, llm):
     """The whole way: the cron message is a turn in the telegram chat's session, reply queued."""
-    from lib.agent.loop import Agent
     from lib.worker import Worker
     llm.script("Time to stretch!")
     svc = CronService(config)
@@ -392,7 +391,7 @@ def test_a_fired_job_reaches_the_chat_through_the_worker(config, llm):
                 "42")
     svc.enable(j["id"])
     svc.run_now(j["id"])
-    worker = Worker(config, Agent(config))
+    worker = Worker(config, make_agent(config))
     worker.start()
     try:
         out = wait_for(lambda: list((config.home / "outbox" / "new").glob("telegram.*.json")))
@@ -407,7 +406,7 @@ def test_a_fired_job_reaches_the_chat_through_the_worker(config, llm):
 
 def ctx_for(cfg, channel="telegram", chat_id="42", services=None):
     cfg.workspace.mkdir(parents=True, exist_ok=True)
-    return Context(cfg, cfg.workspace, channel, chat_id, services=services or {})
+    return Context(cfg, cfg.workspace, channel, chat_id, services=services or Services())
 
 
 def call(ctx, **args):
@@ -461,7 +460,7 @@ def test_tool_errors_the_model_can_act_on(cfg, home):
 
 def test_tool_uses_and_wakes_the_gateway_service(cfg, home):
     svc = CronService(cfg)
-    call(ctx_for(cfg, services={"cron": svc}), action="add", message="x", every_seconds=600)
+    call(ctx_for(cfg, services=Services(cron=svc)), action="add", message="x", every_seconds=600)
     assert svc._wake.is_set() and len(read_jobs(home)) == 1
 
 

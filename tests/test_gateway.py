@@ -14,7 +14,7 @@ from tests.conftest import Gateway, replies, wait_for, write_config
 @pytest.fixture
 def gateway_config(home, llm):
     write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
-                       "agents:\n  defaults: {model: fake-model}\nheartbeat: {enabled: false}\n")
+                       "agents:\n  defaults: {model: fake-model, retry_backoff_s: 0.01}\nheartbeat: {enabled: false}\n")
     return home
 
 

@@ -6,10 +6,10 @@ from functools import partial
 import pytest
 
 from lib import maildir
-from lib.agent.loop import Agent
 from lib.heartbeat import Heartbeat
 from lib.worker import Worker, post_inbox
 from tests import conftest
+from tests.conftest import make_agent
 
 
 wait_for = partial(conftest.wait_for, timeout=10.0)
@@ -124,7 +124,7 @@ def test_the_worker_sends_a_beat_only_when_it_matters(config, llm, beat, answer,
                          json.dumps({"channel": "telegram", "chat_id": "42"}))
     llm.script(answer)
     beat.beat()
-    worker = Worker(config, Agent(config))
+    worker = Worker(config, make_agent(config))
     worker.drain()
     [out] = list((config.home / "outbox" / where).glob("*.json"))
     reply = json.loads(out.read_text())

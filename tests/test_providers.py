@@ -5,7 +5,7 @@ import pytest
 
 from lib.config import load_config
 from lib.errors import ConfigError, ProviderError
-from lib.providers.client import Provider, transcribe
+from lib.providers.client import OpenAIProvider, transcribe
 from lib.providers.registry import resolve
 from tests.conftest import write_config
 from tests.fakes.openai_server import DEFAULT_TRANSCRIPT
@@ -24,7 +24,7 @@ def fake_provider(home, llm, model="fake-model", name="custom", key="", extra=""
     """A Provider for the `name` provider pointed at the fake server."""
     cfg = cfg_with(home, model, f"  {name}: {{api_key: '{key}', api_base: '{llm.url}'{extra}}}",
                    f", provider: {name}")
-    return Provider(resolve(cfg), **{"backoff": 0.01, **kw})
+    return OpenAIProvider(resolve(cfg), **{"backoff": 0.01, **kw})
 
 
 # --- resolve(): which provider, which endpoint, which model name ---

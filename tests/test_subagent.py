@@ -7,12 +7,12 @@ from functools import partial
 import pytest
 
 from lib import maildir
-from lib.agent.loop import Agent, make_provider
 from lib.agent.subagent import Subagents
-from lib.providers.client import Reply
-from lib.tools import Context, default_registry
+from lib.providers.client import Reply, make_provider
+from lib.tools import Context, Services, default_registry
 from lib.worker import Worker, post_inbox
 from tests import conftest
+from tests.conftest import make_agent
 
 
 wait_for = partial(conftest.wait_for, timeout=10.0)
@@ -66,7 +66,7 @@ def test_the_spawn_tool_runs_a_background_turn_and_posts_its_result(config, llm,
     llm.script({"tool_calls": [{"name": "read_file", "arguments": {"path": "note.txt"}}]},
                "The note says the code is 42.")
     parts.append(subs := make(config))
-    ctx = Context(config, config.workspace, "telegram", "99", services={"spawn": subs})
+    ctx = Context(config, config.workspace, "telegram", "99", services=Services(spawn=subs))
     started = default_registry().call("spawn", {"task": "Read note.txt", "label": "note"}, ctx)
     assert started.startswith("Started background task 'note' (id ")
     assert started.endswith("its result will arrive as a message.")
@@ -102,7 +102,7 @@ def test_no_more_than_max_running_at_once(config, parts):
     gate = Gate()
     parts.append(subs := make(config, gate))
     ids = [task_id(subs.spawn(f"job {n}", "", "telegram", "1")) for n in range(3)]
-    ctx = Context(config, config.workspace, services={"spawn": subs})
+    ctx = Context(config, config.workspace, services=Services(spawn=subs))
     refused = default_registry().call("spawn", {"task": "one too many"}, ctx)
     assert refused == "Error: 3 background tasks are already running; wait for one to finish"
     assert len(list((config.home / "state" / "subagents").glob("*.json"))) == 3
@@ -169,10 +169,10 @@ def test_through_the_worker_the_result_reaches_the_chat_that_asked(config, llm, 
         return "Five files." if last["content"] == "Count files" else "Done: five files."
     llm.script(*[model] * 4)
     maildir.ensure(home / "inbox")
-    services = {}
-    worker = Worker(config, Agent(config), services)
+    services = Services()
+    worker = Worker(config, make_agent(config, services=services))
     parts.append(subs := make(config))
-    services["spawn"] = subs                # as the gateway does, after the worker exists
+    services.spawn = subs                   # as the gateway does, after the worker exists
     post_inbox(home, {"channel": "local", "chat_id": "me", "text": "count the files"})
     worker.drain()
     wait_for(lambda: list((home / "inbox" / "new").glob("subagent-*.json")))

@@ -406,9 +406,10 @@ def test_message_empty_content(ctx, content):
 
 @pytest.mark.parametrize("channel", ["../../escaped", "pigeon"])
 def test_message_to_an_unknown_channel_is_an_error_and_writes_nothing(ctx, home, channel):
-    from lib.worker import Worker
-    worker = Worker(ctx.config, agent=None)
-    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42", send=worker.send)
+    from functools import partial
+    from lib.worker import post_outbox
+    send = partial(post_outbox, home)        # what the gateway hands the agent
+    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42", send=send)
     out = call(ctx, "message", content="hi", channel=channel, chat_id="1")
     assert out.startswith("Error: unknown channel") and "telegram" in out
     assert not [p for p in home.rglob("*.json") if "escaped" in p.name or "pigeon" in p.name]

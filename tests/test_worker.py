@@ -8,16 +8,16 @@ from functools import partial
 import pytest
 
 from lib import maildir
-from lib.agent.loop import Agent
 from lib.worker import Worker
 from tests import conftest
+from tests.conftest import make_agent
 
 
 @pytest.fixture
 def worker(config):
     maildir.ensure(config.home / "inbox")
     maildir.ensure(config.home / "outbox", ("sent", "failed"))
-    return Worker(config, Agent(config))
+    return Worker(config, make_agent(config))
 
 
 wait_for = partial(conftest.wait_for, timeout=10.0)
@@ -137,7 +137,7 @@ def test_a_sender_id_is_compared_whole_and_aliases_come_from_the_metadata(llm, h
                           "  telegram: {allow_from: ['@alice']}\n")
     config = load_config()
     maildir.ensure(home / "inbox")
-    worker = Worker(config, Agent(config))
+    worker = Worker(config, make_agent(config))
     llm.script("hello alice")
     for name, channel, sender, meta in [
             ("a", "email", "x|owner@example.com|", {}), ("b", "telegram", "7|alice", {}),

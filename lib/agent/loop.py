@@ -13,7 +13,8 @@ from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
 from lib.errors import TurnTimeout
 from lib.sessions import Session, interrupted, now_iso
-from lib.tools import Context, Registry, default_registry
+from lib.providers import Provider
+from lib.tools import Context, Registry, Services, default_registry
 
 log = logging.getLogger(__name__)
 HELP = ("Commands:\n/new — start a new conversation (a summary of this one goes to memory)\n"
@@ -55,25 +56,27 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
     return new
 
 
-def make_provider(config):
-    from lib.providers.client import Provider
-    from lib.providers.registry import resolve
-    d = config.agents.defaults
-    return Provider(resolve(config), max_tokens=d.max_tokens, temperature=d.temperature)
+def agent_tools(config) -> Registry:
+    """The tools a conversation gets: all of them, less exec when tools.exec.enable is false."""
+    return default_registry(exclude=() if config.tools.exec.enable else ("exec",))
 
 
 class Agent:
-    def __init__(self, config, provider=None, tools: Registry | None = None):
-        self.config = config
-        self.provider = provider or make_provider(config)
-        self.tools = tools or default_registry(
-            exclude=() if config.tools.exec.enable else ("exec",))
+    """Answers messages with the provider and tools it is given. `send(channel, chat_id, text,
+    media=None)` is the `message` tool's way out; `services` are what the gateway runs."""
+
+    def __init__(self, config, provider: Provider, tools: Registry, send=None,
+                 services: Services | None = None):
+        self.config, self.provider, self.tools = config, provider, tools
+        self.send, self.services = send, services or Services()
         self.memory = Memory(config.workspace)
 
-    def respond(self, channel: str, chat_id: str, text: str, *, media=(), msg_id=None,
-                send=None, services=None, session: Session | None = None, resume=True) -> str:
-        """One turn. With `resume`, a message whose id the session already has is taken up where
-        it stopped (a restart after a crash); without it, the message is new whatever its id."""
+    def respond(self, msg: dict, session: Session | None = None, resume=True) -> str:
+        """One turn for `msg` (an inbox message: channel, chat_id, text, [media], [id]). With
+        `resume`, a message whose id the session already has is taken up where it stopped (a
+        restart after a crash); without it, the message is new whatever its id."""
+        channel, chat_id, text = msg["channel"], msg["chat_id"], msg["text"]
+        media, msg_id = msg.get("media") or (), msg.get("id")
         session = session or Session(self.config.home, channel, chat_id)
         command = text.strip().lower()
         if command == "/help":
@@ -96,7 +99,7 @@ class Agent:
         messages += session.history(d.memory_window)
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
-        ctx = Context(self.config, self.config.workspace, channel, chat_id, send, services or {},
+        ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
                       deadline=time.monotonic() + d.turn_timeout_s)
         new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
                        lambda m: session.append(dict(m, id=msg_id)))

@@ -32,11 +32,19 @@ class Reply:
         return msg
 
 
-class Provider:
-    """`complete(messages, tools) -> Reply`: the only thing the agent loop needs from a model."""
+def make_provider(config) -> "OpenAIProvider":
+    """The provider the config names, with its timeout and retry back-off."""
+    from lib.providers.registry import resolve
+    d = config.agents.defaults
+    return OpenAIProvider(resolve(config), max_tokens=d.max_tokens, temperature=d.temperature,
+                          timeout=d.model_timeout_s, backoff=d.retry_backoff_s)
+
+
+class OpenAIProvider:
+    """Any OpenAI-compatible endpoint through the openai SDK; implements lib.providers.Provider."""
 
     def __init__(self, resolved: Resolved, max_tokens=8192, temperature=0.7, retries=3,
-                 timeout=120.0, backoff=1.0):
+                 timeout=90.0, backoff=1.0):
         self.r, self.retries, self.backoff = resolved, retries, backoff
         asked = {"max_tokens": max_tokens, "temperature": temperature}
         self.params = dict(asked)

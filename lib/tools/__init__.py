@@ -22,6 +22,13 @@ _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 
 
 @dataclass
+class Services:
+    """What the gateway runs that tools use; None where there is no gateway (`agent -m`)."""
+    cron: typing.Any = None      # lib.cron.CronService
+    spawn: typing.Any = None     # lib.agent.subagent.Subagents
+
+
+@dataclass
 class Context:
     """What one tool call may know about the turn it belongs to; passed explicitly to every call."""
     config: typing.Any
@@ -29,7 +36,7 @@ class Context:
     channel: str = "cli"
     chat_id: str = "default"
     send: Callable | None = None        # send(channel, chat_id, text, media=None)
-    services: dict = field(default_factory=dict)   # cron, spawn… as the caller provides them
+    services: Services = field(default_factory=Services)
     deadline: float = float("inf")      # time.monotonic() when the turn must end (SPEC §8)
 
     @property

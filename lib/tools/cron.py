@@ -19,7 +19,7 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
     """
     from lib.cron import CronService, describe, make_schedule     # only when the tool is used
     try:
-        service = ctx.services.get("cron") or CronService(ctx.config)
+        service = ctx.services.cron or CronService(ctx.config)
         if action == "list":
             return _list(service)
         if action == "remove":
