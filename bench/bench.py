@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Start-up time and peak memory of nanoclaw's CLI next to nanobot's, against the issue's targets.
+"""Start-up time and peak memory of nanoclaw's CLI next to nanobot's, against the issue's targets,
+and what running a command in the sandbox costs.
 
 Usage: python bench/bench.py [--runs N] [--no-nanobot]
 
@@ -7,6 +8,7 @@ Both programs are onboarded into their own temp HOME and pointed at one FakeOpen
 this process. Each command runs once untimed (byte-code caches, first-run files), then N times,
 one at a time. Time: median wall time. Memory: the highest ru_maxrss that os.wait4 reports.
 Targets are reported, never asserted: the exit code is 1 only when nanoclaw itself fails.
+The exec tool runs `true` EXEC_RUNS times with tools.exec.sandbox off, then bwrap: median time.
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +28,7 @@ from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 NANOBOT = "nanobot-ai==0.3.5"
 NANOBOT_VENV = ROOT / "bench" / ".nanobot-venv"
 COMMANDS = [("--help", ["--help"]), ("status", ["status"]), ("agent -m", ["agent", "-m", "hello"])]
+EXEC_RUNS = 20
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: a stray download fails at once
 
 # Linux copies the spawning process's peak RSS into the child's ru_maxrss at exec, so a command
@@ -168,6 +172,36 @@ def report(runs, nc, nc_warning, nb, nb_warning):
         print(f"  {'n/a ' if ok is None else 'PASS' if ok else 'MISS'}  {text}")
 
 
+def exec_cost(runs: int) -> dict:
+    """{sandbox mode: (median seconds, last output)} of the real exec tool running `true`."""
+    import dataclasses
+    from lib.config import load_config
+    from lib.tools import Context, default_registry
+    call, results = default_registry().call, {}
+    with tempfile.TemporaryDirectory(prefix="nanoclaw-exec-") as tmp:
+        for mode in ("off", "bwrap"):
+            path = Path(tmp) / f"{mode}.yaml"
+            path.write_text(f"agents: {{defaults: {{workspace: '{tmp}/ws'}}}}\ntools: "
+                            f"{{restrict_to_workspace: false, exec: {{sandbox: {mode}}}}}\n")
+            cfg = dataclasses.replace(load_config(str(path)), home=Path(tmp))
+            cfg.workspace.mkdir(exist_ok=True)
+            ctx, times = Context(cfg, cfg.workspace), []
+            for _ in range(runs + 1):                       # the first: warm-up (and bwrap's probe)
+                start = time.perf_counter()
+                out = call("exec", {"command": "true"}, ctx)
+                times.append(time.perf_counter() - start)
+            results[mode] = (statistics.median(times[1:]), out)
+    return results
+
+
+def report_exec(results: dict):
+    print(f"\nexec of `true` through the exec tool, median of {EXEC_RUNS} runs after one warm-up")
+    (off, _), (boxed, out) = results["off"], results["bwrap"]
+    print(f"  no sandbox   {off * 1000:6.1f} ms")
+    print(f"  bubblewrap   {boxed * 1000:6.1f} ms  (+{(boxed - off) * 1000:.1f} ms)"
+          if out == "[exit code 0]" else f"  bubblewrap   n/a: {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
@@ -191,6 +225,7 @@ def main() -> int:
                 except RuntimeError as e:
                     note = f"nanobot failed: {e}"
     report(opts.runs, nc, nc_warning, nb, nb_warning)
+    report_exec(exec_cost(EXEC_RUNS))
     if note:
         print(f"\nnote: {note}")
     return 0

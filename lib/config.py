@@ -83,13 +83,22 @@ Channels = dataclasses.make_dataclass(
 
 # --- tools, gateway, heartbeat ---
 
+# A courtesy, not the boundary (the sandbox is, SPEC §8): the usual ways to wipe, format, power
+# off or fork-bomb a machine; anything here can be written another way. Repeats are bounded
+# ({0,9}, {0,200}) so that no command, however long, makes a search slow.
+_WHOLE = r"""['"]?(/|~|\$\{?HOME\}?)/?\*?['"]?(\s|$|[;&|)])"""     # / , /* , ~/ , $HOME itself
+# a command word: first, after ; & | ( ` or a wrapper (sudo -n, sh -c ', nohup, systemctl, /sbin/)
+_COMMAND = (r"(^|[;&|(`\n]|\b(sudo|doas|env|exec|nohup|nice|time|xargs|systemctl|(ba|da|z)?sh\s+-c)\b"
+            r"|/s?bin/)([ \t]+-\S+){0,9}[ \t]*['\"]?")
 DENY_PATTERNS = [
-    r"\brm\s+-[a-z]*[rf][a-z]*\s+(/|~/?|\$\{?HOME\}?/?)(\s|$|\*)",   # rm -rf / , ~ , $HOME
-    r"\bmkfs(\.\w+)?\b", r"\bdd\s+.*\bof=/dev/(sd|nvme|mmcblk|hd|vd|disk)", r">\s*/dev/(sd|nvme|mmcblk|hd)",
-    # as a command (not `echo reboot-notes`): first word, after ; & | ( ` sudo systemctl, or /sbin/
-    r"(^|[;&|(`\n]|\bsudo|\bsystemctl|/s?bin/)\s*(shutdown|reboot|poweroff|halt)(\s|$|[;&|)`])",
-    r"\binit\s+[06]\b", r":\(\)\s*\{.*\};\s*:", r"\bformat\s+[a-z]:", r"\bdiskpart\b",
-    r"\bchmod\s+-R\s+[0-7]*\s+/(\s|$)",
+    rf"\brm\s+(-\S*\s+){{0,9}}{_WHOLE}", rf"\bfind\s+{_WHOLE}[^;&|\n]{{0,200}}-(delete|exec\s+rm)\b",
+    r"""\brmtree\s*\(\s*['"](/|~/?)['"]""", rf"\bch(mod|own|grp)\s+([^\s;&|]+\s+){{0,9}}{_WHOLE}",
+    r"\|\s*(sudo(\s+-\S+)*\s+)?(/usr)?(/bin/)?(ba|da|z|k)?sh(\s|$|[;&|)])",     # ... | sh
+    r"\b(mkfs|mke2fs|mkswap|wipefs|blkdiscard)\b", r"\bdd\b[^;&|\n]{0,200}\bof=/dev/(?!(null|zero|stdout|stderr)\b)",
+    r">\s*/dev/(sd|nvme|mmcblk|hd|vd|xvd|mapper/|dm-|md\d|loop|disk)",
+    rf"{_COMMAND}(shutdown|reboot|poweroff|halt)(\s|$|[;&|)`'\"])", r"\b(tel)?init\s+[06]\b",
+    r"\bkill\s+(-\S+\s+)*-1\s*($|[;&|)])", r"(?<![^\s;&|])([^\s(){};&|]{1,40})\s*\(\)\s*\{[^}]{0,80}\1\s*\|\s*\1",
+    r"\bformat\s+[a-z]:", r"\bdiskpart\b",
 ]
 
 
@@ -338,6 +347,8 @@ def _value(typ, fld, value, at, lines, file, fail):
         return fld.default      # `api_key:` left empty, or null in a JSON config: the default
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)      # ids written as numbers: allow_from: [12345]
+    if typ is str and value is False and "off" in fld.metadata.get("choices", ()):
+        value = "off"           # YAML reads a bare `off` as false: sandbox: off
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):

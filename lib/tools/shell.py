@@ -1,56 +1,56 @@
-"""exec: run a shell command in the workspace, with a timeout, an output cap and deny patterns.
+"""exec: run a shell command in the workspace, with a timeout and its output bounded.
 
-Deny patterns and the workspace check are guard rails against accidents, not a sandbox: for
-real isolation run the service under the hardened systemd unit (deploy/) or a container.
+What protects the host is the sandbox (lib/sandbox.py, SPEC §8): under bubblewrap a command sees
+the workspace read-write, the rest of the system read-only and neither $NANOCLAW_HOME nor the
+user's home, and it dies with everything it started. Its environment holds no keys, sandbox or
+not. Without bubblewrap (tools.exec.sandbox: off, or auto where bwrap does not work and
+tools.restrict_to_workspace is off) nothing isolates a command: it can do whatever the gateway's
+user can, and a child that leaves its process group (setsid) outlives it. Deny patterns, and the path checks made when the workspace is restricted but the sandbox
+is off, are only a courtesy that catches accidents: no check of a command's text can hold.
 """
-import os
 import re
-import signal
-import subprocess
 
 from lib.errors import ToolError
 from lib.tools.files import resolve
 
-MAX_OUTPUT = 10_000
 _PATHS = re.compile(r"""(?:^|[\s'"=<>|;&(`])((?:/|~)[^\s'"|;&<>()`]*)""")
 _ALLOWED = {"/dev/null", "/dev/stdout", "/dev/stderr"}
 
 
 def exec(ctx, command: str, working_dir: str = "") -> str:
     """Run a shell command and return its output and exit code. Runs in the workspace unless
-    working_dir is given. Long-running or interactive programs are stopped at the timeout.
+    working_dir is given. Long-running or interactive programs are stopped at the timeout, and
+    whatever the command started (background jobs too) ends when it returns.
 
     Args:
         command: the shell command line
         working_dir: folder to run in (default: the workspace)
     """
+    from lib import sandbox
     settings = ctx.config.tools.exec
     for pattern in settings.deny_patterns:
         if re.search(pattern, command, re.IGNORECASE):
             raise ToolError("refused: this looks like a destructive command "
                             f"(matches deny pattern {pattern!r} in tools.exec.deny_patterns)")
-    cwd = resolve(ctx, working_dir) if working_dir else ctx.workspace
-    if ctx.restrict:
+    workspace = ctx.workspace.resolve()
+    cwd = resolve(ctx, working_dir) if working_dir else workspace
+    boxed = sandbox.use_bwrap(settings, ctx.restrict)
+    if ctx.restrict and not boxed:
         _check_paths(ctx, command)
-    try:
-        proc = subprocess.Popen(command, shell=True, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-    except OSError as e:
-        raise ToolError(f"cannot run the command in {cwd}: {e.strerror}") from None
-    try:
-        out, err = proc.communicate(timeout=settings.timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=0.5)
-        except subprocess.TimeoutExpired as e:   # a child left the group (setsid) and holds our pipes
-            out, err = e.stdout or b"", e.stderr or b""
-            proc.stdout.close()
-            proc.stderr.close()
-            proc.wait()
-        return _format(out, err, f"killed after the {settings.timeout}s timeout (tools.exec.timeout)")
-    return _format(out, err, f"exit code {proc.returncode}")
+    argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command) if boxed else \
+        ["/bin/sh", "-c", command]
+    timeout = ctx.time_left(settings.timeout)
+    text, code = sandbox.run(argv, sandbox.environment(settings, workspace), cwd, timeout,
+                             settings.max_output)
+    return f"{text.rstrip()}\n[{_status(code, timeout, settings.timeout)}]".lstrip()
+
+
+def _status(code, timeout: float, own_limit: int) -> str:
+    if code is not None:
+        return f"exit code {code}"
+    if timeout == own_limit:
+        return f"killed after the {own_limit}s timeout (tools.exec.timeout)"
+    return f"killed after {timeout:.0f}s: the turn ran out of time (agents.defaults.turn_timeout_s)"
 
 
 def _check_paths(ctx, command: str):
@@ -62,16 +62,6 @@ def _check_paths(ctx, command: str):
     for path in _PATHS.findall(command):
         if path not in _ALLOWED:
             resolve(ctx, path)      # raises when it lies outside the workspace
-
-
-def _format(out: bytes, err: bytes, status: str) -> str:
-    text = out.decode("utf-8", "replace")
-    if err:
-        text += ("\n" if text else "") + "STDERR:\n" + err.decode("utf-8", "replace")
-    if len(text) > MAX_OUTPUT:
-        cut = len(text) - MAX_OUTPUT
-        text = f"{text[:MAX_OUTPUT // 2]}\n[... {cut} characters cut ...]\n{text[-MAX_OUTPUT // 2:]}"
-    return f"{text.rstrip()}\n[{status}]".lstrip()
 
 
 TOOLS = [exec]
