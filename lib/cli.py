@@ -137,6 +137,7 @@ def cmd_status(args):
     print(f"home       {cfg.home}")
     print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
     print(f"model      {cfg.agents.defaults.model}")
+    print(f"shell      {_shell_state(cfg)}")
     try:
         r = resolve(cfg)
         print(f"provider   {r.spec.name} → {r.api_base} (model {r.model})")
@@ -157,6 +158,22 @@ def cmd_status(args):
         if name == "email" and ch.enabled and not ch.authserv_id:
             from lib.channels import EMAIL_FORGEABLE
             print(f"    {term.style('warning', 'yellow')}: {EMAIL_FORGEABLE}")
+
+
+def _shell_state(cfg) -> str:
+    """Whether exec runs, and in what (SPEC §8)."""
+    ex = cfg.tools.exec
+    if not ex.enable:
+        return "off (tools.exec.enable: false)"
+    if ex.sandbox == "off":
+        return "no sandbox (tools.exec.sandbox: off): commands can do whatever your user can"
+    from lib import sandbox
+    why = sandbox.problem()
+    if not why:
+        return "in the bubblewrap sandbox"
+    if ex.sandbox == "bwrap" or cfg.tools.restrict_to_workspace:
+        return term.style("refused", "red") + f": no sandbox ({why}); {sandbox.FIX}, or set tools.exec.sandbox: off"
+    return f"no sandbox ({why}): {sandbox.FIX}"
 
 
 # --- agent ---

@@ -103,6 +103,9 @@ class Gateway:
         maildir.ensure(self.home / "outbox", ("sent", "failed"))
         maildir.recover(self.home / "outbox")     # sends cut off by a crash are sent again
         self.channels = channels.enabled(self.config, self.home)
+        if self.config.tools.exec.enable and self.config.tools.exec.sandbox != "off":
+            from lib import sandbox
+            sandbox.problem()       # a missing sandbox is said once, now, not at the first command
         self.watcher = Watcher()
         self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
         self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)

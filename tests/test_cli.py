@@ -188,3 +188,14 @@ def test_output_to_a_closed_pipe_is_no_traceback(home):
     proc.stdout.close()                 # like `| head` that has already left
     err = proc.stderr.read().decode()
     assert proc.wait(30) == 1 and err == ""
+
+
+def test_status_says_whether_the_shell_is_sandboxed(home):
+    """SPEC §8: status names the sandbox, or why exec refuses and the fix."""
+    import shutil
+    if shutil.which("bwrap"):
+        assert "shell      in the bubblewrap sandbox" in run_cli("status").stdout
+    r = run_cli("status", env={"PATH": "/nonexistent"})         # no bwrap to be found
+    assert "refused: no sandbox (bwrap is not installed); install bubblewrap" in r.stdout
+    write_config(home, "tools: {exec: {sandbox: off}}\n")
+    assert "no sandbox (tools.exec.sandbox: off)" in run_cli("status").stdout
