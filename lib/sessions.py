@@ -23,8 +23,8 @@ def now_iso() -> str:
 
 
 def session_path(home: Path, channel: str, chat_id: str, hashed: bool = True) -> Path:
-    """sessions/<channel>_<chat_id>.jsonl, characters outside [A-Za-z0-9._-] replaced by _ and
-    then (unless not `hashed`: the name before SPEC §4 said so) a short hash of the key added."""
+    """SPEC §4: sessions/<channel>_<chat_id>.jsonl, characters outside [A-Za-z0-9._-] replaced by
+    _, and then a short hash of the key added; `hashed=False`: the name older versions used."""
     raw = f"{channel}_{chat_id}"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
     if hashed and name != raw:
@@ -42,6 +42,8 @@ def _rehome(old: Path):
         new = session_path(old.parent.parent, channel, chat_id)
         if new != old and session_path(old.parent.parent, channel, chat_id, False) == old:
             maildir.rename_new(old, new)
+            log.info("sessions/%s is now sessions/%s (its key has a character a name cannot hold)",
+                     old.name, new.name)
     except (OSError, ValueError, AttributeError):   # none, no key (a torn line), the name taken
         pass
 
