@@ -57,6 +57,9 @@ def _parser():
     s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
     s.set_defaults(run=cmd_status)
     s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
+    s.add_argument("--logs", nargs="?", const="debug", choices=["debug", "info", "warning", "error"],
+                   metavar="LEVEL", help="log level for this run (default: gateway.log_level; "
+                   "--logs alone: debug)")
     s.set_defaults(run=cmd_gateway)
     s = sub.add_parser("channels", parents=[common], help="channel status (and WhatsApp login)")
     s.add_argument("action", choices=["status", "login"],
@@ -262,12 +265,15 @@ def cmd_gateway(args):
     from lib.providers.registry import resolve
     cfg = _config(args)
     resolve(cfg)                        # no key: say so now, not at the first message
-    if cfg.gateway.log_file:
+    g = cfg.gateway
+    logging.getLogger().setLevel((args.logs or g.log_level).upper())
+    if g.log_file:
         from logging.handlers import RotatingFileHandler
-        path = Path(cfg.gateway.log_file).expanduser()
+        path = Path(g.log_file).expanduser()
         path = path if path.is_absolute() else cfg.home / "logs" / path
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = RotatingFileHandler(path, maxBytes=1 << 20, backupCount=3, encoding="utf-8")
+        handler = RotatingFileHandler(path, maxBytes=int(g.log_max_mb * (1 << 20)),
+                                      backupCount=g.log_backups, encoding="utf-8")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(handler)
     return Gateway(cfg).run()

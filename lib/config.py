@@ -154,6 +154,9 @@ class Gateway:
     port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
     retention_days: int = setting(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
+    log_level: str = setting("info", "debug", "info", "warning", "error")   # `gateway --logs` wins
+    log_max_mb: float = setting(1.0, low=0.0)   # log_file is rotated at this size (0: never)
+    log_backups: int = setting(3, low=1)        # rotated files kept: log_file.1 … .N
 
 
 @dataclass(frozen=True)

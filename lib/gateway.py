@@ -130,6 +130,7 @@ class Gateway:
             signal.signal(sig, lambda *_: self.stopping.set())
         for part in self.parts:
             part.start()
+            log.debug("started %s", getattr(part, "name", type(part).__name__))
         self.watcher.start()
         health = self._serve_health()
         notify("READY=1")

@@ -7,6 +7,7 @@ crash leaves each message in exactly one place, and a restart can tell where it 
     box/cur/   taken by a worker or a channel
     box/<final>/   done/ or sent/ (pruned after retention_days), failed/ (kept, with the reason)
 """
+import errno
 import itertools
 import json
 import os
@@ -27,8 +28,12 @@ def atomic_write(path: Path, data: str | bytes, mode: int | None = None):
     os.replace(tmp, path)
 
 
-def _write_synced(path: Path, raw: bytes, mode: int):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+class Clash(FileExistsError):
+    """A message of that name is there already: it is never replaced."""
+
+
+def _write_synced(path: Path, raw: bytes, mode: int, new: int = os.O_TRUNC):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | new, mode)
     try:
         os.write(fd, raw)
         os.fsync(fd)
@@ -57,14 +62,44 @@ def ensure(box: Path, finals=("done", "failed")):
 
 
 def deliver(box: Path, obj: dict, name: str | None = None, into: str = "new") -> Path:
-    """Put a JSON message into box/<into>/ whole: write tmp/NAME.json, fsync, rename."""
+    """Put a JSON message into box/<into>/NAME.json whole, as Maildir does: a fresh file in tmp/
+    (O_EXCL), fsync, renamed without replacing (Clash if NAME is taken), the folder fsynced."""
     name = (name or unique_name()) + ".json"
-    tmp, dest = Path(box) / "tmp" / name, Path(box) / into / name
+    tmp, dest = Path(box) / "tmp" / f"{unique_name()}.{name}", Path(box) / into / name
     tmp.parent.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_synced(tmp, json.dumps(obj, ensure_ascii=False).encode("utf-8"), 0o600)
-    os.replace(tmp, dest)
+    _write_synced(tmp, json.dumps(obj, ensure_ascii=False).encode("utf-8"), 0o600, os.O_EXCL)
+    try:
+        rename_new(tmp, dest)
+    except Clash:
+        os.unlink(tmp)
+        raise
+    sync(dest.parent)
     return dest
+
+
+def rename_new(src: Path, dest: Path):
+    """A rename that never replaces: Clash (naming `dest`) when the name is taken. A hard link,
+    then an unlink, as Maildir does; where there are no hard links (FAT), a look, then a rename."""
+    try:
+        try:
+            os.link(src, dest)
+        except PermissionError:
+            if os.path.lexists(dest):
+                raise FileExistsError from None
+            return os.rename(src, dest)
+    except FileExistsError:
+        raise Clash(errno.EEXIST, "there already; it is never replaced", str(dest)) from None
+    os.unlink(src)
+
+
+def sync(path: Path):
+    """fsync a file, or a folder (so that a new name in it survives a power cut)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def waiting(box: Path, prefix: str = "", folder: str = "new") -> list[str]:

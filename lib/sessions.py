@@ -3,6 +3,7 @@
 Nothing is ever rewritten: a message is appended and flushed as soon as it exists; a torn or
 corrupt line is skipped with a warning; `/new` moves the file to sessions/archive/.
 """
+import hashlib
 import json
 import logging
 import os
@@ -10,6 +11,8 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lib import maildir
 
 log = logging.getLogger(__name__)
 _MODEL_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
@@ -19,14 +22,37 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def session_path(home: Path, channel: str, chat_id: str) -> Path:
-    return Path(home) / "sessions" / (re.sub(r"[^A-Za-z0-9._-]", "_", f"{channel}_{chat_id}") + ".jsonl")
+def session_path(home: Path, channel: str, chat_id: str, hashed: bool = True) -> Path:
+    """SPEC §4: sessions/<channel>_<chat_id>.jsonl, characters outside [A-Za-z0-9._-] replaced by
+    _, and then a short hash of the key added; `hashed=False`: the name older versions used."""
+    raw = f"{channel}_{chat_id}"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+    if hashed and name != raw:
+        key = f"{channel}:{chat_id}".encode("utf-8", "surrogatepass")
+        name += "-" + hashlib.sha256(key).hexdigest()[:8]
+    return Path(home) / "sessions" / f"{name}.jsonl"
+
+
+def _rehome(old: Path):
+    """Without the hash a@b.com and a_b.com shared email_a_b.com.jsonl: such a file moves to the
+    name of the key in its metadata line, whoever opens it first (never over a file)."""
+    try:
+        with open(old, "rb") as f:
+            channel, chat_id = json.loads(f.readline(4096)).get("key").split(":", 1)
+        new = session_path(old.parent.parent, channel, chat_id)
+        if new != old and session_path(old.parent.parent, channel, chat_id, False) == old:
+            maildir.rename_new(old, new)
+            log.info("sessions/%s is now sessions/%s (its key has a character a name cannot hold)",
+                     old.name, new.name)
+    except (OSError, ValueError, AttributeError):   # none, no key (a torn line), the name taken
+        pass
 
 
 class Session:
     def __init__(self, home: Path, channel: str, chat_id: str):
         self.key = f"{channel}:{chat_id}"
         self.path = session_path(home, channel, chat_id)
+        _rehome(session_path(home, channel, chat_id, hashed=False))
         self.messages: list[dict] = []
         self.consolidated = 0           # messages before this index are in memory already
         self.consolidation_failures = 0     # in a row, since the last success
@@ -99,11 +125,7 @@ class Session:
 
     def sync(self):
         if self.path.exists():
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            maildir.sync(self.path)
 
     def history(self, window: int) -> list[dict]:
         """The last `window` unconsolidated messages, as the model expects them: starting at a

@@ -33,11 +33,15 @@ STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts
 
 def post_inbox(home: Path, msg: dict, name: str | None = None) -> Path | None:
     """Drop a message into the inbox. With a fixed `name`, a second post of the same name (a job
-    re-run after a crash) is ignored: returns None."""
+    re-run after a crash) is ignored: returns None. The link into new/ decides between two
+    posts at once; cur/, done/ and failed/ (looked at in that order) hold it later."""
     inbox = Path(home) / "inbox"
-    if name and maildir.find(inbox, name + ".json", ("tmp", "new", "cur", "done", "failed")):
+    if name and maildir.find(inbox, name + ".json"):
         return None
-    return maildir.deliver(inbox, dict(msg, created_at=msg.get("created_at") or now_iso()), name)
+    try:
+        return maildir.deliver(inbox, dict(msg, created_at=msg.get("created_at") or now_iso()), name)
+    except maildir.Clash:
+        return None
 
 
 def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=None, media=(),

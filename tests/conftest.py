@@ -97,7 +97,7 @@ class Gateway:
     def __init__(self, home: Path):
         self.home, self.proc = home, None
 
-    def start(self, timeout=15):
+    def start(self, timeout=15, args=()):
         sock_path = str(self.home / "notify.sock")
         if os.path.exists(sock_path):
             os.unlink(sock_path)
@@ -106,7 +106,7 @@ class Gateway:
         self.sock.settimeout(timeout)
         env = {**os.environ, "NOTIFY_SOCKET": sock_path, "NANOCLAW_HOME": str(self.home)}
         self.log = open(self.home / "gateway.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "gateway"],
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nanoclaw.py"), "gateway", *args],
                                      env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
         assert self.notice() == "READY=1", self.logs()
         return self

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import Gateway, replies, wait_for, write_config
+from tests.conftest import Gateway, replies, run_cli, wait_for, write_config
 
 
 @pytest.fixture
@@ -394,6 +394,62 @@ def test_logs_go_to_a_file_only_when_log_file_is_set(gateway_config, llm, home):
         assert "\x1b[" not in log.read_text() and " INFO " in log.read_text()
     finally:
         g.kill()
+
+
+def broken_messages(home, n, size=1):
+    """`n` inbox files that are not JSON: each costs one WARNING line."""
+    for i in range(n):
+        drop(home, f"bad{i}.json", b"{" * size, raw=True)
+    wait_for(lambda: len(list((home / "inbox" / "failed").glob("bad*.json"))) == n, what="failed/")
+
+
+@pytest.mark.parametrize("how", [["gateway: {log_level: warning}"], ["", "--logs", "warning"]])
+def test_log_level_warning_hides_the_info_lines(gateway_config, llm, home, how):
+    line, *args = how
+    write_config(home, (home / "config.yaml").read_text() + line + "\n")
+    g = Gateway(home).start(args=args)
+    try:
+        broken_messages(home, 1)
+        wait_for(lambda: "moved to inbox/failed/" in g.logs(), what="the warning")
+        assert " WARNING " in g.logs() and " INFO " not in g.logs()
+    finally:
+        g.kill()
+
+
+@pytest.mark.parametrize("how", [["gateway: {log_level: debug}"], ["", "--logs"],
+                                 ["gateway: {log_level: error}", "--logs", "debug"]])
+def test_log_level_debug_shows_debug_lines(gateway_config, llm, home, how):
+    line, *args = how
+    write_config(home, (home / "config.yaml").read_text() + line + "\n")
+    g = Gateway(home).start(args=args)
+    try:
+        wait_for(lambda: " INFO lib.gateway: gateway ready" in g.logs(), what="the ready line")
+        assert " DEBUG lib.gateway: started worker" in g.logs()
+    finally:
+        g.kill()
+
+
+def test_the_log_file_rotates_at_the_configured_size_and_keeps_that_many(gateway_config, llm, home):
+    write_config(home, (home / "config.yaml").read_text() +
+                 "gateway: {log_file: g.log, log_max_mb: 0.002, log_backups: 2}\n")   # 2097 bytes
+    g = Gateway(home).start()
+    try:
+        broken_messages(home, 40)
+    finally:
+        g.kill()
+    logs = home / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["g.log", "g.log.1", "g.log.2"]
+    assert all(0 < p.stat().st_size <= 2097 for p in logs.iterdir())
+    assert all("moved to inbox/failed/" in (logs / f"g.log.{n}").read_text() for n in (1, 2))
+
+
+def test_a_bad_log_level_is_a_config_error_naming_the_key(home, llm):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
+                       "agents: {defaults: {model: fake-model}}\ngateway: {log_level: loud}\n")
+    r = run_cli("gateway")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "gateway.log_level (line 4) must be one of debug, info, warning, error" in r.stderr
+    assert run_cli("gateway", "--logs", "loud").returncode == 2
 
 
 def test_a_stuck_worker_stops_the_watchdog_pings(gateway_config, llm, home, monkeypatch):

@@ -1,4 +1,7 @@
+import hashlib
 import json
+
+import pytest
 
 from lib.sessions import Session, session_path
 
@@ -23,8 +26,60 @@ def test_each_message_is_on_disk_as_soon_as_it_is_appended(home):
     assert [m["content"] for m in Session(home, "cli", "x").messages] == ["one"]
 
 
-def test_file_name_replaces_unsafe_characters(home):
-    assert session_path(home, "slack", "C1/../x y:z").name == "slack_C1_.._x_y_z.jsonl"
+def short_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def test_file_name_replaces_unsafe_characters_and_then_adds_a_hash_of_the_key(home):
+    assert session_path(home, "slack", "C1/../x y:z").name == \
+        f"slack_C1_.._x_y_z-{short_hash('slack:C1/../x y:z')}.jsonl"
+    assert session_path(home, "email", "a@b.com").name == \
+        f"email_a_b.com-{short_hash('email:a@b.com')}.jsonl"
+    for plain in (("telegram", "12345"), ("email", "a_b.com"), ("cli", "x-1.y")):
+        assert session_path(home, *plain).name == "_".join(plain) + ".jsonl"   # as before
+
+
+def test_ids_that_differ_only_in_replaced_characters_never_share_a_file(home):
+    chats = [Session(home, "email", who) for who in ("a@b.com", "a_b.com", "a#b.com")]
+    for s in chats:
+        s.append({"role": "user", "content": s.key})
+    assert len({s.path for s in chats}) == 3
+    assert [Session(home, "email", s.key[6:]).messages[0]["content"] for s in chats] == \
+        ["email:a@b.com", "email:a_b.com", "email:a#b.com"]
+
+
+def old_style_file(home, key: str, text: str):
+    """sessions/email_a_b.com.jsonl as a version before the hash suffix wrote it."""
+    path = home / "sessions" / "email_a_b.com.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"_type": "metadata", "key": key, "created_at": "2026-01-01T00:00:00Z"},
+            {"role": "user", "content": text}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_file_named_the_old_way_is_kept_by_the_id_that_wrote_it(home):
+    old = old_style_file(home, "email:a@b.com", "before the upgrade")
+    s = Session(home, "email", "a@b.com")
+    assert [m["content"] for m in s.messages] == ["before the upgrade"]
+    assert s.path != old and not old.exists()
+    s.append({"role": "assistant", "content": "after"})
+    assert [r.get("content") for r in lines(s.path)] == [None, "before the upgrade", "after"]
+    assert Session(home, "email", "a_b.com").messages == []     # its own name is free again
+
+
+@pytest.mark.parametrize("first", ["a@b.com", "a_b.com"])
+def test_a_file_named_the_old_way_by_another_id_is_left_to_it(home, first):
+    """The old name of a@b.com is also the name of a_b.com: whoever opens it first, each id
+    sees its own conversation only."""
+    old_style_file(home, "email:a#b.com", "not yours")
+    assert Session(home, "email", first).messages == []
+    assert Session(home, "email", "a@b.com").messages == []
+    assert Session(home, "email", "a_b.com").messages == []
+    assert [m["content"] for m in Session(home, "email", "a#b.com").messages] == ["not yours"]
+    old = old_style_file(home, "email:a_b.com", "mine")
+    assert Session(home, "email", "a@b.com").messages == [] and old.exists()
+    assert [m["content"] for m in Session(home, "email", "a_b.com").messages] == ["mine"]
 
 
 def test_corrupt_and_torn_lines_are_skipped_with_a_warning_and_nothing_else_lost(home, caplog):

@@ -1,0 +1,55 @@
+"""Delivery as Maildir does it: a fresh tmp/ file, a hard link into new/, never a replace."""
+import json
+import stat
+import threading
+
+import pytest
+
+from lib import maildir
+from lib.worker import post_inbox
+
+
+def test_a_name_clash_fails_loudly_and_the_delivered_file_is_kept(tmp_path):
+    box = tmp_path / "box"
+    first = maildir.deliver(box, {"text": "first"}, "m")
+    with pytest.raises(FileExistsError, match=r"new/m\.json"):
+        maildir.deliver(box, {"text": "second"}, "m")
+    assert json.loads(first.read_text()) == {"text": "first"}
+    assert not list((box / "tmp").iterdir())
+
+
+def test_a_delivered_file_is_whole_private_and_leaves_nothing_in_tmp(tmp_path):
+    box, obj = tmp_path / "box", {"text": "héllo " * 1000, "media": ["a", "b"]}
+    path = maildir.deliver(box, obj, into="sent")
+    assert path.parent == box / "sent" and json.loads(path.read_text("utf-8")) == obj
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_nlink == 1
+    assert not list((box / "tmp").iterdir())
+
+
+def test_one_name_posted_by_two_threads_at_once_is_delivered_once(home):
+    for round in range(20):
+        barrier, got = threading.Barrier(2), []
+
+        def post(who):
+            barrier.wait()
+            got.append(post_inbox(home, {"channel": "local", "chat_id": "x", "text": who},
+                                  f"job-{round}"))
+
+        threads = [threading.Thread(target=post, args=(who,)) for who in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        [path] = [p for p in got if p is not None]
+        assert len(got) == 2 and json.loads(path.read_text())["text"] in ("a", "b")
+    assert len(list((home / "inbox" / "new").iterdir())) == 20
+    assert not list((home / "inbox" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("later", ["cur", "done", "failed"])
+def test_a_name_in_a_later_folder_is_not_posted_again(home, later):
+    maildir.ensure(home / "inbox")
+    path = post_inbox(home, {"channel": "local", "chat_id": "x", "text": "once"}, "job")
+    path.rename(home / "inbox" / later / path.name)
+    assert post_inbox(home, {"channel": "local", "chat_id": "x", "text": "twice"}, "job") is None
+    assert not list((home / "inbox" / "new").iterdir())
