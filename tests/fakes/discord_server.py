@@ -19,10 +19,10 @@ keeps its increasing `s`) and then RESUMED, op 9 false for an unknown session. C
 `invalidate(resumable)` sends op 9, `refuse_with = code` closes every IDENTIFY with that code.
 Events made while nobody is connected wait for the next RESUME (or READY, if there is no session).
 """
-import email.parser
 import json
 import time
 
+from tests.fakes.base import parse_multipart
 from tests.fakes.gateway_ws import GatewayServer
 
 BOT_ID, BOT_NAME = "900000000000000001", "nanobot"
@@ -119,14 +119,6 @@ def _read_body(h):
     ctype = h.headers.get("Content-Type", "")
     if not ctype.startswith("multipart/"):
         return (json.loads(raw) if raw else {}), {}
-    head = f"Content-Type: {ctype}\r\n\r\n".encode()
-    msg = email.parser.BytesParser().parsebytes(head + raw)
-    body, files = {}, {}
-    for part in msg.get_payload():
-        name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True)
-        if name == "payload_json":
-            body = json.loads(data)
-        else:
-            files[part.get_filename() or name] = data
-    return body, files
+    fields, files = parse_multipart(ctype, raw)
+    return json.loads(fields.get("payload_json") or "{}"), {
+        filename or name: data for name, (filename, data) in files.items()}
