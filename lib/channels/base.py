@@ -349,16 +349,18 @@ def open_attachment(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO must not block
     except FileNotFoundError:
         raise OSError("it no longer exists") from None
-    f = os.fdopen(fd, "rb")
-    info = os.fstat(fd)
-    why = ("it is not a regular file" if not stat.S_ISREG(info.st_mode) else
-           f"it is larger than {MAX_SEND >> 20} MB" if info.st_size > MAX_SEND else
-           "its path now leads to another file"
-           if os.readlink(f"/proc/self/fd/{fd}") != os.path.abspath(path) else None)
-    if why:
-        f.close()
-        raise OSError(why)
-    return f
+    try:
+        info = os.fstat(fd)
+        why = ("it is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"it is larger than {MAX_SEND >> 20} MB" if info.st_size > MAX_SEND else
+               "its path now leads to another file"
+               if os.readlink(f"/proc/self/fd/{fd}") != os.path.abspath(path) else None)
+        if why:
+            raise OSError(why)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def with_files(msg: dict, texts: list):
