@@ -369,14 +369,17 @@ def with_files(msg: dict, texts: list):
     again. A file that cannot be read (gone since it was queued…) comes as a Note naming it:
     the message still goes."""
     for i, item in unsent(msg, list(texts) + [Path(p) for p in msg.get("media") or ()]):
-        if isinstance(item, Path):
-            try:
-                with open_attachment(item) as f:
-                    item = Attachment(item.name, f.read())
-            except OSError as e:
-                log.warning("cannot send %s: %s", item, e)
-                item = note(item, e.strerror or str(e))
-        yield i, item
+        yield i, attachment(item) if isinstance(item, Path) else item
+
+
+def attachment(path, read: bool = True) -> Attachment | Note:
+    """The outbox file at `path` (its bytes only if `read`), or a Note saying why it cannot go."""
+    try:
+        with open_attachment(path) as f:
+            return Attachment(Path(path).name, f.read() if read else b"")
+    except OSError as e:
+        log.warning("cannot send %s: %s", path, e)
+        return note(path, e.strerror or str(e))
 
 
 def with_notes(msg: dict, why: str) -> str:
