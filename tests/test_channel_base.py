@@ -281,7 +281,7 @@ def test_parts_sent_before_a_failure_are_not_sent_again_after_a_restart(config, 
 
 def test_only_the_file_queued_is_sent_and_what_cannot_be_sent_becomes_a_note(tmp_path):
     import os
-    from lib.channels.base import MAX_SEND, Attachment, Note, with_files
+    from lib.channels.attachments import MAX_SEND, Attachment, Note, with_files
     ws, secret = tmp_path / "ws", tmp_path / "secret"
     (ws / "out").mkdir(parents=True)
     secret.mkdir()

@@ -22,7 +22,8 @@ import time
 from collections import OrderedDict
 from urllib.parse import quote_plus
 
-from lib.channels.base import Channel, SendError, json_of, split_message, unsent, with_notes
+from lib.channels.attachments import with_notes
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels import allowed
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import logging
 import re
 import sys
 
-from lib.channels.base import (Attachment, Channel, SendError, json_of, note, split_message,
-                               with_files)
+from lib.channels.attachments import Attachment, note, with_files
+from lib.channels.base import Channel, SendError, json_of, split_message
 from lib.channels.typing_sign import Typing
 
 log = logging.getLogger(__name__)

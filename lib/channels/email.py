@@ -22,7 +22,8 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import EMAIL_FORGEABLE
-from lib.channels.base import Attachment, Channel, Note, SendError, attachment
+from lib.channels.attachments import Attachment, Note, attachment
+from lib.channels.base import Channel, SendError
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30                                # seconds for every IMAP and SMTP socket operation

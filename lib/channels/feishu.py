@@ -18,7 +18,8 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from lib.channels import pbframe
-from lib.channels.base import Channel, SendError, split_message, unsent, with_notes
+from lib.channels.attachments import with_notes
+from lib.channels.base import Channel, SendError, split_message, unsent
 from lib.channels import allowed
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from lib import maildir
-from lib.channels.base import Channel, SendError, json_of, split_message, unsent, with_notes
+from lib.channels.attachments import with_notes
+from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels import allowed
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from lib.channels.base import (Attachment, Channel, SendError, json_of, note, split_message,
-                               with_files)
+from lib.channels.attachments import Attachment, note, with_files
+from lib.channels.base import Channel, SendError, json_of, split_message
 from lib.channels.wsgateway import FatalError, GatewaySession
 from lib.channels import allowed
 

@@ -17,7 +17,8 @@ import re
 from collections import OrderedDict
 from urllib.parse import urlparse
 
-from lib.channels.base import Attachment, Channel, Note, SendError, split_message, with_files
+from lib.channels.attachments import Attachment, Note, with_files
+from lib.channels.base import Channel, SendError, split_message
 from lib.channels import allowed
 
 log = logging.getLogger(__name__)

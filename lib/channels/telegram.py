@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 
 from lib import maildir
-from lib.channels.base import Attachment, Channel, Note, SendError, note, split_message, with_files
+from lib.channels.attachments import Attachment, Note, note, with_files
+from lib.channels.base import Channel, SendError, split_message
 from lib.channels.typing_sign import Typing
 from lib.errors import ConfigError
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lib.channels.base import (Attachment, Channel, Closed, Note, SendError, attachment,
-                               split_message, unsent)
+from lib.channels.attachments import Attachment, Note, attachment
+from lib.channels.base import Channel, Closed, SendError, split_message, unsent
 from lib.channels.typing_sign import Typing
 from lib.errors import ConfigError
 
