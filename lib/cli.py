@@ -200,7 +200,7 @@ def cmd_agent(args):
 
     def send(ch, chat, text, media=None):
         if (ch, chat) == (channel, chat_id):
-            show(text)
+            show("\n".join([text, *(f"[file: {p}]" for p in media or ())]).strip())
         else:
             from lib.worker import post_outbox
             post_outbox(cfg.home, ch, chat, text, media=media or ())

@@ -277,3 +277,28 @@ def test_parts_sent_before_a_failure_are_not_sent_again_after_a_restart(config, 
         assert second.sent == ["part two"]
     finally:
         second.stop()
+
+
+def test_only_the_file_queued_is_sent_and_what_cannot_be_sent_becomes_a_note(tmp_path):
+    import os
+    from lib.channels.attachments import MAX_SEND, Attachment, Note, with_files
+    ws, secret = tmp_path / "ws", tmp_path / "secret"
+    (ws / "out").mkdir(parents=True)
+    secret.mkdir()
+    for folder in (ws / "out", secret):
+        (folder / "id.txt").write_text(f"from {folder.name}")
+    (ws / "ok.txt").write_text("fine")
+    os.mkfifo(ws / "pipe")
+    with open(ws / "huge.bin", "wb") as f:
+        f.truncate(MAX_SEND + 1)
+    names = ["ok.txt", "out/id.txt", "pipe", "out", "huge.bin", "gone.txt"]
+    msg = {"text": "", "media": [str(ws / n) for n in names]}
+    (ws / "out").rename(ws / "was-out")             # the model swaps a folder for a link
+    (ws / "out").symlink_to(secret)
+    items = [item for _, item in with_files(msg, [])]
+    assert items == [Attachment("ok.txt", b"fine")] + [
+        Note(f"[attachment {name} could not be sent: {why}]") for name, why in [
+            ("id.txt", "its path now leads to another file"), ("pipe", "it is not a regular file"),
+            ("out", "it is not a regular file"),
+            ("huge.bin", "it is larger than 50 MB"), ("gone.txt", "it no longer exists")]]
+    assert msg["_done"] == len(names)

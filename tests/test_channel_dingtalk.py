@@ -181,7 +181,7 @@ def test_a_proactive_message_goes_to_a_staff_id_or_a_group(home, llm, ding):
     configure(home, llm, ding)
     maildir.ensure(home / "outbox", ("sent", "failed"))
     post_outbox(home, "dingtalk", OWNER, "reminder")
-    post_outbox(home, "dingtalk", "cidGROUP77", "to the team")
+    post_outbox(home, "dingtalk", "cidGROUP77", "to the team", media=["/tmp/plan.pdf"])
     channel = enabled(load_config(), home)[0]
     channel.start()
     try:
@@ -189,7 +189,9 @@ def test_a_proactive_message_goes_to_a_staff_id_or_a_group(home, llm, ding):
     finally:
         channel.stop()
     assert sorted((s["via"], s["to"], s["text"]) for s in ding.sent) == [
-        ("batchSend", OWNER, "reminder"), ("group", "cidGROUP77", "to the team")]
+        ("batchSend", OWNER, "reminder"), ("group", "cidGROUP77", "to the team\n[attachment "
+                                           "plan.pdf could not be sent: nanoclaw sends no files "
+                                           "over DingTalk]")]
 
 
 def test_a_missing_package_is_named_in_one_line(home, llm, ding, monkeypatch):

@@ -224,3 +224,20 @@ def test_a_bad_token_is_reported_at_gateway_bot(discord, channel, caplog):
         channel()
         wait_for(lambda: any("401" in r.getMessage() for r in caplog.records), what="the error")
     assert discord.identifies == 0 and ("GET", "/api/v10/gateway/bot", 401) in discord.rest
+
+
+def test_files_follow_the_text_and_one_too_large_or_gone_is_named(channel, discord, home, tmp_path):
+    ch = channel()
+    discord.upload_limit = 1000
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG plot")
+    (tmp_path / "big.bin").write_bytes(b"x" * 1001)
+    post_outbox(home, "discord", "500", "", reply_to="x", metadata={"message_id": "77"},
+                media=[str(tmp_path / n) for n in ("plot.png", "big.bin", "gone.txt")])
+    ch.wake()
+    wait_for(lambda: list((home / "outbox" / "sent").glob("discord.*")), what="the whole message")
+    ok = [m for m in discord.sent if m["status"] == 200]
+    assert [m["files"] for m in ok] == [{"plot.png": b"\x89PNG plot"}, {}, {}]
+    assert ok[0]["body"]["message_reference"]["message_id"] == "77"
+    assert [m["body"].get("content") for m in ok[1:]] == [
+        "[attachment big.bin could not be sent: Discord answered 413: Request entity too large]",
+        "[attachment gone.txt could not be sent: it no longer exists]"]

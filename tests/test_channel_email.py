@@ -246,19 +246,23 @@ def test_smtp_421_is_retried_and_550_is_given_up(gateway, home, llm, imap, smtp)
     assert "SMTP 550" in failed["error"] and smtp.attempts == 3 and len(smtp.messages) == 1
 
 
-def test_a_message_the_assistant_starts_goes_out_over_implicit_tls_with_its_files(home, llm, imap, tmp_path):
+def test_a_message_the_assistant_starts_goes_out_over_implicit_tls_with_its_files_and_a_gone_one_named(home, llm, imap, tmp_path):
     from lib.channels.email import EmailChannel
     from lib.config import load_config
     with SmtpRecorder(imap.dir / "cert.pem", imap.dir / "key.pem", implicit_tls=True) as smtps:
         configure(home, llm, imap, smtps, smtp_use_ssl=True, smtp_use_tls=False)
         (tmp_path / "notes.txt").write_text("milk, eggs")
         EmailChannel(load_config(), home).deliver({"id": "email.1", "chat_id": OWNER, "text": "Your list",
-                                                   "media": [str(tmp_path / "notes.txt")], "metadata": {}})
+                                                   "media": [str(tmp_path / "notes.txt"),
+                                                             str(tmp_path / "gone.pdf")],
+                                                   "metadata": {}})
         sent = smtps.messages[0]
     assert sent["Subject"] == "Message from your assistant" and sent["In-Reply-To"] is None
-    body, attachment = sent.get_body(("plain",)), next(sent.iter_attachments())
-    assert body.get_content().strip() == "Your list" and attachment.get_filename() == "notes.txt"
-    assert attachment.get_content().strip() == "milk, eggs"
+    body, attachments = sent.get_body(("plain",)), list(sent.iter_attachments())
+    assert body.get_content().split() == \
+        "Your list [attachment gone.pdf could not be sent: it no longer exists]".split()
+    assert [(a.get_filename(), a.get_content().strip()) for a in attachments] == [
+        ("notes.txt", "milk, eggs")]
 
 
 def test_reply_subject_and_authentication_results():

@@ -142,9 +142,11 @@ def channel(home, llm, run_channel):
 def test_a_rate_limit_is_honoured(channel, feishu, home):
     ch = channel(feishu)
     feishu.rate_limit(1)
-    post_outbox(home, "feishu", "ou_alice", "hi after a pause")    # proactive, to a user
-    ch.wake()
-    answered(feishu, 1, "ou_alice")
+    post_outbox(home, "feishu", "ou_alice", "hi after a pause", media=["/tmp/plan.pdf"])
+    ch.wake()                                                       # proactive, to a user
+    assert answered(feishu, 1, "ou_alice") == [
+        "hi after a pause\n[attachment plan.pdf could not be sent: nanoclaw sends no files over "
+        "Feishu]"]
     limited, ok = feishu.sent
     assert limited["status"] == 429 and ok["status"] == 200 and ok["reply_to"] is None
     assert ok["receive_id_type"] == "open_id"

@@ -153,6 +153,15 @@ def test_a_rate_limit_is_honoured(channel, mochat, home):
     wait_for(lambda: list((home / "outbox" / "sent").glob("mochat.*")), what="sent/")
 
 
+def test_files_cannot_go_to_mochat_so_the_text_names_them(channel, mochat, home, tmp_path):
+    ch = channel()
+    (tmp_path / "plan.pdf").write_bytes(b"%PDF")
+    post_outbox(home, "mochat", DM, "The plan", media=[str(tmp_path / "plan.pdf")])
+    ch.wake()
+    assert answered(mochat, 1) == [
+        "The plan\n[attachment plan.pdf could not be sent: Mochat's API takes no files]"]
+
+
 def test_a_silent_server_is_left_and_the_socket_reopened(channel, mochat, home):
     channel()
     mochat.wait_for(lambda: mochat.connected, what="the socket subscription")

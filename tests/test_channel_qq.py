@@ -276,3 +276,23 @@ def test_a_missing_package_is_named_in_one_line(home, llm, qq, monkeypatch):
     with pytest.raises(ConfigError) as e:
         enabled(load_config(), home)
     assert "websocket-client" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_files_are_uploaded_as_base64_and_sent_as_rich_media_after_the_text(channel, qq, home,
+                                                                             tmp_path):
+    ch = channel()
+    qq.refuse_file_types = {4}
+    files = {"photo.png": b"\x89PNG photo", "clip.mp4": b"ftyp clip", "notes.pdf": b"%PDF"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    post_outbox(home, "qq", ALICE, "Look", metadata={"message_id": "M1"},
+                media=[str(tmp_path / n) for n in [*files, "gone.jpg"]])
+    ch.wake()
+    wait_for(lambda: list((home / "outbox" / "sent").glob("qq.*")), what="the whole message")
+    assert qq.media() == [(1, b"\x89PNG photo"), (2, b"ftyp clip")]
+    assert qq.texts() == [
+        "Look", "[attachment notes.pdf could not be sent: QQ answered 400: 850029 file type not "
+        "supported]", "[attachment gone.jpg could not be sent: it no longer exists]"]
+    sent = [m["body"] for m in qq.sent]
+    assert [(b["msg_type"], b["msg_id"], b["msg_seq"]) for b in sent] == [
+        (0, "M1", 1), (7, "M1", 2), (7, "M1", 3), (0, "M1", 4), (0, "M1", 5)]

@@ -184,3 +184,30 @@ def test_markdown_becomes_slack_mrkdwn():
           "* first\n- second\n\n```python\nif a < b:\n    **not bold**\n```\n2 * 3 * 4")
     assert to_mrkdwn(md) == ("*Plan*\nSome *bold*, _italic_, _also_, ~gone~, `a&lt;b &amp;&amp; *x*`.\n"
                              "• first\n• second\n\n```\nif a &lt; b:\n    **not bold**\n```\n2 * 3 * 4")
+
+
+def test_files_follow_the_text_in_the_thread_and_a_gone_one_is_named(home, llm, slack, run_channel,
+                                                                      tmp_path):
+    from lib.worker import post_outbox
+    configure(home, llm, slack)
+    ch = run_channel(SlackChannel)
+    slack.rate_limit("files.completeUploadExternal", 0)    # the first upload is tried again
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG plot")
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    media = [str(tmp_path / n) for n in ("plot.png", "data.csv", "gone <1>.txt")]
+    post_outbox(home, "slack", "C0GEN", "Here are the *results*", media=media,
+                metadata={"thread_ts": "1700000000.000100"})
+    ch.wake()
+    wait_for(lambda: list((home / "outbox" / "sent").glob("slack.*")), what="the whole message")
+    assert [(u["filename"], u["title"], u["data"], u["channel"], u["thread_ts"])
+            for u in slack.uploads] == [
+        ("plot.png", "plot.png", b"\x89PNG plot", "C0GEN", "1700000000.000100"),
+        ("data.csv", "data.csv", b"a,b\n1,2\n", "C0GEN", "1700000000.000100")]
+    assert slack.texts() == ["Here are the _results_",
+                             "[attachment gone &lt;1&gt;.txt could not be sent: it no longer exists]"]
+    assert all(p["thread_ts"] == "1700000000.000100" for p in slack.posts)
+    assert [c["method"] for c in slack.calls if c["method"].startswith("files.")] == [
+        "files.getUploadURLExternal", "files.completeUploadExternal",       # 429
+        "files.getUploadURLExternal", "files.completeUploadExternal",
+        "files.getUploadURLExternal", "files.completeUploadExternal"]
+    assert slack.texts().count("Here are the _results_") == 1

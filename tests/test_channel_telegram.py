@@ -48,11 +48,20 @@ def consumed(home, update_id):
         return False
 
 
-def reply(home, ch, text, to=None, chat="42"):
+def reply(home, ch, text, to=None, chat="42", media=()):
     from lib.worker import post_outbox
-    post_outbox(home, "telegram", chat, text, reply_to="m1" if to else None,
+    post_outbox(home, "telegram", chat, text, reply_to="m1" if to else None, media=media,
                 metadata={"message_id": to} if to else {})
     ch.wake()
+
+
+def files(folder, **named):
+    """Files in `folder` named after the keywords ("_" for "."), with the given bytes."""
+    paths = []
+    for name, data in named.items():
+        paths.append(str(folder / name.replace("_", ".")))
+        open(paths[-1], "wb").write(data)
+    return paths
 
 
 # --- through the gateway ---
@@ -207,6 +216,71 @@ def test_photos_documents_and_voice_notes_are_downloaded(home, llm, tg, channel)
     assert [c["params"]["file_id"] for c in tg.calls_of("getFile")] == \
         [large["file_id"], doc["file_id"], voice["file_id"]]
     del ch
+
+
+PNG = b"\x89PNG\r\n\x1a\n-picture"
+
+
+def test_files_go_out_by_type_after_the_text_and_a_gone_file_becomes_a_note(home, tg, channel,
+                                                                           tmp_path):
+    ch = channel()
+    paths = files(tmp_path, chart_png=PNG, clip_gif=b"GIF89a", hello_ogg=b"OggS", song_mp3=b"ID3",
+                  film_mp4=b"ftyp", notes_pdf=b"%PDF-1.4", fake_jpg=b"not an image", gone_txt=b"")
+    (tmp_path / "gone.txt").unlink()
+    m = tg.message("send me everything", user=ALICE)
+    reply(home, ch, "Here you go", to=m["message_id"], media=paths)
+    wait_for(lambda: list((home / "outbox" / "sent").glob("telegram.*")), what="all of it")
+    sent = [(u["method"], u["filename"], u["data"]) for u in tg.uploads]
+    assert sent == [("sendPhoto", "chart.png", PNG), ("sendAnimation", "clip.gif", b"GIF89a"),
+                    ("sendVoice", "hello.ogg", b"OggS"), ("sendAudio", "song.mp3", b"ID3"),
+                    ("sendVideo", "film.mp4", b"ftyp"), ("sendDocument", "notes.pdf", b"%PDF-1.4"),
+                    ("sendDocument", "fake.jpg", b"not an image")]     # refused as a photo
+    assert [c["method"] for c in tg.calls if c["method"].startswith("send") and
+            c["method"] != "sendChatAction"][-3:] == ["sendPhoto", "sendDocument", "sendMessage"]
+    assert [s["text"] for s in tg.sent] == [
+        "Here you go", "[attachment gone.txt could not be sent: it no longer exists]"]
+    assert tg.sent[0]["reply_parameters"]["message_id"] == m["message_id"]
+    assert all("reply_parameters" not in u for u in tg.uploads)
+    assert all(u["chat_id"] == 42 for u in tg.uploads)
+
+
+def test_a_file_alone_answers_the_message_and_a_failed_upload_is_not_sent_twice(home, tg,
+                                                                                channel, tmp_path):
+    ch = channel()
+    ch.backoff = 0.05
+    tg.fail_next("sendDocument", 502)
+    m = tg.message("the report?", user=ALICE)
+    reply(home, ch, "", to=m["message_id"], media=files(tmp_path, a_png=PNG, b_pdf=b"%PDF"))
+    wait_for(lambda: list((home / "outbox" / "sent").glob("telegram.*")), what="sent")
+    assert [(u["method"], u["data"]) for u in tg.uploads] == [("sendPhoto", PNG),
+                                                              ("sendDocument", b"%PDF")]
+    assert len(tg.calls_of("sendPhoto")) == 1 and len(tg.calls_of("sendDocument")) == 2
+    assert tg.uploads[0]["reply_parameters"]["message_id"] == m["message_id"] and not tg.sent
+
+
+def test_after_a_crash_the_files_already_sent_are_not_sent_again(home, tg, channel, tmp_path):
+    from lib.worker import post_outbox
+    paths = files(tmp_path, a_pdf=b"first", b_pdf=b"second")
+    path = post_outbox(home, "telegram", "42", "text", media=paths)
+    msg = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(msg, _done=2)))     # as a kill -9 after a.pdf left it
+    channel()
+    wait_for(lambda: list((home / "outbox" / "sent").glob("telegram.*")), what="the rest")
+    assert [u["data"] for u in tg.uploads] == [b"second"] and not tg.sent
+
+
+def test_a_file_the_model_attaches_reaches_telegram(home, llm, tg, gateway):
+    configure(home, llm, tg)
+    (home / "workspace").mkdir(exist_ok=True)
+    (home / "workspace" / "report.pdf").write_bytes(b"%PDF-1.4 the report")
+    llm.script({"tool_calls": [{"name": "message", "arguments": {
+        "content": "Here it is", "media": ["report.pdf"]}}]}, "Sent you the report.")
+    gateway.start()
+    tg.message("send me the report", user=ALICE)
+    wait_for(lambda: len(tg.sent) == 2 and tg.uploads, what="the file and both texts")
+    assert [(u["method"], u["filename"], u["data"]) for u in tg.uploads] == [
+        ("sendDocument", "report.pdf", b"%PDF-1.4 the report")]
+    assert sorted(s["text"] for s in tg.sent) == ["Here it is", "Sent you the report."]
 
 
 def test_the_username_travels_apart_from_the_id_and_is_compared_whole(home, tg, channel):

@@ -160,6 +160,18 @@ def test_a_rate_limit_is_honoured(channel, bridge, home):
     wait_for(lambda: list((home / "outbox" / "sent").glob("whatsapp.*")), what="sent/")
 
 
+def test_files_go_with_the_last_part_and_one_gone_since_is_named(channel, bridge, home, tmp_path):
+    ch = channel()
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    post_outbox(home, "whatsapp", ALICE, "Here", media=[str(tmp_path / "photo.jpg"),
+                                                       str(tmp_path / "gone.pdf")])
+    ch.wake()
+    wait_for(lambda: list((home / "outbox" / "sent").glob("whatsapp.*")), what="sent/")
+    assert [(f["text"], f["media"]) for f in bridge.sent] == [
+        ("Here\n[attachment gone.pdf could not be sent: it no longer exists]",
+         [str(tmp_path / "photo.jpg")])]
+
+
 def test_a_permanent_failure_is_not_retried(channel, bridge, home):
     ch = channel()
     bridge.fail_next("not a WhatsApp chat or phone number: \"bob\"", permanent=True)

@@ -172,6 +172,16 @@ def test_message_tool_to_another_chat_is_queued_for_the_gateway(home, llm):
     assert [(m["chat_id"], m["text"]) for m in queued] == [("55", "ping from cli")]
 
 
+def test_message_tool_files_to_this_chat_are_named_in_the_output(home, llm):
+    fake_config(home, llm)
+    (home / "workspace").mkdir()
+    (home / "workspace" / "chart.png").write_bytes(b"\x89PNG")
+    llm.script({"tool_calls": [{"name": "message", "arguments": {
+        "content": "the chart", "media": ["chart.png"]}}]}, "done")
+    r = run_cli("agent", "-m", "chart please", "--no-markdown")
+    assert r.stdout == f"the chart\n[file: {(home / 'workspace' / 'chart.png').resolve()}]\ndone\n"
+
+
 def test_a_home_that_cannot_be_made_is_one_line_not_a_traceback(home, tmp_path):
     (tmp_path / "a-file").write_text("")
     r = run_cli("onboard", env={"NANOCLAW_HOME": str(tmp_path / "a-file" / "home")})

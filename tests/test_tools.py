@@ -423,3 +423,50 @@ def test_message_without_send(ctx):
 def test_null_for_a_required_parameter_counts_as_missing(ctx):
     out = Registry([sample]).call("sample", '{"name": null}', ctx)
     assert out.startswith("Error:") and "missing name" in out
+
+
+# --- message with files ---
+
+def test_message_with_files_queues_their_real_paths_in_the_outbox(ctx, home):
+    from lib.worker import Worker
+    (ctx.workspace / "out").mkdir()
+    (ctx.workspace / "out" / "report.pdf").write_bytes(b"%PDF-1.4 report")
+    (ctx.workspace / "link.png").symlink_to(ctx.workspace / "out" / "report.pdf")
+    ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42",
+                  send=Worker(ctx.config, agent=None).send)
+    out = call(ctx, "message", content="", media=["out/report.pdf", str(ctx.workspace / "link.png")])
+    assert out == "Sent to telegram:42 with 2 file(s)"
+    queued = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*")]
+    real = str((ctx.workspace / "out" / "report.pdf").resolve())
+    assert [(m["chat_id"], m["text"], m["media"]) for m in queued] == [("42", "", [real, real])]
+
+
+def test_message_refuses_files_it_may_not_or_cannot_send_and_sends_nothing(ctx, tmp_path):
+    sent = []
+    ctx = Context(ctx.config, ctx.workspace, send=lambda *a, **k: sent.append(a))
+    ws = ctx.workspace
+    (tmp_path / "secret.txt").write_text("key")
+    (ws / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    (ws / "folder").mkdir()
+    (ws / "a.txt").write_text("a")
+    with open(ws / "huge.bin", "wb") as f:
+        f.truncate(50 * 2**20 + 1)                  # sparse: no 50 MB written
+    cases = {str(tmp_path / "secret.txt"): "outside the workspace",
+             "escape.txt": "outside the workspace", "missing.txt": "no such file: missing.txt",
+             "folder": "folder is a folder", "huge.bin": "files over 50 MB cannot be sent"}
+    for path, why in cases.items():
+        out = call(ctx, "message", content="here", media=["a.txt", path])
+        assert out.startswith("Error:") and why in out, out
+    out = call(ctx, "message", content="here", media=["a.txt"] * 11)
+    assert out.startswith("Error:") and "at most 10 files" in out
+    assert call(ctx, "message", content="here", media="a.txt").startswith("Error: message: media")
+    assert sent == []
+
+
+def test_message_may_send_files_outside_the_workspace_when_it_is_not_restricted(home, tmp_path):
+    sent = []
+    ctx = make_ctx(home, "tools: {restrict_to_workspace: false}\n",
+                   send=lambda *a, **k: sent.append((a, k)))
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    assert call(ctx, "message", content="look", media=[str(tmp_path / "photo.jpg")]).startswith("Sent")
+    assert sent == [(("cli", "default", "look"), {"media": [str(tmp_path / "photo.jpg")]})]

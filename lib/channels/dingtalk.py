@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from urllib.parse import quote_plus
 
+from lib.channels.attachments import with_notes
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels import allowed
 
@@ -158,10 +159,7 @@ class DingTalkChannel(Channel):
 
     def deliver(self, msg: dict):
         meta, chat = msg.get("metadata") or {}, str(msg["chat_id"])
-        parts = split_message(msg.get("text") or "", LIMIT)
-        if msg.get("media"):
-            log.warning("dingtalk: sending files is not supported; %d attachment(s) left out",
-                        len(msg["media"]))
+        parts = split_message(with_notes(msg, "nanoclaw sends no files over DingTalk"), LIMIT)
         for _, part in unsent(msg, parts):
             self._send(chat, meta, part)
 

@@ -5,12 +5,13 @@ reply answers the message it is for (message_reference) and is split at 2,000 ch
 "typing…" sign is renewed every 8 s until the reply is out.
 """
 import collections
+import json
 import logging
 import re
 import sys
-from pathlib import Path
 
-from lib.channels.base import Channel, SendError, json_of, split_message, unsent
+from lib.channels.attachments import Attachment, note, with_files
+from lib.channels.base import Channel, SendError, json_of, split_message
 from lib.channels.typing_sign import Typing
 
 log = logging.getLogger(__name__)
@@ -128,21 +129,19 @@ class DiscordChannel(Channel):
 
     def deliver(self, msg: dict):
         chat, meta = msg["chat_id"], msg.get("metadata") or {}
-        parts = split_message(msg.get("text") or "", LIMIT)
-        files = [Path(p) for p in msg.get("media") or ()]
-        for i, item in unsent(msg, parts + files):
-            if isinstance(item, Path):
-                if not item.is_file():
-                    raise SendError(f"attachment {item} does not exist", permanent=True)
-                with open(item, "rb") as f:
-                    self._post(chat, data={"payload_json": "{}"},
-                               files={"files[0]": (item.name, f)})
-            else:
-                body = {"content": item}
-                if i == 0 and meta.get("message_id"):
-                    body["message_reference"] = {"message_id": meta["message_id"],
-                                                 "fail_if_not_exists": False}
-                self._post(chat, json=body)
+        for i, item in with_files(msg, split_message(msg.get("text") or "", LIMIT)):
+            body = {"message_reference": {"message_id": meta["message_id"], "fail_if_not_exists":
+                                          False}} if i == 0 and meta.get("message_id") else {}
+            if not isinstance(item, Attachment):
+                self._post(chat, json=dict(body, content=item))
+                continue
+            try:
+                self._post(chat, data={"payload_json": json.dumps(body)},
+                           files={"files[0]": (item.name, item.data)})
+            except SendError as e:          # too large for Discord, no right to attach files…
+                if not e.permanent:
+                    raise
+                self._post(chat, json=dict(body, content=note(item.name, str(e))))
         if msg.get("reply_to"):
             self.typing.done(chat)
 

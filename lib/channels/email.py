@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import EMAIL_FORGEABLE
+from lib.channels.attachments import Attachment, Note, attachment
 from lib.channels.base import Channel, SendError
 
 log = logging.getLogger(__name__)
@@ -258,15 +259,13 @@ class EmailChannel(Channel):
         mail["Date"] = formatdate(localtime=True)
         mail["Message-ID"] = self._msgids.setdefault(
             msg["id"], make_msgid(domain=sender.rpartition("@")[2] or None))
-        mail.set_content(msg.get("text") or "")
-        for path in msg.get("media") or ():
-            ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            try:
-                data = Path(path).read_bytes()
-            except OSError as e:
-                raise SendError(f"attachment {path}: {e}", permanent=True) from None
+        files = [attachment(p) for p in msg.get("media") or ()]     # a file gone since: a note
+        mail.set_content("\n".join([msg.get("text") or ""] + [f for f in files if
+                                                               isinstance(f, Note)]))
+        for name, data in (f for f in files if isinstance(f, Attachment)):
+            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
             mail.add_attachment(data, maintype=ctype.split("/")[0], subtype=ctype.split("/")[1],
-                                filename=Path(path).name)
+                                filename=name)
         return mail
 
 

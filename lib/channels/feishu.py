@@ -18,6 +18,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from lib.channels import pbframe
+from lib.channels.attachments import with_notes
 from lib.channels.base import Channel, SendError, split_message, unsent
 from lib.channels import allowed
 
@@ -266,10 +267,7 @@ class FeishuChannel(Channel):
 
     def deliver(self, msg: dict):
         meta, chat = msg.get("metadata") or {}, msg["chat_id"]
-        parts = split_message(msg.get("text") or "", LIMIT)
-        if msg.get("media"):
-            log.warning("feishu: sending files is not supported; %d attachment(s) left out",
-                        len(msg["media"]))
+        parts = split_message(with_notes(msg, "nanoclaw sends no files over Feishu"), LIMIT)
         for i, part in unsent(msg, parts):
             body = {"msg_type": "post", "content": json.dumps(_rich(part), ensure_ascii=False),
                     "uuid": hashlib.md5(f"{msg.get('id')}:{i}".encode()).hexdigest()}

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from lib import maildir
+from lib.channels.attachments import with_notes
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
 from lib.channels import allowed
 
@@ -360,9 +361,8 @@ class MochatChannel(Channel):
     def deliver(self, msg: dict):
         chat, meta = msg["chat_id"], msg.get("metadata") or {}
         panel = meta.get("kind", "session" if chat.startswith("session_") else "panel") == "panel"
-        if msg.get("media"):
-            log.warning("mochat: attachments cannot be sent; only the text goes")
-        for i, part in unsent(msg, split_message(msg.get("text") or "", LIMIT)):
+        text = with_notes(msg, "Mochat's API takes no files")    # none its clients know of
+        for i, part in unsent(msg, split_message(text, LIMIT)):
             body = {"panelId" if panel else "sessionId": chat, "content": part}
             if i == 0 and meta.get("message_id"):
                 body["replyTo"] = meta["message_id"]

@@ -6,7 +6,14 @@ fetched again a minute before it expires, or at once when QQ answers 401. A repl
 user's message: `msg_id` of that message and a `msg_seq` that must be new for that msg_id (QQ
 drops a repeated one as a duplicate), so each part of a long reply gets the next number and a
 retried part keeps its own. "Typing…" is QQ's input notice (msg_type 6).
+
+Files go after the text: each is uploaded with its bytes in base64 (`file_data`; QQ also takes
+a public `url`, which a file on the Pi does not have) to POST /v2/users/{openid}/files, and the
+`file_info` QQ answers is sent as a rich-media message (msg_type 7). QQ documents png/jpg
+images, mp4 videos and silk voice; other files go as file_type 4, which QQ may refuse: then a
+note says so and the rest of the message goes on.
 """
+import base64
 import collections
 import logging
 import sys
@@ -14,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from lib.channels.base import Channel, SendError, json_of, split_message, unsent
+from lib.channels.attachments import Attachment, note, with_files
+from lib.channels.base import Channel, SendError, json_of, split_message
 from lib.channels.wsgateway import FatalError, GatewaySession
 from lib.channels import allowed
 
@@ -26,6 +34,8 @@ INTENTS = 1 << 25                       # PUBLIC_MESSAGES: C2C (and group @) mes
 TYPING_SECONDS = 60
 MAX_DOWNLOAD = 20 * 1024 * 1024
 AUDIO = (".silk", ".amr", ".wav", ".mp3", ".ogg", ".m4a")
+FILE_TYPES = {".png": 1, ".jpg": 1, ".jpeg": 1, ".mp4": 2, ".silk": 3}   # as QQ documents them;
+                                                                        # anything else: 4, a file
 DUPLICATE = 40054005                    # this msg_seq was already used for this msg_id
 RATE_LIMITED = {22009}                  # "msg limit exceed"
 RATE_WAIT = 2.0                         # when a rate-limit answer names no time
@@ -190,18 +200,37 @@ class QQChannel(Channel):
             return seq
 
     def deliver(self, msg: dict):
-        text = msg.get("text") or ""
-        for p in msg.get("media") or ():        # QQ takes files only from a public URL
-            text += f"\n[file not sent over QQ: {Path(p).name}]"
-        for i, part in unsent(msg, split_message(text, LIMIT)):
-            self._send_part(msg, str(i), part)
+        for i, item in with_files(msg, split_message(msg.get("text") or "", LIMIT)):
+            if isinstance(item, Attachment):
+                item = self._upload(msg["chat_id"], item)      # {"file_info"}, or a Note
+            body = {"msg_type": 7, "media": item} if isinstance(item, dict) else \
+                {"content": item, "msg_type": 0}
+            self._send_part(msg, str(i), body)
 
-    def _send_part(self, msg: dict, part: str, text: str):
+    def _upload(self, openid: str, file: Attachment):
+        """QQ's rich-media upload of the file's bytes (base64 `file_data`, so no public URL is
+        needed): {"file_info"} for a message of msg_type 7, or a Note when QQ refuses the file."""
+        kind = FILE_TYPES.get(Path(file.name).suffix.lower(), 4)
+        body = {"file_type": kind, "file_data": base64.b64encode(file.data).decode(),
+                "srv_send_msg": False}
+        try:
+            r = self.api("POST", f"/v2/users/{openid}/files", json=body, timeout=120)
+        except BadCredentials as e:
+            raise SendError(str(e), permanent=True) from None
+        answer = json_of(r)
+        if r.status_code < 300 and answer.get("file_info"):
+            return {"file_info": answer["file_info"]}
+        error = _refusal(r, answer)
+        if not error.permanent:
+            raise error
+        return note(file.name, str(error))
+
+    def _send_part(self, msg: dict, part: str, body: dict):
         msg_id = None if msg.get("_unprompted") else (msg.get("metadata") or {}).get("message_id")
         seqs = msg.setdefault("_seqs", {})      # part -> msg_seq, kept when a part is retried
         retry = part in seqs
         for _ in range(5):
-            body = {"content": text, "msg_type": 0}
+            body = {k: v for k, v in body.items() if k not in ("msg_id", "msg_seq")}
             if msg_id:
                 seqs[part] = seqs.get(part) or self._next_seq(msg_id)
                 body.update(msg_id=msg_id, msg_seq=seqs[part])
@@ -221,11 +250,17 @@ class QQChannel(Channel):
                 log.info("qq: message %s can no longer be answered (%s); sending unprompted",
                          msg_id, err.get("message"))
                 msg["_unprompted"], msg_id = True, None
-            elif r.status_code == 429 or code in RATE_LIMITED:
-                wait = float(r.headers.get("Retry-After") or RATE_WAIT)
-                raise SendError(f"rate limited ({code}) for {wait:.1f}s", retry_after=wait)
             else:
-                raise SendError(f"QQ answered {r.status_code}: {code} "
-                                f"{err.get('message') or r.text[:200]}",
-                                permanent=400 <= r.status_code < 500 and r.status_code != 401)
+                raise _refusal(r, err)
         raise SendError("QQ kept refusing the message sequence numbers")
+
+
+def _refusal(r, err: dict) -> SendError:
+    """What QQ's answer `r` (JSON body `err`) means: wait and try again (a rate limit, a server
+    error), or give up (permanent: QQ will not take it)."""
+    code = err.get("code")
+    if r.status_code == 429 or code in RATE_LIMITED:
+        wait = float(r.headers.get("Retry-After") or RATE_WAIT)
+        return SendError(f"rate limited ({code}) for {wait:.1f}s", retry_after=wait)
+    return SendError(f"QQ answered {r.status_code}: {code} {err.get('message') or r.text[:200]}",
+                     permanent=400 <= r.status_code < 500 and r.status_code != 401)

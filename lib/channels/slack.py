@@ -4,7 +4,8 @@ Receiving: `apps.connections.open` (app token, xapp-…) hands out a single-use 
 Slack sends `hello`, then envelopes, and from time to time `disconnect` (routine recycling: we
 ask for a new URL at once). Each envelope is acked before any work is done on it (Slack wants
 the ack within 3 s and sends the envelope again otherwise), and events are deduplicated on
-`event_id`. Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient.
+`event_id`. Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient; files after
+the text, each through Slack's external upload (files_upload_v2), in the same thread.
 
 slack-sdk's own SocketModeClient runs its own threads and reconnects on its own schedule
 (re-running a used single-use URL every half second, then a fresh one without backoff); this
@@ -16,7 +17,8 @@ import re
 from collections import OrderedDict
 from urllib.parse import urlparse
 
-from lib.channels.base import Channel, SendError, split_message, unsent
+from lib.channels.attachments import Attachment, Note, with_files
+from lib.channels.base import Channel, SendError, split_message
 from lib.channels import allowed
 
 log = logging.getLogger(__name__)
@@ -184,13 +186,15 @@ class SlackChannel(Channel):
         for part in split_message(msg.get("text") or "", LIMIT):
             rendered = to_mrkdwn(part)      # escapes and links can make it longer: check again
             parts += [rendered] if len(rendered) <= LIMIT else split_message(rendered, LIMIT)
-        if msg.get("media"):
-            log.warning("slack: sending files is not supported; %d attachment(s) left out",
-                        len(msg["media"]))
+        args = {"thread_ts": meta["thread_ts"]} if meta.get("thread_ts") else {}
         try:
-            for _, part in unsent(msg, parts):
-                args = {"thread_ts": meta["thread_ts"]} if meta.get("thread_ts") else {}
-                self.web.chat_postMessage(channel=chat, text=part, **args)
+            for _, item in with_files(msg, parts):
+                if isinstance(item, Attachment):    # getUploadURLExternal, POST, complete…
+                    self.web.files_upload_v2(channel=chat, file=item.data, filename=item.name,
+                                             title=item.name, **args)
+                else:
+                    text = _esc(item) if isinstance(item, Note) else item
+                    self.web.chat_postMessage(channel=chat, text=text, **args)
         except SlackApiError as e:
             wait, error = _retry_after(e.response), e.response.get("error")
             if wait is None and (e.response.status_code < 500 and error not in RETRYABLE):

@@ -10,9 +10,11 @@ import json
 import logging
 import re
 import threading
+from pathlib import Path
 
 from lib import maildir
-from lib.channels.base import Channel, SendError, split_message, unsent
+from lib.channels.attachments import Attachment, Note, note, with_files
+from lib.channels.base import Channel, SendError, split_message
 from lib.channels.typing_sign import Typing
 from lib.errors import ConfigError
 
@@ -21,6 +23,10 @@ LIMIT = 4096                    # characters (UTF-16 units) per message, after p
 POLL_S = 25                     # long-poll timeout asked of Telegram; HTTP read waits 10 s more
 TYPING_EVERY = 4.0              # "typing…" lasts 5 s on the user's screen
 MAX_DOWNLOAD = 20 * 1024 * 1024     # the Bot API serves files up to 20 MB
+MAX_PHOTO = 10 * 1024 * 1024        # larger photos go as documents
+KINDS = {".jpg": "photo", ".jpeg": "photo", ".png": "photo", ".webp": "photo",
+         ".gif": "animation", ".ogg": "voice", ".oga": "voice", ".opus": "voice",
+         ".mp3": "audio", ".m4a": "audio", ".mp4": "video"}     # how each is sent
 COMMANDS = [("new", "Start a new conversation"), ("help", "What I can do")]
 
 
@@ -214,23 +220,49 @@ class TelegramChannel(Channel):
 
     async def _send(self, msg: dict):
         from telegram import ReplyParameters
-        from telegram.error import BadRequest
         chat, meta = str(msg["chat_id"]), msg.get("metadata") or {}
         if msg.get("reply_to") and "_done" not in msg:     # the first try: the sign goes
             self.typing.done(chat)
         extra = {"message_thread_id": meta["thread_id"]} if meta.get("thread_id") else {}
         quote = meta.get("message_id") if msg.get("reply_to") else None
-        for i, (md, text) in unsent(msg, render(msg.get("text") or "")):
-            reply = ReplyParameters(quote, allow_sending_without_reply=True) \
-                if quote and i == 0 else None
+        for i, item in with_files(msg, render(msg.get("text") or "")):
+            kw = dict(extra, reply_parameters=ReplyParameters(
+                quote, allow_sending_without_reply=True) if quote and i == 0 else None)
+            if isinstance(item, Attachment):
+                await self._send_file(chat, item, kw)
+            elif isinstance(item, Note):
+                await self.bot.send_message(chat, item, **kw)
+            else:
+                await self._send_text(chat, *item, kw)
+
+    async def _send_text(self, chat: str, md: str, text: str, kw: dict):
+        from telegram.error import BadRequest
+        try:
+            await self.bot.send_message(chat, text, parse_mode="HTML", **kw)
+        except BadRequest as e:
+            if "parse entities" not in str(e).lower():
+                raise
+            log.info("telegram: HTML refused (%s); sending plain text", e)
+            await self.bot.send_message(chat, md, **kw)
+
+    async def _send_file(self, chat: str, file: Attachment, kw: dict):
+        """As what its name says it is (a photo, an animation, a voice note, music, a video), else
+        as a document; one Telegram refuses as the former goes as a document after all."""
+        from telegram.error import BadRequest
+        kind = KINDS.get(Path(file.name).suffix.lower(), "document")
+        if kind == "photo" and len(file.data) > MAX_PHOTO:
+            kind = "document"
+        if kind != "document":
             try:
-                await self.bot.send_message(chat, text, parse_mode="HTML", reply_parameters=reply,
-                                            **extra)
+                return await getattr(self.bot, f"send_{kind}")(chat, file.data, filename=file.name,
+                                                              **kw)
             except BadRequest as e:
-                if "parse entities" not in str(e).lower():
-                    raise
-                log.info("telegram: HTML refused (%s); sending plain text", e)
-                await self.bot.send_message(chat, md, reply_parameters=reply, **extra)
+                log.info("telegram: %s refused as a %s (%s); sending a document", file.name, kind,
+                         e)
+        try:
+            await self.bot.send_document(chat, file.data, filename=file.name, **kw)
+        except BadRequest as e:
+            await self.bot.send_message(chat, note(file.name, f"Telegram refused it ({e})"), **kw)
 
 
 def _attachments(m):

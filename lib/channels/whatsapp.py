@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lib.channels.attachments import Attachment, Note, attachment
 from lib.channels.base import Channel, Closed, SendError, split_message, unsent
 from lib.channels.typing_sign import Typing
 from lib.errors import ConfigError
@@ -238,13 +239,13 @@ class WhatsAppChannel(Channel):
 
     def deliver(self, msg: dict):
         chat, media = msg["chat_id"], [str(p) for p in msg.get("media") or ()]
-        for p in media:
-            if not Path(p).is_file():
-                raise SendError(f"attachment {p} does not exist", permanent=True)
         frames = [{"text": part} for part in split_message(msg.get("text") or "", LIMIT)]
         frames = frames or ([{"text": ""}] if media else [])
-        if media:
-            frames[-1]["media"] = media         # the files follow the last part
+        if media:                               # the files follow the last part; the bridge
+            files = [attachment(p, read=False) for p in media]      # reads them itself
+            notes = [f for f in files if isinstance(f, Note)]       # (gone since…)
+            frames[-1]["text"] = "\n".join(filter(None, [frames[-1]["text"], *notes]))
+            frames[-1]["media"] = [p for p, f in zip(media, files) if isinstance(f, Attachment)]
         for i, body in unsent(msg, frames):
             answer = self._request({"type": "send", "id": f"{msg['id']}.{i}", "to": chat, **body})
             if not answer.get("ok"):

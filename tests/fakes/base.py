@@ -8,6 +8,7 @@ and polling until a condition holds.
     with FakeThing() as thing:          # start() .. stop(); thing.base: "http://127.0.0.1:<port>"
         thing.wait_for(lambda: thing.sent, what="a reply")
 """
+import email.parser
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -25,6 +26,21 @@ def wait_for(check, timeout=15, what="condition"):
             return result
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def parse_multipart(content_type: str, raw: bytes) -> tuple[dict, dict]:
+    """A multipart/form-data body as (fields: name -> text, files: name -> (filename, bytes))."""
+    msg = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode()
+                                                + raw)
+    fields, files = {}, {}
+    for part in msg.get_payload():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True)
+        if part.get_filename() is None:
+            fields[name] = data.decode()
+        else:
+            files[name] = (part.get_filename(), data)
+    return fields, files
 
 
 class FakeServer(ABC):

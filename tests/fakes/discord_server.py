@@ -7,7 +7,8 @@
 
 REST (under /api/v10, `Authorization: Bot <token>` or 401 with Discord's body):
 `GET /gateway/bot`, `POST /channels/{id}/messages` (JSON or multipart with payload_json and
-files[n]; content over 2,000 characters is a 400 "Invalid Form Body"; `rate_limit()` makes the
+files[n]; content over 2,000 characters is a 400 "Invalid Form Body", files over `upload_limit`
+(10 MiB) together a 413 with code 40005; `rate_limit()` makes the
 next answers 429 with `{"message", "retry_after", "global"}`), `POST /channels/{id}/typing` (204),
 and attachment downloads at `/attachments/...` (no token, as on the CDN).
 
@@ -19,10 +20,10 @@ keeps its increasing `s`) and then RESUMED, op 9 false for an unknown session. C
 `invalidate(resumable)` sends op 9, `refuse_with = code` closes every IDENTIFY with that code.
 Events made while nobody is connected wait for the next RESUME (or READY, if there is no session).
 """
-import email.parser
 import json
 import time
 
+from tests.fakes.base import parse_multipart
 from tests.fakes.gateway_ws import GatewayServer
 
 BOT_ID, BOT_NAME = "900000000000000001", "nanobot"
@@ -32,6 +33,7 @@ class FakeDiscord(GatewayServer):
     def __init__(self, token: str = "test-token", heartbeat_ms: int = 500):
         super().__init__(heartbeat_ms, first_id=1000)
         self.token, self.refuse_with = token, None
+        self.upload_limit = 10 * 2**20          # bytes of files per message (a bot without Nitro)
 
     @property
     def api_base(self):
@@ -103,6 +105,8 @@ class FakeDiscord(GatewayServer):
             return 429, {"message": "You are being rate limited.", "retry_after": wait,
                          "global": False}, {"Retry-After": str(max(1, round(wait))),
                                             "X-RateLimit-Scope": "user"}
+        if sum(len(data) for data in files.values()) > self.upload_limit:
+            return 413, {"message": "Request entity too large", "code": 40005}
         if len(body.get("content") or "") > 2000:
             return 400, {"message": "Invalid Form Body", "code": 50035, "errors": {"content": {
                 "_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
@@ -119,14 +123,6 @@ def _read_body(h):
     ctype = h.headers.get("Content-Type", "")
     if not ctype.startswith("multipart/"):
         return (json.loads(raw) if raw else {}), {}
-    head = f"Content-Type: {ctype}\r\n\r\n".encode()
-    msg = email.parser.BytesParser().parsebytes(head + raw)
-    body, files = {}, {}
-    for part in msg.get_payload():
-        name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True)
-        if name == "payload_json":
-            body = json.loads(data)
-        else:
-            files[part.get_filename() or name] = data
-    return body, files
+    fields, files = parse_multipart(ctype, raw)
+    return json.loads(fields.get("payload_json") or "{}"), {
+        filename or name: data for name, (filename, data) in files.items()}

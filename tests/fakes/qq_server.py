@@ -20,12 +20,21 @@ notice) also lands in `typing`. `rate_limit(*seconds)` answers the next sends wi
 `expire_reply(msg_id)` makes passive replies to that message fail with 40034128.
 Attachments are served at `/files/...` without a token.
 
+Rich media: `POST /v2/users/{openid}/files {file_type, url | file_data, srv_send_msg}` takes a
+file (file_data: base64 of its bytes; exactly one of url and file_data; file_type 1 image, 2
+video, 3 voice, 4 file) and answers `{file_uuid, file_info, ttl}`, recorded in `uploads`; a
+message of msg_type 7 with `media: {file_info}` delivers it (an unknown file_info, or one
+uploaded for another user, is a 400). What the fake does not do: fetch a url, look inside the
+bytes, or limit their size; `refuse_file_types` makes it answer 400 for those file types, with
+an error code of the fake's own (850029), as QQ has been said to for type 4.
+
 Gateway at `/websocket`: HELLO, IDENTIFY (its token must be `QQBot <valid token>`, else close
 4004), READY with a session id, heartbeats ACKed while `ack` is true, RESUME replaying what the
 session missed (then RESUMED; op 9 false for an unknown session). `drop()`, `close(code)`,
 `reconnect()` (op 7) and `invalidate(resumable)` (op 9) disturb the connection. Events made while
 nobody is connected wait for the next RESUME (or READY, if there is no session yet).
 """
+import base64
 import json
 import time
 import uuid
@@ -45,6 +54,7 @@ class FakeQQ(GatewayServer):
         self.app_id, self.secret, self.expires_in = app_id, secret, expires_in
         self.tokens = []
         self._used, self._stale = set(), set()
+        self.uploads, self.refuse_file_types = {}, set()    # uploads: file_info -> upload
 
     @property
     def api_base(self):
@@ -96,6 +106,12 @@ class FakeQQ(GatewayServer):
         """The text messages delivered to `openid`, in order."""
         return [m for m in self.sent if m["openid"] == openid and m["status"] == 200
                 and m["body"].get("msg_type", 0) == 0]
+
+    def media(self, openid="OPENID_ALICE"):
+        """(file_type, bytes) of the files delivered to `openid` (msg_type 7), in order."""
+        return [(u["file_type"], u["data"]) for u in (
+            self.uploads[m["body"]["media"]["file_info"]] for m in self.sent
+            if m["openid"] == openid and m["status"] == 200 and m["body"].get("msg_type") == 7)]
 
     def texts(self, openid="OPENID_ALICE"):
         return [m["body"].get("content") for m in self.replies(openid)]
@@ -151,15 +167,43 @@ class FakeQQ(GatewayServer):
             return 200, {"url": self.gateway_url}
         parts = path.strip("/").split("/")
         if method != "POST" or len(parts) != 4 or parts[:2] != ["v2", "users"] or \
-                parts[3] != "messages":
+                parts[3] not in ("messages", "files"):
             return 404, {"message": "not found", "code": 404}
+        if parts[3] == "files":
+            return self._file(parts[2], body)
         record = {"openid": parts[2], "body": body, "token": auth[6:], "at": time.monotonic()}
-        answer = self._message(body)
+        answer = self._media(parts[2], body) or self._message(body)
         record["status"] = answer[0]
         self.sent.append(record)
         if answer[0] == 200 and body.get("msg_type") == 6:
             self.typing.append(record)
         return answer
+
+    def _file(self, openid, body):
+        kind = body.get("file_type")
+        if kind not in (1, 2, 3, 4) or ("url" in body) == ("file_data" in body) or \
+                body.get("srv_send_msg") is not False:
+            return 400, {"message": "invalid request", "code": 40034001}
+        if body.get("url"):
+            return 400, {"message": "the fake fetches no url", "code": 40034001}
+        try:
+            data = base64.b64decode(body["file_data"], validate=True)
+        except (ValueError, TypeError):
+            return 400, {"message": "file_data is not base64", "code": 40034001}
+        if kind in self.refuse_file_types:
+            return 400, {"message": "file type not supported", "code": 850029}
+        info = f"INFO_{uuid.uuid4().hex}"
+        self.uploads[info] = {"openid": openid, "file_type": kind, "data": data}
+        return 200, {"file_uuid": uuid.uuid4().hex, "file_info": info, "ttl": 0}
+
+    def _media(self, openid, body):
+        """A 400 for a msg_type 7 message whose file_info was not uploaded for `openid`."""
+        if body.get("msg_type") != 7:
+            return None
+        up = self.uploads.get((body.get("media") or {}).get("file_info"))
+        if not up or up["openid"] != openid:
+            return 400, {"message": "invalid file_info", "code": 40034002}
+        return None
 
     def _message(self, body):
         if self._limits:

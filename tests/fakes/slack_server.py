@@ -8,7 +8,7 @@
         slack.rate_limit("chat.postMessage", 2)      # the next call answers 429, Retry-After: 2
         slack.disconnect()                           # Slack's routine "please reconnect"
         slack.drop()                                 # the TCP connection just goes away
-        slack.posts, slack.reactions, slack.acks, slack.calls, slack.downloads
+        slack.posts, slack.reactions, slack.acks, slack.calls, slack.downloads, slack.uploads
 
 Web API: POST (or GET) /api/<method> with the token as `Authorization: Bearer` or a `token`
 field, form or JSON bodies; answers `{"ok": true, …}` or `{"ok": false, "error": "…"}` with
@@ -16,6 +16,14 @@ Slack's error names (not_authed, invalid_auth, not_allowed_token_type, channel_n
 no_text, msg_too_long, already_reacted, no_reaction, unknown_method; 429 + Retry-After with
 ratelimited). Files: GET /files-pri/<team>-<id>/<name> with the bot token; without it, the
 sign-in page (HTML) Slack shows a browser.
+
+Uploads, as Slack's external flow: `files.getUploadURLExternal` (filename, length) answers an
+upload_url on this server and a file_id; the bytes are POSTed there (raw or multipart, no token:
+the URL is the permission; a second POST is refused); `files.completeUploadExternal` (files: a
+JSON list of {id, title}, channel_id, thread_ts, initial_comment) shares the uploaded files in
+the channel and records each in `uploads` ({"id", "filename", "title", "data", "channel",
+"thread_ts", "initial_comment"}). Completing a file that was not uploaded is file_not_found; one
+whose bytes differ from the length announced, file_upload_size_mismatch (the fake's own name).
 
 Socket Mode: `apps.connections.open` (app token) hands out ws://…/link/?ticket=… good for one
 connection. The fake sends `hello`, then every envelope not yet acked (so events injected while
@@ -30,7 +38,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlparse
 
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, parse_multipart
 from tests.fakes.ws import Closed, accept, is_upgrade
 
 TEAM, APP, BOT_USER, BOT_ID = "T0FAKE", "A0FAKE", "U0BOT", "B0BOT"
@@ -43,6 +51,7 @@ class FakeSlack(FakeServer):
     def __init__(self):
         self.lock = threading.RLock()
         self.calls, self.posts, self.reactions, self.acks, self.downloads = [], [], [], [], []
+        self.uploads, self._pending_files = [], {}      # file id -> {filename, length, data}
         self.connections = 0
         self._limits, self._files, self._tickets = {}, {}, set()
         self._pending = {}              # envelope id -> envelope, until acked
@@ -182,7 +191,8 @@ class FakeSlack(FakeServer):
                 return 429, {"Retry-After": str(wait)}, {"ok": False, "error": "ratelimited"}
         app_method = method == "apps.connections.open"
         if method not in ("auth.test", "apps.connections.open", "chat.postMessage",
-                          "reactions.add", "reactions.remove"):
+                          "reactions.add", "reactions.remove", "files.getUploadURLExternal",
+                          "files.completeUploadExternal"):
             return 404, {}, {"ok": False, "error": "unknown_method"}
         if not token:
             return 200, {}, {"ok": False, "error": "not_authed"}
@@ -216,6 +226,50 @@ class FakeSlack(FakeServer):
                 "message": {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": text,
                             "ts": ts, **({"thread_ts": p["thread_ts"]} if p.get("thread_ts")
                                          else {})}}
+
+    def _m_files_getUploadURLExternal(self, p):
+        if not p.get("filename") or not str(p.get("length") or "").isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        fid = f"F{next(self._ids):06d}"
+        with self.lock:
+            self._pending_files[fid] = {"filename": p["filename"], "length": int(p["length"])}
+        return {"ok": True, "file_id": fid,
+                "upload_url": f"{self.url}/upload/v1/{fid}?sig={uuid.uuid4().hex}"}
+
+    def _upload(self, fid, data) -> bool:
+        with self.lock:
+            f = self._pending_files.get(fid)
+            if f is None or "data" in f:
+                return False
+            f["data"] = data
+            return True
+
+    def _m_files_completeUploadExternal(self, p):
+        try:
+            files = json.loads(p.get("files") or "")
+        except ValueError:
+            return {"ok": False, "error": "invalid_arguments"}
+        channel = str(p.get("channel_id") or "")
+        if channel and not channel.startswith(("C", "D", "G")):
+            return {"ok": False, "error": "channel_not_found"}
+        shared = []
+        with self.lock:
+            for f in files:
+                up = self._pending_files.get(f.get("id"))
+                if not up or "data" not in up:
+                    return {"ok": False, "error": "file_not_found"}
+                if len(up["data"]) != up["length"]:
+                    return {"ok": False, "error": "file_upload_size_mismatch"}
+            for f in files:
+                up = self._pending_files.pop(f["id"])
+                self.uploads.append({"id": f["id"], "filename": up["filename"],
+                                     "title": f.get("title"), "data": up["data"],
+                                     "channel": channel, "thread_ts": p.get("thread_ts"),
+                                     "initial_comment": p.get("initial_comment"),
+                                     "time": time.monotonic()})
+                shared.append({"id": f["id"], "name": up["filename"], "title": f.get("title"),
+                               "size": len(up["data"])})
+        return {"ok": True, "files": shared}
 
     def _m_reactions_add(self, p):
         key = (p.get("name"), p.get("channel"), p.get("timestamp"))
@@ -270,8 +324,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._api(dict(parse_qsl(url.query)))
 
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-        params = dict(parse_qsl(urlparse(self.path).query))
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urlparse(self.path)
+        if url.path.startswith("/upload/v1/"):
+            ctype = self.headers.get("Content-Type", "")
+            data = next(iter(parse_multipart(ctype, raw)[1].values()))[1] \
+                if ctype.startswith("multipart/") else raw
+            if not self.slack._upload(url.path.rsplit("/", 1)[1], data):
+                return self._send(404, {}, b"unknown or used upload URL", "text/plain")
+            return self._send(200, {}, f"OK - {len(data)}".encode(), "text/plain")
+        body = raw.decode()
+        params = dict(parse_qsl(url.query))
         if "json" in self.headers.get("Content-Type", ""):
             params.update(json.loads(body or "{}"))
         else:

@@ -10,7 +10,11 @@ Methods at /bot<token>/<method> (GET or POST; JSON or form parameters), files at
 {"ok": false, "error_code", "description", "parameters"}. Implemented: getMe, getUpdates (long
 poll; offset confirms earlier updates), sendMessage (HTML parse mode checked as Telegram does:
 allowed tags, nesting, entities; 4,096 UTF-16 units after parsing), sendChatAction, getFile
-(20 MB limit) and file downloads, deleteWebhook, setMyCommands.
+(20 MB limit) and file downloads, deleteWebhook, setMyCommands, and the uploads sendPhoto,
+sendAnimation, sendVoice, sendAudio, sendVideo, sendDocument: multipart/form-data whose file
+field is named after the method (photo, animation, voice, …), recorded in `uploads`. As on
+Telegram, a body over 50 MB is a 413, a caption over 1,024 characters a 400, and a photo that is
+not a JPEG, PNG or WebP image (checked by its first bytes only) "IMAGE_PROCESS_FAILED".
 
 Scripting: message()/inject() add updates; add_file() stores a downloadable file;
 fail_next(method, 429, retry_after=…) or fail_next(method, 502) answers the next call with an
@@ -27,11 +31,15 @@ import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, unquote
 
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, parse_multipart
 
 TOKEN = "123456:TEST-fake-token"
 JSON_KEYS = {"offset", "limit", "timeout", "allowed_updates", "chat_id", "reply_parameters",
              "reply_to_message_id", "message_thread_id", "commands", "drop_pending_updates"}
+UPLOAD_LIMIT = 50 * 2**20
+UPLOADS = {"sendPhoto": "photo", "sendAnimation": "animation", "sendVoice": "voice",
+           "sendAudio": "audio", "sendVideo": "video", "sendDocument": "document"}
+IMAGES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
 TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
         "blockquote", "tg-spoiler", "span", "tg-emoji"}
 
@@ -119,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             method, params = m.group(2), self._params(query, raw)
             fake._record(method, params)
             fake._scripted_failure(method)
-            handler = getattr(fake, f"_api_{method}", None)
+            handler = getattr(fake, f"_api_{method}", None) or (
+                (lambda p: fake._upload(method, p)) if method in UPLOADS else None)
             if handler is None:
                 raise ApiError(404, "Not Found")
             self._answer(200, {"ok": True, "result": handler(params)})
@@ -140,8 +149,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _params(self, query: str, raw: bytes) -> dict:
         kind = self.headers.get("Content-Type") or ""
         params = dict(parse_qsl(query))
+        if len(raw) > UPLOAD_LIMIT:
+            raise ApiError(413, "Request Entity Too Large")
         if "json" in kind and raw:
             params.update(json.loads(raw))
+        elif kind.startswith("multipart/"):
+            fields, files = parse_multipart(kind, raw)
+            params.update(fields, **files)          # a file: (filename, bytes)
         elif raw:
             params.update(parse_qsl(raw.decode()))
         for key in JSON_KEYS & params.keys():
@@ -181,6 +195,8 @@ class FakeTelegram(FakeServer):
         self.calls = []             # every API call: {"method", "params", "time"}
         self.sent = []              # accepted sendMessage params; "shown" = the
                                     # text as Telegram displays it (markup parsed)
+        self.uploads = []           # accepted uploads: {"method", "chat_id", "filename", "data",
+                                    # "caption", "reply_parameters"…}
         self.files = {}
         self.webhook = False
         self.down = False
@@ -308,6 +324,30 @@ class FakeTelegram(FakeServer):
         if len(shown.encode("utf-16-le")) // 2 > 4096:
             raise ApiError(400, "Bad Request: message is too long")
         return self._message(params, shown, text=shown)
+
+    def _upload(self, method, params):
+        field = UPLOADS[method]
+        if not isinstance(params.get(field), tuple):
+            raise ApiError(400, f"Bad Request: there is no {field} in the request")
+        filename, data = params[field]
+        params = {k: v for k, v in params.items() if k != field}
+        if len(params.get("caption") or "") > 1024:
+            raise ApiError(400, "Bad Request: message caption is too long")
+        if field == "photo" and not data.startswith(IMAGES):
+            raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        n = len(self.uploads)
+        sent = {"file_id": f"SENT{n}", "file_unique_id": f"S{n}", "file_size": len(data)}
+        if field == "photo":
+            sent = [dict(sent, width=90, height=90)]
+        else:
+            sent.update({"duration": 1, "width": 90, "height": 90} if field in (
+                "video", "animation") else {"duration": 1} if field in ("voice", "audio") else {})
+            sent.update({"file_name": filename} if field != "voice" else {})
+        msg = self._message(params, None, **{field: sent})
+        self.sent.pop()                 # _message() recorded it as a text message
+        self.uploads.append(dict(params, method=method, filename=filename, data=data,
+                                 time=time.monotonic()))
+        return msg
 
     def _api_sendChatAction(self, params):
         if params.get("action") not in ("typing", "upload_document", "upload_photo",
