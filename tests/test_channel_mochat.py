@@ -329,7 +329,7 @@ def test_a_new_sessions_first_batch_is_history_whatever_its_timestamps_say(
         assert first["timeoutMs"] == 0 and first["cursor"] == 0
 
 
-# Socket.IO's msgpack parser: an ack {type: 3, nsp: "/", id: 1, data: [{result: true}]}, byte by byte
+# An ack {type: 3, nsp: "/", id: 1, data: [{result: true}]} from Socket.IO's msgpack parser
 ACK = bytes([0x84, 0xA4, *b"type", 0x03, 0xA3, *b"nsp", 0xA1, *b"/", 0xA2, *b"id", 0x01,
              0xA4, *b"data", 0x91, 0x81, 0xA6, *b"result", 0xC3])
 
@@ -342,7 +342,8 @@ def test_the_msgpack_codec_reads_and_writes_hand_built_bytes():
                        (200, b"\xcc\xc8"), (70000, b"\xce\x00\x01\x11\x70"),
                        (-2**40, b"\xd3" + (-2**40).to_bytes(8, "big", signed=True)),
                        (2**64 - 1, b"\xcf" + b"\xff" * 8), (1.5, b"\xcb" + struct.pack(">d", 1.5)),
-                       ("é" * 16, b"\xd9\x20" + "é".encode() * 16), (b"\x01\x02", b"\xc4\x02\x01\x02"),
+                       ("é" * 16, b"\xd9\x20" + "é".encode() * 16),
+                       (b"\x01\x02", b"\xc4\x02\x01\x02"),
                        ([0] * 16, b"\xdc\x00\x10" + bytes(16)), ({"a": []}, b"\x81\xa1a\x90")]:
         assert pack(value) == raw and unpack(raw) == value, value
     assert unpack(b"\xca" + struct.pack(">f", 0.25)) == 0.25

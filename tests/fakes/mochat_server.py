@@ -95,7 +95,8 @@ def _mp_take(b):
         count, b = first & (0x1F if kind is str else 0x0F), b[1:]
     elif first in sized:
         fmt, kind = sized[first]
-        count, b = struct.unpack(fmt, b[1:1 + struct.calcsize(fmt)])[0], b[1 + struct.calcsize(fmt):]
+        end = 1 + struct.calcsize(fmt)
+        count, b = struct.unpack(fmt, b[1:end])[0], b[end:]
     else:
         raise ValueError(f"type byte {first:#x} is not used by Socket.IO packets")
     if kind in (str, bytes):
