@@ -35,7 +35,7 @@ LEGACY_IGNORED = {
     "channels.matrix", "channels.telegram.reply_to_message", "channels.discord.group_policy",
     "channels.slack.mode", "channels.slack.webhook_path", "channels.slack.user_token_read_only",
     *(f"channels.mochat.{k}" for k in (
-        "socket_disable_msgpack", "socket_reconnect_delay_ms", "socket_max_reconnect_delay_ms",
+        "socket_reconnect_delay_ms", "socket_max_reconnect_delay_ms",
         "socket_connect_timeout_ms", "refresh_interval_ms", "watch_timeout_ms", "watch_limit",
         "retry_delay_ms", "max_retry_attempts", "mention", "groups")),
     "tools.mcp_servers", "tools.ssrf_whitelist", "tools.web.proxy", "tools.web.search.provider",

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from functools import partial
 
 from lib import maildir
 from lib.worker import Worker, post_inbox, post_outbox
@@ -83,17 +84,13 @@ class Gateway:
         self.home = config.home
         self.services = Services()          # filled by build()
         self.agent = agent or Agent(config, make_provider(config), agent_tools(config),
-                                    send=self.send, services=self.services)
+                                    send=partial(post_outbox, self.home), services=self.services)
         self.worker = Worker(config, self.agent)
         self.parts = []                 # started in order, stopped in reverse
         self.stopping = threading.Event()
 
     def post(self, msg: dict, name: str | None = None):
         return post_inbox(self.home, msg, name)
-
-    def send(self, channel, chat_id, text, media=None):
-        """The `message` tool's way out: the outbox."""
-        post_outbox(self.home, channel, chat_id, text, media=media or ())
 
     def build(self):
         """Create every part the config asks for (their threads start in run())."""

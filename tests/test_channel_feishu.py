@@ -1,6 +1,7 @@
 """The Feishu channel against a fake Feishu (endpoint, binary websocket, token and IM routes) on
 127.0.0.1: through the real gateway subprocess where the whole path matters, in-process for the
 long connection's corners, and the frame codec against bytes written out by hand."""
+import json
 import logging
 
 import pytest
@@ -127,6 +128,26 @@ def test_a_dropped_connection_loses_nothing(gateway, llm, feishu):
     assert feishu.connections >= 3 and not feishu.bad_frames
 
 
+def test_an_event_acked_before_a_crash_is_taken_up_at_the_next_start(gateway, llm, feishu):
+    gateway.start()
+    feishu.wait_for(lambda: feishu.connected, what="the long connection")
+    mid = feishu.new_id()
+    feishu.file(mid, "img_v3_big", b"\x89PNG a large picture", "image/png")
+    feishu.downloads_open.clear()
+    feishu.say(message_id=mid, message_type="post", content={"title": "Look", "content": [
+        [{"tag": "img", "image_key": "img_v3_big"}]]})
+    feishu.wait_for(lambda: feishu.acks and feishu.downloads, what="the ack, then the download")
+    gateway.kill()                                  # acked, not yet in the inbox: Feishu forgot it
+    assert not list((gateway.home / "inbox").glob("*/*.json"))
+    feishu.downloads_open.set()
+    gateway.start()
+    assert answered(feishu, 1)[0].startswith("echo: Look\n[attached: ")
+    msg = json.loads(next((gateway.home / "inbox" / "done").glob("*.json")).read_text())
+    assert open(msg["media"][0], "rb").read() == b"\x89PNG a large picture"
+    assert not list((gateway.home / "state" / "feishu" / "pending").glob("*.json"))
+    assert len(feishu.acks) == 1 and len(llm.chat_requests) == 1
+
+
 # --- in-process: the channel object and the long connection's corners ---
 
 @pytest.fixture
@@ -194,6 +215,25 @@ def test_images_files_voice_notes_and_rich_text(channel, feishu, home):
     assert got[2]["text"] == "[voice note, transcribed] hello from a voice note"
     assert got[3]["text"] == "Plan\nsee this (https://x.example)"
     assert [t for _, _, t in feishu.downloads] == ["image", "file", "file", "image"]
+
+
+def test_the_ack_does_not_wait_for_a_slow_download_or_its_transcription(channel, feishu, home):
+    channel(feishu)
+    feishu.wait_for(lambda: feishu.connected, what="the long connection")
+    mid = feishu.new_id()
+    feishu.file(mid, "file_v3_voice", b"OggS a long voice note", "audio/opus")
+    feishu.downloads_open.clear()                   # the file takes as long as the test likes
+    feishu.say(message_id=mid, message_type="audio", content={"file_key": "file_v3_voice"})
+    ack = feishu.wait_for(lambda: feishu.acks, what="the ack")[0]
+    assert ack["ok"] and ack["after"] < 3.0         # Feishu's window, while the file still comes
+    feishu.wait_for(lambda: feishu.downloads, what="the download begun")
+    kept = list((home / "state" / "feishu" / "pending").glob("*.json"))
+    assert not inbox(home) and len(kept) == 1       # acked with the event kept on disk
+    feishu.downloads_open.set()
+    msg = wait_for(lambda: inbox(home), what="the message")[0]
+    assert msg["text"] == "[voice note, transcribed] hello from a voice note"
+    assert open(msg["media"][0], "rb").read() == b"OggS a long voice note"
+    wait_for(lambda: not kept[0].exists(), what="the record removed")
 
 
 def test_fragments_are_joined_and_a_redelivery_is_handled_once(channel, feishu, home):

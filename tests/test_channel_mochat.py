@@ -2,7 +2,9 @@
 real gateway subprocess where the whole path matters, in-process for the receive paths' corners."""
 import json
 import re
+import struct
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -35,6 +37,14 @@ def gateway_config(home, llm, mochat):
     configure(home, llm, mochat)
 
 
+def on_the_socket(mochat) -> int:
+    """The events the fake pushed through the websocket, after checking that every Socket.IO
+    packet was in its encoding and that nothing came by the HTTP long poll instead."""
+    assert not mochat.bad_packets
+    assert not [r for r in mochat.requests if r[0] == "sessions/watch"]
+    return mochat.pushed
+
+
 def answered(mochat, n, target=DM):
     return mochat.wait_for(lambda: len(mochat.texts(target)) >= n and mochat.texts(target),
                            what=f"{n} replies in {target}")
@@ -54,6 +64,7 @@ def test_a_dm_reaches_the_model_and_the_reply_answers_it(gateway, llm, mochat):
     mochat.say(DM, "and again")                     # the reply's echo was not taken as a message
     answered(mochat, 2)
     assert len(llm.chat_requests) == 2 and mochat.handshakes == 1
+    assert on_the_socket(mochat) >= 4               # two messages and two echoes, all pushed
 
 
 def test_a_stranger_is_refused_before_the_model_and_told_once(gateway, llm, mochat):
@@ -115,7 +126,8 @@ def test_the_long_poll_alone_is_a_complete_receive_path(home, llm, mochat):
     configure(home, llm, mochat)
     g = Gateway(home).start()
     try:
-        wait_for(lambda: any(r[0] == "sessions/watch" for r in mochat.requests), what="a watch")
+        wait_for(lambda: sum(r[0] == "sessions/watch" for r in mochat.requests) >= 2,
+                 what="a watch after the first batch")
         mochat.say(DM, "over http")
         assert answered(mochat, 1) == ["echo: over http"]
         assert mochat.handshakes >= 1 and not mochat.connected
@@ -225,7 +237,8 @@ def test_a_mention_answers_at_once_with_what_was_held_and_held_messages_survive_
     assert msg["text"] == f"alice: anyone around?\nalice: @{AGENT} you?"
     assert msg["metadata"]["mentioned"] is True
     mochat.post("panel_general", "held over a restart", author="user-alice", name="alice")
-    wait_for(lambda: state(home)["pending"], what="the held message saved")
+    wait_for(lambda: "held over a restart" in json.dumps(state(home)["pending"]),
+             what="the held message saved")         # (not the batch answered a moment ago)
     ch.stop()
     channel(reply_delay_mode="non-mention", reply_delay_ms=200, allow_from=allow)
     wait_for(lambda: len(inbox(home)) == 2, what="the held message")
@@ -239,8 +252,8 @@ def test_sessions_and_panels_filter_what_is_heard(channel, mochat, home):
     for pid in ("panel_1", "panel_2"):
         mochat.panel(pid)
     channel(sessions=["session_a"], panels=["panel_1"])
-    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
-    calls = dict(mochat.calls)
+    calls = mochat.wait_for(lambda: len(mochat.calls) >= 2 and dict(mochat.calls),
+                            what="both subscriptions")
     assert calls["com.claw.im.subscribeSessions"]["sessionIds"] == ["session_a"]
     assert calls["com.claw.im.subscribePanels"]["panelIds"] == ["panel_1"]
     mochat.say("session_b", "not followed", everyone=True)     # even if the server sends it
@@ -256,8 +269,8 @@ def test_a_star_follows_every_session_and_text_panel(channel, mochat):
     mochat.session("session_b")
     mochat.panel("panel_1")
     channel()
-    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
-    calls = dict(mochat.calls)
+    calls = mochat.wait_for(lambda: len(mochat.calls) >= 2 and dict(mochat.calls),
+                            what="both subscriptions")
     assert calls["com.claw.im.subscribeSessions"]["sessionIds"] == ["session_b", DM]
     assert calls["com.claw.im.subscribePanels"]["panelIds"] == ["panel_1"]     # not the folder
 
@@ -275,6 +288,94 @@ def test_the_bundled_skill_sets_mochat_up_with_real_endpoints(tmp_path, mochat):
         assert "no route" not in r.text, route
     for key in ("claw_token", "agent_user_id", "allow_from", "edit_file", "restart"):
         assert key in skill.body
+
+
+def test_the_socket_speaks_msgpack_by_default_and_carries_every_message(channel, mochat, home):
+    """The service's parser is msgpack, as in the reference clients: a JSON text packet gets the
+    socket closed, and the channel would quietly live on HTTP long polls."""
+    mochat.panel("panel_general")
+    channel()
+    mochat.wait_for(lambda: len(mochat.calls) >= 2, what="both subscriptions")
+    mochat.say(DM, "through the socket")
+    mochat.post("panel_general", "and in a panel", author=OWNER)
+    wait_for(lambda: len(inbox(home)) == 2, what="both messages")
+    assert [m["text"] for m in inbox(home)] == ["through the socket", "and in a panel"]
+    assert on_the_socket(mochat) == 2 and mochat.handshakes == 1
+
+
+def test_socket_disable_msgpack_speaks_json_as_the_original_projects_config_says(
+        home, llm, run_channel):
+    from lib.channels.mochat import MochatChannel
+    with FakeMochat(encoding="json") as fake:
+        fake.session(DM)
+        configure(home, llm, fake, socketDisableMsgpack=True)     # camelCase, as in config.json
+        assert load_config().channels.mochat.socket_disable_msgpack is True
+        run_channel(MochatChannel)
+        fake.wait_for(lambda: fake.connected, what="the socket subscription")
+        fake.say(DM, "in JSON")
+        assert wait_for(lambda: inbox(home), what="the message")[0]["text"] == "in JSON"
+        assert on_the_socket(fake) == 1
+
+
+@pytest.mark.parametrize("socket", [True, False], ids=["socket", "long-poll"])
+def test_a_new_sessions_first_batch_is_history_whatever_its_timestamps_say(
+        channel, mochat, home, socket):
+    soon = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat(timespec="milliseconds")
+    old = [mochat.say(DM, "from last year", at="2025-01-01T00:00:00.000Z"),
+           mochat.say(DM, "stamped after the channel started", at=soon.replace("+00:00", "Z"))]
+    mochat.refuse_socket = not socket
+    channel()
+    wait_for(lambda: state(home).get("cursors", {}).get(DM) == 2, what="the first batch seen")
+    assert set(old) <= set(state(home)["seen"])
+    mochat.say(DM, "after the cursor", at="2025-01-01T00:00:00.000Z")    # new, whatever its stamp
+    wait_for(lambda: inbox(home), what="the new message")
+    time.sleep(0.3)                                 # a chance for anything else to turn up
+    assert [m["text"] for m in inbox(home)] == ["after the cursor"]
+    if socket:
+        on_the_socket(mochat)
+    else:                                           # the first look does not wait for news
+        first = next(b for r, b, _ in mochat.requests if r == "sessions/watch")
+        assert first["timeoutMs"] == 0 and first["cursor"] == 0
+
+
+# An ack {type: 3, nsp: "/", id: 1, data: [{result: true}]} from Socket.IO's msgpack parser
+ACK = bytes([0x84, 0xA4, *b"type", 0x03, 0xA3, *b"nsp", 0xA1, *b"/", 0xA2, *b"id", 0x01,
+             0xA4, *b"data", 0x91, 0x81, 0xA6, *b"result", 0xC3])
+
+
+def test_the_msgpack_codec_reads_and_writes_hand_built_bytes():
+    from lib.channels.msgpack import pack, unpack
+    assert unpack(ACK) == {"type": 3, "nsp": "/", "id": 1, "data": [{"result": True}]}
+    assert pack(unpack(ACK)) == ACK
+    for value, raw in [(None, b"\xc0"), (False, b"\xc2"), (-1, b"\xff"), (-33, b"\xd0\xdf"),
+                       (200, b"\xcc\xc8"), (70000, b"\xce\x00\x01\x11\x70"),
+                       (-2**40, b"\xd3" + (-2**40).to_bytes(8, "big", signed=True)),
+                       (2**64 - 1, b"\xcf" + b"\xff" * 8), (1.5, b"\xcb" + struct.pack(">d", 1.5)),
+                       ("é" * 16, b"\xd9\x20" + "é".encode() * 16),
+                       (b"\x01\x02", b"\xc4\x02\x01\x02"),
+                       ([0] * 16, b"\xdc\x00\x10" + bytes(16)), ({"a": []}, b"\x81\xa1a\x90")]:
+        assert pack(value) == raw and unpack(raw) == value, value
+    assert unpack(b"\xca" + struct.pack(">f", 0.25)) == 0.25
+    assert unpack(b"\xdb\x00\x00\x00\x02hi") == "hi"                # a str32 that could be shorter
+    # notepack.io's Date (timestamp extension, 32 and 64 bits) and undefined (fixext 1, type 0)
+    assert unpack(bytes.fromhex("d6ff5f5e1000")) == "2020-09-13T12:26:40.000Z"
+    both = (500_000_000 << 34) | 1_600_000_000
+    assert unpack(b"\xd7\xff" + both.to_bytes(8, "big")) == "2020-09-13T12:26:40.500Z"
+    assert unpack(b"\x81\xa1u\xd4\x00\x00") == {"u": None}
+    for bad in (b"", b"\xc1", b"\x92\x01", b"\xa5ab", b"\x01\x02", b"\x81\x91\x01\x02"):
+        with pytest.raises(ValueError):
+            unpack(bad)
+
+
+def test_the_fake_speaks_the_same_msgpack():
+    """The fake's codec is its own; each reads what the other writes."""
+    from lib.channels.msgpack import pack, unpack
+    from tests.fakes.mochat_server import mp_decode, mp_encode
+    packet = {"type": 2, "nsp": "/", "id": 70000, "data": ["claw.session.events", {
+        "sessionId": "s" * 40, "cursor": -5, "events": [{"seq": 1, "ok": True, "x": None,
+                                                         "f": 0.5, "b": b"\x00"}]}]}
+    assert mp_decode(pack(packet)) == packet and unpack(mp_encode(packet)) == packet
+    assert mp_decode(ACK) == unpack(ACK)
 
 
 def test_a_missing_package_is_one_line_naming_it(home, llm, mochat, monkeypatch):

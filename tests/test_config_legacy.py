@@ -72,7 +72,7 @@ FEB_IGNORED = {
     "providers.siliconflow", "providers.volcengine", "providers.openaiCodex",
     "providers.githubCopilot", "tools.mcpServers"} | {
     f"channels.mochat.{k}" for k in (
-        "socketDisableMsgpack", "socketReconnectDelayMs", "socketMaxReconnectDelayMs",
+        "socketReconnectDelayMs", "socketMaxReconnectDelayMs",
         "socketConnectTimeoutMs", "refreshIntervalMs", "watchTimeoutMs", "watchLimit",
         "retryDelayMs", "maxRetryAttempts")}
 
@@ -144,6 +144,7 @@ def test_full_onboard_config_json_loads_and_values_are_applied(home, caplog):
     assert cfg.agents.defaults.memory_window == 50 and cfg.agents.defaults.temperature == 0.7
     assert cfg.channels.discord.gateway_url == "wss://gateway.discord.gg/?v=10&encoding=json"
     assert cfg.channels.slack.dm.policy == "open" and cfg.channels.mochat.reply_delay_ms == 120000
+    assert cfg.channels.mochat.socket_disable_msgpack is False      # read, not ignored
     assert cfg.channels.email.mark_seen is False
     assert cfg.channels.whatsapp.bridge_url == "ws://localhost:3001"
 

@@ -428,12 +428,13 @@ def test_null_for_a_required_parameter_counts_as_missing(ctx):
 # --- message with files ---
 
 def test_message_with_files_queues_their_real_paths_in_the_outbox(ctx, home):
-    from lib.worker import Worker
+    from functools import partial
+    from lib.worker import post_outbox
     (ctx.workspace / "out").mkdir()
     (ctx.workspace / "out" / "report.pdf").write_bytes(b"%PDF-1.4 report")
     (ctx.workspace / "link.png").symlink_to(ctx.workspace / "out" / "report.pdf")
     ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42",
-                  send=Worker(ctx.config, agent=None).send)
+                  send=partial(post_outbox, home))
     out = call(ctx, "message", content="", media=["out/report.pdf", str(ctx.workspace / "link.png")])
     assert out == "Sent to telegram:42 with 2 file(s)"
     queued = [json.loads(p.read_text()) for p in (home / "outbox" / "new").glob("telegram.*")]

@@ -97,6 +97,7 @@ class Mochat:
     base_url: str = "https://mochat.io"
     socket_url: str = ""         # empty: base_url
     socket_path: str = "/socket.io"
+    socket_disable_msgpack: bool = False    # true: Socket.IO packets as JSON text, not msgpack
     claw_token: str = ""
     agent_user_id: str = ""
     sessions: list[str] = setting([])

@@ -1,10 +1,14 @@
 """Feishu / Lark over the long connection (the bot dials out: no public address needed).
 
 `POST {domain}/callback/ws/endpoint` hands out a websocket URL and the ping interval. Frames are
-protobuf (lib/channels/pbframe.py); events come in data frames, large ones in `sum` fragments,
-and each is acked by echoing its frame with `biz_rt` and `{"code": 200}` once it is in the inbox
-(Feishu resends what is not acked; message ids are deduplicated). Replies: the IM API with a
-tenant token. lark-oapi weighs ~100 MB and keeps its own asyncio loop; this is websocket-client.
+protobuf (lib/channels/pbframe.py); events come in data frames, large ones in `sum` fragments.
+Feishu resends an event not acked within 3 s, so each message event is first kept on disk
+(state/feishu/pending/<event_id>.json), then acked by echoing its frame with `biz_rt` and
+`{"code": 200}`; the reaction, downloads and transcription come after, in order on another
+thread, and the record goes once the message is in the inbox. Records left by a crash are taken
+up at the next start; inbox names and message ids make a repeat harmless. Replies: the IM API
+with a tenant token. lark-oapi weighs ~100 MB and keeps its own asyncio loop; this is
+websocket-client.
 """
 import collections
 import hashlib
@@ -17,10 +21,10 @@ import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from lib.channels import pbframe
+from lib import maildir
+from lib.channels import allowed, pbframe
 from lib.channels.attachments import with_notes
 from lib.channels.base import Channel, SendError, split_message, unsent
-from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 # A post message may carry 30 KB of JSON. 4,000 characters stay under it even when every one is
@@ -52,7 +56,8 @@ class FeishuChannel(Channel):
         self._token, self._token_until, self._token_lock = "", 0.0, threading.Lock()
         self._seen = collections.OrderedDict()          # message ids already handled
         self._parts = {}                                # fragmented event id -> [time, parts]
-        self._events = queue.Queue()
+        self._events = queue.Queue()                    # the kept events' files, in order
+        self.pending = self.home / "state" / "feishu" / "pending"
 
     def url(self, path: str) -> str:
         return self.settings.domain.rstrip("/") + path
@@ -101,6 +106,9 @@ class FeishuChannel(Channel):
     # --- receiving ---
 
     def listen(self):
+        kept = self.pending.glob("*.json") if self.pending.is_dir() else ()
+        for path in sorted(kept, key=lambda p: p.stat().st_mtime_ns):  # acked, then a crash
+            self._events.put(path)
         threading.Thread(target=self._dispatcher, name="feishu-dispatch", daemon=True).start()
         self.keep_connected(self._session)
 
@@ -185,26 +193,53 @@ class FeishuChannel(Channel):
             if any(p is None for p in parts):
                 return                          # the frame that completes it gets the ack
             payload = b"".join(self._parts.pop(key)[1])
-        self._events.put((ws, frame, payload, time.monotonic()))
+        self._take(ws, frame, payload)
+
+    def _take(self, ws, frame, payload: bytes):
+        """Keep the event on disk, ack it, and queue it: the ack never waits for a download."""
+        t0, path = time.monotonic(), None
+        try:
+            path = self._keep(payload)
+            frame.payload = b'{"code": 200}'
+        except OSError as e:
+            log.error("feishu: cannot keep an event (%s); Feishu will send it again", e)
+            frame.payload = b'{"code": 500}'
+        frame.headers.append(("biz_rt", str(int((time.monotonic() - t0) * 1000))))
+        try:
+            ws.send_binary(pbframe.encode(frame))
+        except Exception as e:                  # the connection is gone: it comes again
+            log.info("feishu: cannot ack an event: %s", e)
+        if path:
+            self._events.put(path)
+
+    def _keep(self, payload: bytes):
+        """The event's file in pending/ (written whole, fsynced), or None for an event we do not
+        handle."""
+        header = _loads(payload).get("header") or {}
+        if header.get("event_type") != "im.message.receive_v1":
+            return None
+        name = str(header.get("event_id") or hashlib.sha256(payload).hexdigest()[:32])
+        path = self.pending / (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:100] + ".json")
+        maildir.atomic_write(path, payload)
+        return path
 
     def _dispatcher(self):
-        """Events in order, off the socket's thread: downloads never hold up a ping."""
+        """The kept events in order, off the socket's thread: downloads and transcriptions hold
+        up neither a ping nor an ack. A record goes once its message is in the inbox."""
         while not self.stopping.is_set():
             try:
-                ws, frame, payload, t0 = self._events.get(timeout=1.0)
+                path = self._events.get(timeout=1.0)
             except queue.Empty:
                 continue
             try:
-                self._event(_loads(payload))
-                frame.payload = b'{"code": 200}'
-            except Exception:
-                log.exception("feishu: cannot handle an event")
-                frame.payload = b'{"code": 500}'    # Feishu sends it again
-            frame.headers.append(("biz_rt", str(int((time.monotonic() - t0) * 1000))))
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue                            # a resent event, handled already
             try:
-                ws.send_binary(pbframe.encode(frame))
-            except Exception as e:              # the connection is gone: it comes again
-                log.info("feishu: cannot ack an event: %s", e)
+                self._event(_loads(raw))
+                path.unlink(missing_ok=True)
+            except Exception:
+                log.exception("feishu: cannot handle an event; it is tried again at the next start")
 
     def _event(self, body: dict):
         if (body.get("header") or {}).get("event_type") != "im.message.receive_v1":
@@ -230,7 +265,9 @@ class FeishuChannel(Channel):
             if self.settings.react_emoji:
                 meta["reaction_id"] = self._react(mid)
             text, media = self._download(mid, text, files)
-        self.receive(chat, user, text, media, meta)
+        ms = str(msg.get("create_time") or "")
+        at = int(ms) / 1000 if ms.isdigit() else time.time()
+        self.receive(chat, user, text, media, meta, key=mid, at=at)   # once, even after a crash
         self._seen[mid] = True
         if len(self._seen) > 2000:
             self._seen.popitem(last=False)

@@ -1,10 +1,12 @@
 """Mochat (Claw IM): Socket.IO over a websocket for incoming messages, the HTTP long poll
 `/api/claw/sessions/watch` (and panel polling) while the socket is down, REST for replies.
 
-Our own small Socket.IO client on websocket-client (Engine.IO v4, JSON): open packet `0{…}`, the
-server pings "2" and we pong "3", CONNECT `40{"token"}`, events `42[name, data]`, calls `42<n>[…]`
-acked by `43<n>[…]`. Cursors, seen message ids and held-back panel messages live in
-state/mochat.json, so a restart neither repeats nor loses a message.
+Our own small Socket.IO client on websocket-client (Engine.IO v4): the open packet `0{…}`, the
+server's ping "2" and our pong "3" are text; Socket.IO packets (CONNECT with `{token}`, events,
+calls and their acks) are what the service's parser speaks: by default msgpack, one binary frame
+holding the map {type, nsp, data, id} (socket.io-msgpack-parser, as the reference clients use);
+with `socket_disable_msgpack` JSON text `4<type><id><data>`. Cursors, seen message ids and
+held-back panel messages live in state/mochat.json, so a restart neither repeats nor loses one.
 """
 import json
 import logging
@@ -15,14 +17,15 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from lib import maildir
+from lib.channels import allowed, msgpack
 from lib.channels.attachments import with_notes
 from lib.channels.base import Channel, SendError, json_of, split_message, unsent
-from lib.channels import allowed
 
 log = logging.getLogger(__name__)
 LIMIT = 4000
 WATCH_MS, WATCH_LIMIT, SEEN_MAX = 25000, 100, 2000
 REFRESH_S, PANEL_POLL_S = 30.0, 15.0
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR = range(5)    # Socket.IO packet types
 
 
 class MochatChannel(Channel):
@@ -95,11 +98,11 @@ class MochatChannel(Channel):
                                          timeout=15)
         try:
             opened = ws.recv()
-            if not opened.startswith("0"):
+            if not isinstance(opened, str) or not opened.startswith("0"):
                 raise ConnectionError(f"expected an Engine.IO open packet, got {opened[:80]!r}")
             hello = json.loads(opened[1:])
             silence = (hello.get("pingInterval", 25000) + hello.get("pingTimeout", 20000)) / 1000
-            ws.send("40" + json.dumps({"token": s.claw_token}))
+            self.emit(ws, CONNECT, {"token": s.claw_token})
             heard = begun = time.monotonic()
             ws.settimeout(1.0)
             while not self.stopping.is_set():
@@ -108,41 +111,49 @@ class MochatChannel(Channel):
                 if not self.connected and time.monotonic() - begun > 30:
                     raise ConnectionError("the subscription was not answered in 30s")
                 try:
-                    packet = ws.recv()
+                    frame = ws.recv()
                 except websocket.WebSocketTimeoutException:
                     continue
                 heard = time.monotonic()
-                if isinstance(packet, bytes):
-                    continue                # binary attachments: not used by the Claw events
-                if packet == "2":
+                if frame == "2":
                     ws.send("3")
-                elif packet.startswith("40"):
-                    self.ws = ws
-                    self.subscribe(sorted(self.sessions), sorted(self.panels))
-                elif packet.startswith("44"):
-                    raise ConnectionError(f"connection refused: {packet[2:200]}")
-                elif packet[:2] in ("42", "43"):
-                    self.packet(ws, packet)
-                elif packet in ("", "1") or packet.startswith("41"):
+                elif frame in ("", "1"):
                     raise ConnectionError("closed by the server")
+                else:
+                    self.packet(ws, *decode(frame))
         finally:
             self.ws = None
             self.down.set()
             ws.close(timeout=1)
 
-    def packet(self, ws, packet: str):
-        try:
-            kind, num, body = re.match(r"4([23])(\d*)(\[.*)", packet, re.S).groups()
-            args = json.loads(body)
-        except (AttributeError, ValueError):
-            return log.debug("mochat: ignored packet %r", packet[:80])
-        if kind == "3":
+    def emit(self, ws, kind: int, data=None, num=None):
+        """Send one Socket.IO packet in the encoding the service's parser expects."""
+        if self.settings.socket_disable_msgpack:
+            ws.send(f"4{kind}{'' if num is None else num}"
+                    f"{'' if data is None else json.dumps(data, ensure_ascii=False)}")
+        else:
+            packet = {"type": kind, "nsp": "/", "data": data, "id": num}    # no nil: left out
+            ws.send_binary(msgpack.pack({k: v for k, v in packet.items() if v is not None}))
+
+    def packet(self, ws, kind, num, data):
+        if kind == CONNECT:
+            self.ws = ws
+            self.subscribe(sorted(self.sessions), sorted(self.panels))
+        elif kind == CONNECT_ERROR:
+            raise ConnectionError(f"connection refused: {str(data)[:200]}")
+        elif kind == DISCONNECT:
+            raise ConnectionError("closed by the server")
+        elif kind == ACK:
             with self.lock:
-                answer = self.acks.pop(int(num or -1), None)
-            return answer and answer(args[0] if args else {})
-        if num:
-            ws.send(f"43{num}[]")
-        name, data = args[0], (args[1] if len(args) > 1 else None)
+                answer = self.acks.pop(num, None)
+            if answer:
+                answer(data[0] if isinstance(data, list) and data else {})
+        elif kind == EVENT and isinstance(data, list) and data:
+            if num is not None:
+                self.emit(ws, ACK, [], num)
+            self.event(data[0], data[1] if len(data) > 1 else None)
+
+    def event(self, name, data):
         if name in ("claw.session.events", "claw.panel.events"):
             self.handle(name.split(".")[1], data)
         elif name == "notify:chat.message.add" and isinstance(data, dict) and data.get("groupId"):
@@ -172,7 +183,7 @@ class MochatChannel(Channel):
             with self.lock:
                 self.calls += 1
                 n, self.acks[self.calls] = self.calls, answered
-            self.ws.send(f"42{n}" + json.dumps([event, data]))
+            self.emit(self.ws, EVENT, [event, data], n)
 
     def discover(self):
         """The sessions and panels to follow: those listed, and with "*" all there are."""
@@ -211,8 +222,9 @@ class MochatChannel(Channel):
     def watch(self, sid: str):
         attempt = 0
         while self.down.wait() and not self.stopping.is_set():
+            known = sid in self.state["cursors"]    # else the answer is history: no waiting
             body = {"sessionId": sid, "cursor": self.state["cursors"].get(sid, 0),
-                    "timeoutMs": WATCH_MS, "limit": WATCH_LIMIT}
+                    "timeoutMs": WATCH_MS if known else 0, "limit": WATCH_LIMIT}
             try:
                 got = self.api("sessions/watch", body, timeout=WATCH_MS / 1000 + 15)
                 self.handle("session", {"sessionId": sid, **got})
@@ -251,23 +263,30 @@ class MochatChannel(Channel):
         if not target or not ("*" in names or target in names):
             return
         with self.lock:
+            history = kind == "session" and target not in cursors  # a new session's first batch
             for event in payload.get("events") or ():      # seen ones are skipped by id
                 if not isinstance(event, dict):
                     continue
                 if kind == "session" and isinstance(event.get("seq"), int):
                     cursors[target] = max(cursors.get(target, 0), event["seq"])
-                if event.get("type") == "message.add" and isinstance(event.get("payload"), dict):
+                if event.get("type") != "message.add" or not isinstance(event.get("payload"), dict):
+                    continue
+                if history:                                # seen, whatever its timestamps say
+                    self.remember(message_id(event["payload"]))
+                else:
                     self.message(kind, target, event["payload"], event.get("timestamp"))
-            if kind == "session" and isinstance(payload.get("cursor"), int):
-                cursors[target] = max(cursors.get(target, 0), payload["cursor"])
+            if kind == "session":
+                got = payload.get("cursor") if isinstance(payload.get("cursor"), int) else 0
+                cursors[target] = max(cursors.get(target, 0), got)
+            if history:
+                log.info("mochat: session %s is new here: its history is not answered", target)
             self.save()
 
     def message(self, kind, target, p, stamp):
-        s, author = self.settings, str(p.get("author") or "")
-        mid = str(p.get("messageId") or p.get("_id") or "")
+        s, author, mid = self.settings, str(p.get("author") or ""), message_id(p)
         if not author or author == s.agent_user_id or mid in self.seen or \
-                self.old(p.get("createdAt") or stamp):
-            return
+                kind == "panel" and self.old(p.get("createdAt") or stamp):
+            return                          # (a session's place is its cursor, not the clock)
         self.remember(mid)
         info = p.get("authorInfo") if isinstance(p.get("authorInfo"), dict) else {}
         content = p.get("content")
@@ -331,7 +350,7 @@ class MochatChannel(Channel):
             self.state.update(json.loads(self.path.read_text()))
         except (OSError, ValueError):
             pass
-        self.state.setdefault("since", int(time.time() * 1000))    # older is history: ignored
+        self.state.setdefault("since", int(time.time() * 1000))    # older panel messages: history
         self.seen = dict.fromkeys(self.state.get("seen", []))
         self.save()
 
@@ -344,6 +363,8 @@ class MochatChannel(Channel):
                 self.saved = data
 
     def remember(self, mid: str):
+        if not mid:
+            return
         with self.lock:
             self.seen[mid] = None
             while len(self.seen) > SEEN_MAX:
@@ -369,8 +390,11 @@ class MochatChannel(Channel):
             if panel and meta.get("group_id"):
                 body["groupId"] = meta["group_id"]
             sent = self.api("groups/panels/send" if panel else "sessions/send", body)
-            if sent.get("messageId") or sent.get("_id"):        # so its echo is not answered
-                self.remember(str(sent.get("messageId") or sent.get("_id")))
+            self.remember(message_id(sent))         # so its echo is not answered
+
+
+def message_id(p: dict) -> str:
+    return str(p.get("messageId") or p.get("_id") or "")
 
 
 def mentions(p: dict, me: str) -> bool:
@@ -382,3 +406,17 @@ def mentions(p: dict, me: str) -> bool:
            for m in (meta.get(key) if isinstance(meta.get(key), list) else ())
            if isinstance(m, (str, dict))]
     return bool(me) and (me in ids or f"@{me}" in str(p.get("content") or ""))
+
+
+def decode(frame) -> tuple:
+    """(type, ack id, data) of a Socket.IO packet: a binary frame is msgpack, a text one JSON;
+    (None, None, None) if unreadable."""
+    try:
+        if isinstance(frame, bytes):
+            p = msgpack.unpack(frame)
+            return p.get("type"), p.get("id"), p.get("data")
+        kind, num, body = re.match(r"4(\d)(\d*)(.*)", frame, re.S).groups()
+        return int(kind), int(num) if num else None, json.loads(body) if body else None
+    except (AttributeError, ValueError) as e:
+        log.debug("mochat: ignored packet %r: %s", frame[:80], e)
+        return None, None, None

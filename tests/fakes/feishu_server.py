@@ -8,6 +8,7 @@ websocket, the tenant token, and the IM routes a bot uses.
         feishu.say("big", fragments=3, order=[2, 0, 1])         # one event in three frames
         feishu.file(mid, "img_1", b"...", "image/png")          # a resource of message mid
         feishu.rate_limit(1)            # the next IM send answers 429, code 99991400, reset 1 s
+        feishu.downloads_open.clear()   # a file download takes until .set(): a large file
         feishu.drop()                   # the TCP connection just goes away
         feishu.sent, feishu.reactions, feishu.acks, feishu.pings, feishu.downloads
 
@@ -127,6 +128,8 @@ class FakeFeishu(FakeServer):
         self.sent, self.reactions, self.acks, self.pings, self.downloads = [], [], [], [], []
         self.requests, self.bad_frames, self.connections, self.token_requests = [], [], 0, 0
         self.files = {}                         # (message id, key) -> (bytes, content type)
+        self.downloads_open = threading.Event()     # cleared: downloads wait (logged at once)
+        self.downloads_open.set()
         self.withdrawn, self.chats = set(), {}      # message ids; message id -> chat id
         self._tokens, self._tickets, self._uuids, self._limits = set(), set(), {}, []
         self._outstanding = {}                  # frame message_id -> [frames], until acked
@@ -206,6 +209,7 @@ class FakeFeishu(FakeServer):
         self._tokens.clear()
 
     def drop(self):
+        self.downloads_open.set()               # nothing hangs on when the fake stops
         with self.lock:
             ws, self._ws = self._ws, None
         if ws:
@@ -424,6 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = fake.api(self, method, url.path, query, body)
             else:
                 answer = 404, {"code": 404, "msg": "404 page not found"}
+        if "/resources/" in url.path and answer[0] == 200:
+            fake.downloads_open.wait(60)        # outside the lock: the rest goes on meanwhile
         self._answer(*answer)
 
     def _answer(self, status, body, headers=None):

@@ -16,15 +16,21 @@ sends comes back as an event in its session or panel, as on the real service.
 
 Socket.IO (Engine.IO v4) at /socket.io/?EIO=4&transport=websocket: open packet, a ping ("2")
 every `ping_ms` (no pong "3" within `ping_timeout_ms` and the fake hangs up), CONNECT with
-`{"token"}` checked (44 on a wrong one), the acked calls com.claw.im.subscribeSessions (the
-backlog after each cursor comes back in the ack) and com.claw.im.subscribePanels, then
-`claw.session.events` / `claw.panel.events` as messages arrive. `drop()` cuts every socket;
-`refuse_socket = True` answers the handshake with 403; `mute()` makes the open sockets go
-silent (no pings, no events).
+`{"token"}` checked (CONNECT_ERROR on a wrong one), the acked calls com.claw.im.subscribeSessions
+(the backlog after each cursor comes back in the ack) and com.claw.im.subscribePanels, then
+`claw.session.events` / `claw.panel.events` as messages arrive (`pushed` counts the events sent
+so). The Engine.IO packets are text; the Socket.IO packets follow the server's parser:
+`encoding="msgpack"` (the default, as socket.io-msgpack-parser: one binary frame holding the map
+{type, nsp, data, id}) or `"json"` (text `4<type><id><json>`). A packet in the other encoding, or
+one that parser would refuse, is logged in `bad_packets` and the connection cut, as a real
+server does. `drop()` cuts every socket; `refuse_socket = True` answers the handshake with 403;
+`mute()` makes the open sockets go silent (no pings, no events). The msgpack codec below is
+written apart from the channel's on purpose.
 """
 import itertools
 import json
 import re
+import struct
 import threading
 import time
 import uuid
@@ -39,6 +45,72 @@ AGENT, OWNER, GROUP = "agent-0001", "user-owner", "group-0001"
 MAX_CONTENT = 4000
 
 
+# --- msgpack, the fake's own: what socket.io-msgpack-parser's notepack.io reads and writes ---
+
+def mp_encode(v) -> bytes:
+    if v is None or v is True or v is False:
+        return {None: b"\xc0", False: b"\xc2", True: b"\xc3"}[v]
+    if isinstance(v, float):
+        return struct.pack(">Bd", 0xCB, v)
+    if isinstance(v, int):
+        if 0 <= v <= 0x7F or -32 <= v < 0:
+            return struct.pack(">b" if v < 0 else ">B", v)
+        return struct.pack(">Bq", 0xD3, v) if v < 0 else struct.pack(">BQ", 0xCF, v)
+    if isinstance(v, str):
+        data = v.encode()
+        head = bytes([0xA0 + len(data)]) if len(data) < 32 else struct.pack(">BI", 0xDB, len(data))
+        return head + data
+    if isinstance(v, bytes):
+        return struct.pack(">BI", 0xC6, len(v)) + v
+    if isinstance(v, list):
+        return struct.pack(">BI", 0xDD, len(v)) + b"".join(map(mp_encode, v))
+    return struct.pack(">BI", 0xDF, len(v)) + b"".join(mp_encode(k) + mp_encode(x)
+                                                      for k, x in v.items())
+
+
+def mp_decode(data: bytes):
+    value, rest = _mp_take(memoryview(data))
+    if rest:
+        raise ValueError("bytes left over")
+    return value
+
+
+def _mp_take(b):
+    first = b[0]
+    simple = {0xC0: None, 0xC2: False, 0xC3: True}
+    if first in simple:
+        return simple[first], b[1:]
+    if first <= 0x7F or first >= 0xE0:
+        return struct.unpack(">b" if first >= 0xE0 else ">B", b[:1])[0], b[1:]
+    numbers = {0xCA: ">f", 0xCB: ">d", 0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
+               0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
+    if first in numbers:
+        size = struct.calcsize(numbers[first])
+        return struct.unpack(numbers[first], b[1:1 + size])[0], b[1 + size:]
+    sized = {0xD9: (">B", str), 0xDA: (">H", str), 0xDB: (">I", str), 0xC4: (">B", bytes),
+             0xC5: (">H", bytes), 0xC6: (">I", bytes), 0xDC: (">H", list), 0xDD: (">I", list),
+             0xDE: (">H", dict), 0xDF: (">I", dict)}
+    if 0x80 <= first <= 0xBF:
+        kind = (dict, list, str, str)[(first - 0x80) // 16]
+        count, b = first & (0x1F if kind is str else 0x0F), b[1:]
+    elif first in sized:
+        fmt, kind = sized[first]
+        end = 1 + struct.calcsize(fmt)
+        count, b = struct.unpack(fmt, b[1:end])[0], b[end:]
+    else:
+        raise ValueError(f"type byte {first:#x} is not used by Socket.IO packets")
+    if kind in (str, bytes):
+        if len(b) < count:
+            raise ValueError("short string")
+        raw = bytes(b[:count])
+        return (raw.decode() if kind is str else raw), b[count:]
+    items = []
+    for _ in range(count * (2 if kind is dict else 1)):
+        item, b = _mp_take(b)
+        items.append(item)
+    return (dict(zip(items[::2], items[1::2])) if kind is dict else items), b
+
+
 def now_iso():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -46,8 +118,10 @@ def now_iso():
 class FakeMochat(FakeServer):
     token = "claw_fake_token"
 
-    def __init__(self, ping_ms=25000, ping_timeout_ms=20000, socket_path="/socket.io"):
+    def __init__(self, ping_ms=25000, ping_timeout_ms=20000, socket_path="/socket.io",
+                 encoding="msgpack"):
         self.ping_ms, self.ping_timeout_ms, self.socket_path = ping_ms, ping_timeout_ms, socket_path
+        self.encoding, self.bad_packets, self.pushed = encoding, [], 0
         self.sessions = {}              # id -> list of events (seq from 1)
         self.panels = {}                # id -> list of messages, oldest first
         self.sent, self.calls = [], []  # sends; socket calls (name, data)
@@ -84,13 +158,15 @@ class FakeMochat(FakeServer):
         with self._cond:
             self.panels.setdefault(pid, [])
 
-    def say(self, sid, text, author=OWNER, name="owner", meta=None, everyone=False) -> str:
+    def say(self, sid, text, author=OWNER, name="owner", meta=None, everyone=False,
+            at=None) -> str:
         """Someone writes in session `sid`: a message.add event, pushed to subscribed sockets
-        (to every socket with `everyone`, as a server that ignores subscriptions would)."""
+        (to every socket with `everyone`, as a server that ignores subscriptions would).
+        `at` (an ISO-8601 time) overrides the event's timestamp."""
         mid = f"m{next(self._ids)}"
         with self._cond:
             events = self.sessions.setdefault(sid, [])
-            event = {"seq": len(events) + 1, "type": "message.add", "timestamp": now_iso(),
+            event = {"seq": len(events) + 1, "type": "message.add", "timestamp": at or now_iso(),
                      "payload": {"messageId": mid, "author": author, "content": text,
                                  "meta": meta or {}, "groupId": "", "converseId": sid[8:],
                                  "authorInfo": {"nickname": name, "email": f"{name}@x.io"}}}
@@ -143,9 +219,35 @@ class FakeMochat(FakeServer):
         for c in list(self._socks):
             if c["subscribed"] and not c["mute"] and wanted(c):
                 try:
-                    c["ws"].send("42" + json.dumps([event, data]))
+                    self._emit(c["ws"], 2, [event, data])
+                    self.pushed += len(data.get("events") or ())
                 except Closed:
                     pass
+
+    def _emit(self, ws, kind, data, num=None):
+        if self.encoding == "msgpack":
+            packet = {"type": kind, "nsp": "/", "data": data}
+            ws.send(mp_encode(packet if num is None else dict(packet, id=num)))
+        else:
+            ws.send(f"4{kind}{'' if num is None else num}{json.dumps(data)}")
+
+    def _read(self, frame):
+        """(type, id, data) of a Socket.IO packet, checked as the server's parser checks it."""
+        if self.encoding == "json":
+            if not isinstance(frame, str):
+                raise ValueError("a binary frame to the JSON parser")
+            kind, num, body = re.fullmatch(r"4([0-4])(\d*)(.*)", frame, re.S).groups()
+            return int(kind), int(num) if num else None, json.loads(body) if body else None
+        if not isinstance(frame, bytes):
+            raise ValueError(f"a text packet {frame[:40]!r} to the msgpack parser")
+        p = mp_decode(frame)
+        kind, data = p.get("type"), p.get("data")
+        valid = {0: "data" not in p or isinstance(data, dict), 1: "data" not in p,
+                 2: isinstance(data, list) and data, 3: isinstance(data, list)}
+        if not isinstance(p.get("nsp"), str) or not valid.get(kind) or \
+                not isinstance(p.get("id", 0), int):
+            raise ValueError(f"invalid packet {p!r}")
+        return kind, p.get("id"), data
 
     def _socket(self, ws):
         conn = {"ws": ws, "sessions": set(), "panels": set(), "subscribed": False, "mute": False}
@@ -164,23 +266,30 @@ class FakeMochat(FakeServer):
                 if now >= ping_at:
                     ws.send("2")
                     ping_at, pong_due = now + self.ping_ms / 1000, now + self.ping_timeout_ms / 1000
-                packet = ws.recv(timeout=0.05)
-                if packet == "3":
+                frame = ws.recv(timeout=0.05)
+                if frame is None:
+                    continue
+                if frame == "3":
                     self.pongs, pong_due = self.pongs + 1, None
-                elif packet and packet.startswith("40"):
-                    auth = json.loads(packet[2:] or "{}")
-                    if auth.get("token") != self.token:
-                        ws.send("44" + json.dumps({"message": "invalid claw token"}))
+                    continue
+                try:
+                    kind, num, data = self._read(frame)
+                except (ValueError, AttributeError, IndexError, struct.error) as e:
+                    self.bad_packets.append(str(e))
+                    ws.drop()               # the server's parser throws: connection closed
+                    raise Closed() from None
+                if kind == 0:
+                    if (data or {}).get("token") != self.token:
+                        self._emit(ws, 4, {"message": "invalid claw token"})
                         continue
                     with self._cond:
                         self._socks.append(conn)
-                    ws.send("40" + json.dumps({"sid": uuid.uuid4().hex}))
-                elif packet and packet.startswith("42") and conn in self._socks:
-                    num, body = re.match(r"42(\d*)(.*)", packet, re.S).groups()
-                    name, data = json.loads(body)
+                    self._emit(ws, 0, {"sid": uuid.uuid4().hex})
+                elif kind == 2 and conn in self._socks:
+                    name, data = data[0], data[1] if len(data) > 1 else None
                     self.calls.append((name, data))
-                    ws.send(f"43{num}" + json.dumps([self._call(conn, name, data)]))
-                elif packet and packet.startswith("41"):
+                    self._emit(ws, 3, [self._call(conn, name, data)], num)
+                elif kind == 1:
                     break
         except Closed:
             pass
