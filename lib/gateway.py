@@ -109,7 +109,7 @@ class Gateway:
         self._config_mtime = _mtime(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        self.parts = [self.worker, *self.channels, *self._optional_parts()]
+        self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web()]
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
@@ -129,7 +129,6 @@ class Gateway:
             part.start()
             log.debug("started %s", getattr(part, "name", type(part).__name__))
         self.watcher.start()
-        health = self._serve_health()
         notify("READY=1")
         log.info("gateway ready: home %s, model %s", self.home, self.config.agents.defaults.model)
         ping, last_prune = _watchdog_interval(), time.monotonic()
@@ -143,17 +142,17 @@ class Gateway:
                 last_prune = time.monotonic()
         notify("STOPPING=1")
         log.info("stopping")
-        if health:
-            health.shutdown()
         self.watcher.stop()
         for part in reversed(self.parts):
             part.stop()
         log.info("stopped")
         return 0
 
-    def healthy(self) -> bool:
-        """Every part alive and the worker making progress; else say which, and why."""
+    def healthy(self, say: bool = True) -> bool:
+        """Every part alive and the worker making progress; else (with `say`) log which, and why."""
         dead = [getattr(p, "name", type(p).__name__) for p in self.parts if not p.alive()]
+        if not say:
+            return not dead and self.worker.progressing()
         if dead:
             log.error("a part of the gateway has died: %s", ", ".join(dead))
         elif not self.worker.progressing():
@@ -163,6 +162,18 @@ class Gateway:
         else:
             return True
         return False
+
+    def _web(self) -> list:
+        """The HTTP server on gateway.host:port, unless port is 0 or the port is taken."""
+        g = self.config.gateway
+        if not g.port:
+            return []
+        from lib.web.server import WebServer
+        try:
+            return [WebServer(g.host, g.port, lambda: self.healthy(say=False))]
+        except OSError as e:
+            log.warning("no HTTP server: cannot listen on %s:%d (%s)", g.host, g.port, e.strerror)
+            return []
 
     def _outbox_changed(self):
         for channel in self.channels:
@@ -196,41 +207,6 @@ class Gateway:
         for part in self.parts:
             part.config = config
         log.info("config reloaded from %s", config.path)
-
-    def _serve_health(self):
-        """GET /health on gateway.host:port (port 0: off), for Docker and monitoring: liveness
-        only (SPEC §11), so it tells a stranger nothing about the traffic."""
-        if not self.config.gateway.port:
-            return None
-        import json
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        gateway = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                found = self.path.split("?")[0] == "/health"
-                ok = found and all(p.alive() for p in gateway.parts) and gateway.worker.progressing()
-                body = {"ok": ok} if found else {"error": "only GET /health is served"}
-                code = (200 if ok else 503) if found else 404
-                raw = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args):
-                pass
-
-        try:
-            server = ThreadingHTTPServer((self.config.gateway.host, self.config.gateway.port), Handler)
-        except OSError as e:
-            log.warning("health endpoint off: cannot listen on %s:%d (%s)",
-                        self.config.gateway.host, self.config.gateway.port, e.strerror)
-            return None
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-        return server
 
     def _prune(self):
         days = self.config.gateway.retention_days

@@ -8,7 +8,8 @@ import re
 
 from lib import maildir
 from lib.part import Part
-from lib.worker import HEARTBEAT_OK
+
+HEARTBEAT_OK = "HEARTBEAT_OK"      # the reply that means "nothing to do": never sent
 
 log = logging.getLogger(__name__)
 SUFFIX = ".heartbeat"               # inbox names end so; they still sort by arrival
@@ -68,7 +69,7 @@ class Heartbeat(Part):
         text = (f"[Heartbeat] The owner's standing tasks from {path}:\n\n{tasks}\n\n"
                 "Do what is due now. Tell the owner only what needs their attention; if nothing "
                 f"does, reply exactly {HEARTBEAT_OK} and nothing else.")
-        meta = {"kind": "heartbeat"}
+        meta = {"kind": "heartbeat", "quiet_reply": HEARTBEAT_OK}
         try:
             last = json.loads((self.config.home / "state" / "last_chat.json").read_text())
             meta["reply_to"] = {"channel": last["channel"], "chat_id": str(last["chat_id"])}

@@ -26,7 +26,6 @@ MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder
 FULL = (errno.ENOSPC, errno.EDQUOT)
 KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")
 RESCAN_S = 5.0          # a safety net under the file watcher
-HEARTBEAT_OK = "HEARTBEAT_OK"
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
 
@@ -229,8 +228,8 @@ class Worker(Part):
             maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
             return
         meta = msg.get("metadata", {})
-        if meta.get("kind") == "heartbeat" and reply.strip().strip(".!").upper() == HEARTBEAT_OK:
-            channel = "system"          # nothing worth saying: recorded, not sent
+        if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
+            channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
         proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
                     metadata=meta, key=key)
@@ -262,13 +261,8 @@ class Worker(Part):
 
     def _reply_exists(self, key: str) -> bool:
         suffix = f".r{key}.json"
-        for folder in ("new", "cur", "sent", "failed"):
-            try:
-                if any(n.endswith(suffix) for n in os.listdir(self.outbox / folder)):
-                    return True
-            except FileNotFoundError:
-                pass
-        return False
+        return any(n.endswith(suffix) for folder in ("new", "cur", "sent", "failed")
+                   for n in maildir.waiting(self.outbox, folder=folder))
 
     def _remember_chat(self, channel, chat_id):
         """The owner's last active chat: where the heartbeat speaks."""

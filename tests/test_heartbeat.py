@@ -70,7 +70,7 @@ def test_tasks_are_posted_once_to_the_last_active_chat(config, beat):
     msg = json.loads(path.read_text())
     assert (msg["channel"], msg["chat_id"]) == ("system", "heartbeat")
     assert msg["sender_id"] == "heartbeat"
-    assert msg["metadata"] == {"kind": "heartbeat",
+    assert msg["metadata"] == {"kind": "heartbeat", "quiet_reply": "HEARTBEAT_OK",
                                "reply_to": {"channel": "telegram", "chat_id": "42"}}
     assert "## Tasks\n- Check free disk space with df -h\n\n" in msg["text"]
     assert "notes" not in msg["text"] and "reply exactly HEARTBEAT_OK" in msg["text"]
@@ -79,7 +79,7 @@ def test_tasks_are_posted_once_to_the_last_active_chat(config, beat):
 def test_without_a_last_chat_the_beat_stays_on_system(config, beat):
     write_tasks(config, "- water the plants\n")
     assert beat.beat()
-    assert json.loads(inbox(config)[0].read_text())["metadata"] == {"kind": "heartbeat"}
+    assert json.loads(inbox(config)[0].read_text())["metadata"] == {"kind": "heartbeat", "quiet_reply": "HEARTBEAT_OK"}
 
 
 def test_no_pile_up_while_the_last_beat_waits_or_runs(config, beat):

@@ -5,7 +5,8 @@ import pytest
 
 from lib.config import load_config
 from lib.errors import ConfigError, ProviderError
-from lib.providers.client import OpenAIProvider, transcribe
+from lib.channels.voice import transcribe
+from lib.providers.client import OpenAIProvider
 from lib.providers.registry import resolve
 from tests.conftest import write_config
 from tests.fakes.openai_server import DEFAULT_TRANSCRIPT

@@ -107,10 +107,12 @@ def test_turns_written_by_another_process_are_seen(worker, llm, home):
 
 @pytest.mark.parametrize("answer", ["HEARTBEAT_OK", "HEARTBEAT_OK.", " heartbeat_ok! "])
 def test_heartbeat_ok_in_any_dress_is_not_sent(worker, llm, home, answer):
+    """The message says which reply stays quiet (metadata.quiet_reply): the worker knows no
+    heartbeat rules."""
     (home / "state").mkdir(exist_ok=True)
     llm.script(answer)
     maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "heartbeat", "text": "tasks",
-                                     "metadata": {"kind": "heartbeat", "reply_to": {
+                                     "metadata": {"quiet_reply": "HEARTBEAT_OK", "reply_to": {
                                          "channel": "local", "chat_id": "owner"}}}, "h")
     worker.drain()
     assert [r["channel"] for r in sent(home)] == ["system"]

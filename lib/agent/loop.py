@@ -132,14 +132,11 @@ class Agent:
     def _consolidate(self, session: Session, keep: int, rounds: int = 1000) -> bool:
         """Batches of agents.defaults.consolidate_batch messages, within one turn's time."""
         d = self.config.agents.defaults
-        deadline = time.monotonic() + d.turn_timeout_s
-        for _ in range(rounds):
-            before = session.consolidated
-            if not self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline):
-                return False
-            if session.consolidated == before:
-                break
-        return True
+        deadline, ok, before = time.monotonic() + d.turn_timeout_s, True, None
+        while ok and rounds and session.consolidated != before:
+            before, rounds = session.consolidated, rounds - 1
+            ok = self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline)
+        return ok
 
 
 def _text(msg: dict) -> str:

@@ -157,7 +157,7 @@ class Channel:
         if not self.config.provider("groq").api_key:
             return None
         from lib.errors import ProviderError
-        from lib.providers.client import transcribe
+        from lib.channels.voice import transcribe
         try:
             return f"[voice note, transcribed] {transcribe(self.config, str(path))}"
         except ProviderError as e:

@@ -49,17 +49,12 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
 def _check_interval(schedule: dict, tz, least: int):
     """The model may not schedule itself more often than tools.cron.min_interval_s (SPEC §8):
     a job every second would run up the bill around the clock. The CLI may add any interval."""
-    from datetime import datetime, timezone
-    from lib.cron import describe, next_time
-    if schedule["kind"] == "every":
-        gap = schedule["every_s"]
-    elif schedule["kind"] == "cron":    # the shortest gap among the next runs
-        runs = [next_time(schedule, datetime.now(timezone.utc), tz)]
-        for _ in range(24):
-            runs.append(next_time(schedule, runs[-1], tz))
-        gap = min((b - a).total_seconds() for a, b in zip(runs, runs[1:]) if a and b)
-    else:
-        return
+    from lib.cron import _now, describe, next_time
+    runs = [_now()]
+    while schedule["kind"] == "cron" and runs[-1] and len(runs) < 25:   # the next runs' shortest gap
+        runs.append(next_time(schedule, runs[-1], tz))
+    gaps = [(b - a).total_seconds() for a, b in zip(runs[1:], runs[2:]) if a and b]
+    gap = schedule.get("every_s") or min(gaps, default=least)
     if gap < least:
         raise ToolError(f"{describe(schedule)} would run every {gap:.0f} s; the shortest interval "
                         f"allowed is {least} s (tools.cron.min_interval_s)")

@@ -39,11 +39,9 @@ def _attachment(ctx, path) -> str:
     if not isinstance(path, str):
         raise ToolError(f"media must list file paths, got {path!r}")
     p = resolve(ctx, path)
-    if not p.exists():
-        raise ToolError(f"no such file: {path}")
     if not p.is_file():
         raise ToolError(f"{path} is a folder; attach the files in it" if p.is_dir() else
-                        f"{path} is not a regular file")
+                        f"{path} is not a regular file" if p.exists() else f"no such file: {path}")
     size = p.stat().st_size
     if size > MAX_MB * 2**20:
         raise ToolError(f"{path} is {size / 2**20:.1f} MB; files over {MAX_MB} MB cannot be sent")

@@ -13,9 +13,6 @@ import re
 from lib.errors import ToolError
 from lib.tools.files import resolve
 
-_PATHS = re.compile(r"""(?:^|[\s'"=<>|;&(`])((?:/|~)[^\s'"|;&<>()`]*)""")
-_ALLOWED = {"/dev/null", "/dev/stdout", "/dev/stderr"}
-
 
 def exec(ctx, command: str, working_dir: str = "") -> str:
     """Run a shell command and return its output and exit code. Runs in the workspace unless
@@ -36,7 +33,7 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
     cwd = resolve(ctx, working_dir) if working_dir else workspace
     boxed = sandbox.use_bwrap(settings, ctx.restrict)
     if ctx.restrict and not boxed:
-        _check_paths(ctx, command)
+        sandbox.check_paths(command, lambda path: resolve(ctx, path))
     argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command) if boxed else \
         ["/bin/sh", "-c", command]
     timeout = ctx.time_left(settings.timeout)
@@ -51,17 +48,6 @@ def _status(code, timeout: float, own_limit: int) -> str:
     if timeout == own_limit:
         return f"killed after the {own_limit}s timeout (tools.exec.timeout)"
     return f"killed after {timeout:.0f}s: the turn ran out of time (agents.defaults.turn_timeout_s)"
-
-
-def _check_paths(ctx, command: str):
-    if re.search(r"(^|[\s/'\"=])\.\.(/|\s|$|['\"])", command):
-        raise ToolError("refused: '..' in a command is not allowed while "
-                        "tools.restrict_to_workspace is on")
-    if re.search(r"\$\{?HOME\b", command):
-        raise ToolError("refused: $HOME is outside the workspace (tools.restrict_to_workspace is on)")
-    for path in _PATHS.findall(command):
-        if path not in _ALLOWED:
-            resolve(ctx, path)      # raises when it lies outside the workspace
 
 
 TOOLS = [exec]
