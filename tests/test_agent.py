@@ -317,3 +317,16 @@ def test_a_failed_consolidation_backs_off_instead_of_retrying_every_message(conf
     llm.script(SAVE)
     agent.maintain(third)
     assert Session(home, "cli", "default").consolidation_failures == 0
+
+
+def test_the_loop_hands_the_provider_the_turns_deadline_and_the_tool_schemas(config):
+    """The agent is handed its provider (lib.providers.Provider): here a scripted one, no HTTP."""
+    import time
+    from tests.fakes.scripted import ScriptedProvider
+    model = ScriptedProvider({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "Listed.")
+    before = time.monotonic()
+    assert make_agent(with_defaults(config, turn_timeout_s=50), model).respond(ask("ls")) == "Listed."
+    assert model.calls == 2 and all(before + 49 < r["deadline"] <= time.monotonic() + 50
+                                    for r in model.requests)
+    assert {t["function"]["name"] for t in model.requests[0]["tools"]} >= {"exec", "list_dir"}
+    assert model.requests[1]["messages"][-1]["role"] == "tool"

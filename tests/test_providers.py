@@ -293,10 +293,7 @@ def test_tool_arguments_sent_as_an_object_become_json_text(config, home):
     reply = _reply(_json.dumps(body))
     assert reply.tool_calls[0]["arguments"] == '{"path": "."}'
 
-    class Scripted:
-        replies = [reply, _reply(_json.dumps({"choices": [{"message": {"content": "done"}}]}))]
-
-        def complete(self, messages, tools=None, deadline=None):
-            return self.replies.pop(0)
-    new = run_turn([], Scripted(), default_registry(), Context(config, config.workspace), 5)
+    from tests.fakes.scripted import ScriptedProvider
+    new = run_turn([], ScriptedProvider(reply, "done"), default_registry(),
+                   Context(config, config.workspace), 5)
     assert new[-1]["content"] == "done" and not new[1]["content"].startswith("Error")

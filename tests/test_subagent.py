@@ -13,6 +13,7 @@ from lib.tools import Context, Services, default_registry
 from lib.worker import Worker, post_inbox
 from tests import conftest
 from tests.conftest import make_agent
+from tests.fakes.scripted import ScriptedProvider
 
 
 wait_for = partial(conftest.wait_for, timeout=10.0)
@@ -45,20 +46,6 @@ def parts():
     for subs in made:
         subs.stop()
         wait_for(lambda: not subs._running)     # no thread outlives its test
-
-
-class Gate:
-    """A provider that waits for the test before it answers (first a tool call, then text)."""
-
-    def __init__(self, first=None):
-        self.open, self.calls, self.first = threading.Event(), 0, first
-
-    def complete(self, messages, tools=None, deadline=None):
-        self.calls += 1
-        assert self.open.wait(10)
-        if self.first and self.calls == 1:
-            return self.first
-        return Reply(content="done")
 
 
 def test_the_spawn_tool_runs_a_background_turn_and_posts_its_result(config, llm, home, parts):
@@ -99,14 +86,14 @@ def test_the_spawn_tool_without_the_gateway_says_so(config):
 
 
 def test_no_more_than_max_running_at_once(config, parts):
-    gate = Gate()
-    parts.append(subs := make(config, gate))
+    model = ScriptedProvider("done", "done", "done", gate=threading.Event())
+    parts.append(subs := make(config, model))
     ids = [task_id(subs.spawn(f"job {n}", "", "telegram", "1")) for n in range(3)]
     ctx = Context(config, config.workspace, services=Services(spawn=subs))
     refused = default_registry().call("spawn", {"task": "one too many"}, ctx)
     assert refused == "Error: 3 background tasks are already running; wait for one to finish"
     assert len(list((config.home / "state" / "subagents").glob("*.json"))) == 3
-    gate.open.set()
+    model.gate.set()
     for tid in ids:
         assert wait_for(lambda: posted(config, tid))["text"].startswith(f"[Background task 'job ")
     wait_for(lambda: not subs._running)
@@ -137,14 +124,14 @@ def test_a_result_saved_before_a_crash_is_posted_without_asking_again(config, ll
 
 def test_stop_leaves_an_unfinished_task_for_the_next_start(config, llm, parts):
     call = Reply(tool_calls=[{"id": "c1", "name": "list_dir", "arguments": "{}"}])
-    gate = Gate(first=call)
-    subs = make(config, gate)
+    model = ScriptedProvider(call, gate=threading.Event())
+    subs = make(config, model)
     tid = task_id(subs.spawn("List the workspace", "ls", "telegram", "7"))
-    wait_for(lambda: gate.calls == 1)
+    wait_for(lambda: model.calls == 1)
     subs.stop(timeout=0.05)                 # the model call is still out
-    gate.open.set()
+    model.gate.set()
     wait_for(lambda: not subs._running)     # it stopped before asking the model again
-    assert gate.calls == 1 and posted(config, tid) is None and state(config, tid).exists()
+    assert model.calls == 1 and posted(config, tid) is None and state(config, tid).exists()
     llm.script("Three files.")
     parts.append(make(config))
     assert "Result: Three files." in wait_for(lambda: posted(config, tid))["text"]

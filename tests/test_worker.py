@@ -229,3 +229,17 @@ def test_start_up_sweeps_stale_leftovers_and_a_folder_in_tmp_does_not_stop_it(wo
     worker.start()
     worker.stop()
     assert not any(p.exists() for p in stale) and (inbox / "tmp" / "odd").is_dir()
+
+
+def test_the_worker_runs_the_agent_it_is_handed(config, home):
+    """No HTTP at all: the worker, the agent and a scripted provider (tests/fakes/scripted.py)."""
+    from tests.fakes.scripted import ScriptedProvider
+    model = ScriptedProvider("first", "second")
+    maildir.ensure(home / "inbox")
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+    worker = Worker(config, make_agent(config, model))
+    for name, text in (("a", "one"), ("b", "two")):
+        maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "c", "text": text}, name)
+    worker.drain()
+    assert [r["text"] for r in sent(home)] == ["first", "second"]
+    assert [m["content"] for m in model.requests[1]["messages"][1:]] == ["one", "first", "two"]
