@@ -69,9 +69,10 @@ install-service: install
 	if [ "$$was" = active ]; then $$sudo systemctl restart nanoclaw; echo "ran systemctl restart nanoclaw (it was already running)"; fi; \
 	echo "Check it: systemctl status nanoclaw    Follow its log: journalctl -u nanoclaw -f"
 
-# Lines of code (no blanks, no comment lines): the core promise is <= 3,000; each capability of the
-# second wave (SPEC §8-§13) lives in its own module, counted apart; lib/ in all stays under 10,000.
-CAPABILITIES := lib/sandbox.py lib/netguard.py lib/approvals.py lib/usage.py lib/mcp.py lib/web
+# Lines of code (no blanks, no comment lines): the core promise is <= 3,000. Each part of the second
+# wave in DESIGN.md's table (the message contract, sandbox, address guard, approvals, usage, web,
+# MCP) lives in its own module and is counted apart; lib/ in all stays under 10,000.
+CAPABILITIES := lib/mail.py lib/sandbox.py lib/netguard.py lib/approvals.py lib/usage.py lib/mcp.py lib/web
 lines:
 	@count() { [ $$# -gt 0 ] && cat "$$@" | grep -cvE '^\s*(#|$$)' || echo 0; }; \
 	core=$$(count $$(find lib -name '*.py' ! -path 'lib/channels/*' ! -name cli.py $(foreach c,$(CAPABILITIES),! -path '$(c)' ! -path '$(c)/*'))); \

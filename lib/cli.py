@@ -202,7 +202,7 @@ def cmd_agent(args):
         if (ch, chat) == (channel, chat_id):
             show("\n".join([text, *(f"[file: {p}]" for p in media or ())]).strip())
         else:
-            from lib.worker import post_outbox
+            from lib.mail import post_outbox
             post_outbox(cfg.home, ch, chat, text, media=media or ())
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
@@ -304,7 +304,7 @@ def cmd_channels(args):
 
 def cmd_cron(args):
     from lib.cron import CronService, describe, make_schedule
-    from lib.worker import CHANNELS
+    from lib.mail import CHANNELS
     cfg = _config(args)
     service = CronService(cfg)
     if args.action == "add":

@@ -197,7 +197,7 @@ class CronService(Part):
     tool and the gateway never lose each other's edits; a file that cannot be read is left alone."""
 
     def __init__(self, config, post=None):
-        from lib.worker import post_inbox
+        from lib.mail import post_inbox
         self.config, self._tz_name = config, None
         self.path = config.home / "cron" / "jobs.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)     # the file watcher needs it

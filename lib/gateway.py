@@ -10,7 +10,8 @@ import time
 from functools import partial
 
 from lib import maildir
-from lib.worker import Worker, post_inbox, post_outbox
+from lib.mail import post_inbox, post_outbox
+from lib.worker import Worker
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600
@@ -89,9 +90,6 @@ class Gateway:
         self.parts = []                 # started in order, stopped in reverse
         self.stopping = threading.Event()
 
-    def post(self, msg: dict, name: str | None = None):
-        return post_inbox(self.home, msg, name)
-
     def build(self):
         """Create every part the config asks for (their threads start in run())."""
         from lib import channels
@@ -116,10 +114,11 @@ class Gateway:
         from lib.agent.subagent import Subagents
         from lib.cron import CronService
         from lib.heartbeat import Heartbeat
-        self.services.cron = CronService(self.config, self.post)
-        self.services.spawn = Subagents(self.config, self.agent.provider, self.post)
+        post = partial(post_inbox, self.home)
+        self.services.cron = CronService(self.config, post)
+        self.services.spawn = Subagents(self.config, self.agent.provider, post)
         self.watcher.watch(self.home / "cron", self.services.cron.wake)
-        return [Heartbeat(self.config, self.post), self.services.spawn, self.services.cron]
+        return [Heartbeat(self.config, post), self.services.spawn, self.services.cron]
 
     def run(self) -> int:
         self.build()

@@ -8,113 +8,21 @@ import errno
 import json
 import logging
 import os
-import stat
 import time
 from pathlib import Path
 
 from lib import maildir
-from lib.channels import CHANNELS as CHAT_APPS, allowed
+from lib.channels import allowed
 from lib.errors import ProviderError
+from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
 from lib.part import Part
-from lib.sessions import Session, now_iso
+from lib.sessions import Session
 
 log = logging.getLogger(__name__)
-CHANNELS = (*CHAT_APPS, "cli", "system", "local")
-NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
-MAX_BYTES = 1024 * 1024
-MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses
 FULL = (errno.ENOSPC, errno.EDQUOT)
-KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")
 RESCAN_S = 5.0          # a safety net under the file watcher
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
-
-
-def post_inbox(home: Path, msg: dict, name: str | None = None) -> Path | None:
-    """Drop a message into the inbox. With a fixed `name`, a second post of the same name (a job
-    re-run after a crash) is ignored: returns None. The link into new/ decides between two
-    posts at once; cur/, done/ and failed/ (looked at in that order) hold it later."""
-    inbox = Path(home) / "inbox"
-    if name and maildir.find(inbox, name + ".json"):
-        return None
-    try:
-        return maildir.deliver(inbox, dict(msg, created_at=msg.get("created_at") or now_iso()), name)
-    except maildir.Clash:
-        return None
-
-
-def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=None, media=(),
-                metadata=None, key: str = "") -> Path:
-    """Queue a message for a channel. `key` (the inbox file's name) marks a reply, so a restart
-    can see that the reply exists. Channels without a remote side file it as sent at once."""
-    if channel not in CHANNELS:         # it becomes part of a file name: no "../"
-        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
-    name = maildir.unique_name(f"{channel}.") + (f".r{key}" if key else "")
-    obj = {"id": name, "channel": channel, "chat_id": str(chat_id), "text": text,
-           "media": list(media), "metadata": metadata or {}, "created_at": now_iso()}
-    if reply_to:
-        obj["reply_to"] = reply_to
-    return maildir.deliver(Path(home) / "outbox", obj, name,
-                           into="sent" if channel in NO_REMOTE else "new")
-
-
-def read_message(path: Path) -> dict:
-    """The inbox message in `path`, checked against SPEC §3; ValueError says what is wrong."""
-    # Anything but a regular file is refused unread: a FIFO would block, a link point anywhere.
-    _regular(os.lstat(path))
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
-        size = _regular(os.fstat(f.fileno())).st_size       # it may have been swapped meanwhile
-        if size > MAX_BYTES:
-            raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
-        raw = f.read()
-    deep = ValueError(f"JSON nested too deep (the limit is {MAX_DEPTH} levels)")
-    try:
-        msg = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
-    except RecursionError:
-        raise deep from None
-    if not _within(msg, MAX_DEPTH):
-        raise deep
-    if not isinstance(msg, dict):
-        raise ValueError("not a JSON object")
-    for field in ("channel", "chat_id", "text"):
-        if field not in msg:
-            raise ValueError(f"missing required field {field!r}")
-    if msg["channel"] not in CHANNELS:
-        raise ValueError(f"unknown channel {msg['channel']!r}; expected one of {', '.join(CHANNELS)}")
-    for field, types in (("chat_id", (str, int)), ("text", str), ("sender_id", (str, int)),
-                         ("media", list), ("metadata", dict), ("id", (str, int))):
-        if field in msg and not isinstance(msg[field], types) or isinstance(msg.get(field), bool):
-            raise ValueError(f"field {field!r} has the wrong type ({type(msg[field]).__name__})")
-    if not all(isinstance(m, str) for m in msg.get("media", [])):
-        raise ValueError("field 'media' must be a list of file paths")
-    if not msg["text"] and not msg.get("media"):
-        raise ValueError("empty message: 'text' is empty and there is no 'media'")
-    msg["chat_id"] = str(msg["chat_id"])
-    msg["id"] = str(msg.get("id") or path.stem)
-    msg.setdefault("created_at", now_iso())
-    return msg
-
-
-def _regular(st: os.stat_result) -> os.stat_result:
-    if not stat.S_ISREG(st.st_mode):
-        kind = KINDS.get(stat.filemode(st.st_mode)[0], "of another kind")
-        raise ValueError(f"not a regular file ({kind}); it was not read")
-    return st
-
-
-def _within(obj, depth: int) -> bool:
-    # True when `obj` nests lists and objects at most `depth` levels (walked level by level).
-    level = [obj]
-    for _ in range(depth):
-        level = [v for o in level if isinstance(o, (dict, list))
-                 for v in (o.values() if isinstance(o, dict) else o)]
-        if not level:
-            return True
-    return False
 
 
 class Worker(Part):
@@ -216,17 +124,14 @@ class Worker(Part):
                                        resume=recovered)
         except ProviderError as e:
             reply = str(e)
-        except Exception as e:      # a bug must not stop the service or lose the message
-            if isinstance(e, OSError) and e.errno in FULL:
-                raise               # not a bug: the message waits in cur/ for space
-            log.exception("inbox/%s failed", path.name)
-            self._sessions.pop(f"{channel}:{chat_id}", None)
-            post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
-                        "while answering this. The message is kept in inbox/failed/ and the "
-                        "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
-                        key=path.stem)
-            maildir.fail(path, f"internal error: {type(e).__name__}: {e}")
-            return
+        except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
+            if not (isinstance(e, OSError) and e.errno in FULL):    # a full disk: it waits in cur/
+                self._sessions.pop(f"{channel}:{chat_id}", None)
+                post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
+                            "while answering this. The message is kept in inbox/failed/ and the "
+                            "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
+                            key=path.stem)
+            raise
         meta = msg.get("metadata", {})
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent

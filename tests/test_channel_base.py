@@ -9,7 +9,7 @@ import pytest
 from lib import maildir
 from lib.channels.base import Channel, SendError, unsent
 from lib.errors import ConfigError
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests import conftest
 
 

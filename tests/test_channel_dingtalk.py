@@ -9,7 +9,7 @@ from lib.channels import enabled
 from lib.channels.dingtalk import LIMIT
 from lib.config import load_config
 from lib.errors import ConfigError
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.dingtalk_server import FakeDingTalk
 from tests.conftest import Gateway, model_yaml, wait_for, write_config
 

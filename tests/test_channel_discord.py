@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lib.channels import wsgateway
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.discord_server import BOT_ID, FakeDiscord
 from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 

@@ -8,7 +8,7 @@ import pytest
 
 from lib.channels import pbframe
 from lib.config import load_config
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.feishu_server import APP_ID, APP_SECRET, SERVICE_ID, FakeFeishu
 from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 

@@ -10,7 +10,7 @@ import pytest
 
 from lib.agent import skills
 from lib.config import load_config
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.mochat_server import AGENT, OWNER, FakeMochat
 from tests.conftest import Gateway, inbox, model_yaml, wait_for, write_config
 

@@ -12,7 +12,7 @@ import pytest
 from lib.channels import wsgateway
 from lib.config import load_config
 from lib.errors import ConfigError
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.qq_server import FakeQQ
 from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
 

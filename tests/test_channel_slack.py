@@ -188,7 +188,7 @@ def test_markdown_becomes_slack_mrkdwn():
 
 def test_files_follow_the_text_in_the_thread_and_a_gone_one_is_named(home, llm, slack, run_channel,
                                                                       tmp_path):
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     configure(home, llm, slack)
     ch = run_channel(SlackChannel)
     slack.rate_limit("files.completeUploadExternal", 0)    # the first upload is tried again

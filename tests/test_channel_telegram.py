@@ -49,7 +49,7 @@ def consumed(home, update_id):
 
 
 def reply(home, ch, text, to=None, chat="42", media=()):
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     post_outbox(home, "telegram", chat, text, reply_to="m1" if to else None, media=media,
                 metadata={"message_id": to} if to else {})
     ch.wake()
@@ -259,7 +259,7 @@ def test_a_file_alone_answers_the_message_and_a_failed_upload_is_not_sent_twice(
 
 
 def test_after_a_crash_the_files_already_sent_are_not_sent_again(home, tg, channel, tmp_path):
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     paths = files(tmp_path, a_pdf=b"first", b_pdf=b"second")
     path = post_outbox(home, "telegram", "42", "text", media=paths)
     msg = json.loads(path.read_text())

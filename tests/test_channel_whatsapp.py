@@ -12,7 +12,7 @@ import pytest
 from lib.channels import whatsapp
 from lib.config import load_config
 from lib.errors import ConfigError
-from lib.worker import post_outbox
+from lib.mail import post_outbox
 from tests.fakes.whatsapp_bridge import FakeBridge
 from tests.conftest import ROOT, inbox, model_yaml, replies, run_cli, wait_for, write_config
 

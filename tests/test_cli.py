@@ -146,7 +146,7 @@ def test_help_is_fast_to_import(home):
 
 def test_channels_status_shows_settings_and_queue_depths(home, llm):
     fake_config(home, llm, "channels:\n  telegram: {enabled: true, token: t, allow_from: [123]}\n")
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     post_outbox(home, "telegram", "1", "waiting")
     r = run_cli("channels", "status")
     assert r.returncode == 0, r.stderr

@@ -213,7 +213,7 @@ def test_crash_after_the_answer_was_saved_but_before_the_reply_was_queued(gatewa
 
 
 def test_crash_after_the_reply_was_queued_but_before_done(gateway, llm, home):
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     post_outbox(home, "local", "c", "already sent", reply_to="d", key="d")
     put_in_cur(home, "d.json", {"channel": "local", "chat_id": "c", "text": "q"})
     gateway.start()
@@ -224,7 +224,7 @@ def test_crash_after_the_reply_was_queued_but_before_done(gateway, llm, home):
 def test_a_kill_during_recovery_still_gives_one_reply_each(gateway, llm, home):
     """Two messages left in cur/: b was answered already, a was cut off in its turn. The gateway
     is killed again while it works on a; b must still be finished without the model."""
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     post_outbox(home, "local", "c", "b's answer", reply_to="b", key="b")
     put_in_cur(home, "a.json", {"channel": "local", "chat_id": "c", "text": "qa"})
     put_in_cur(home, "b.json", {"channel": "local", "chat_id": "c", "text": "qb"})

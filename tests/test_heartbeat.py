@@ -7,7 +7,8 @@ import pytest
 
 from lib import maildir
 from lib.heartbeat import Heartbeat
-from lib.worker import Worker, post_inbox
+from lib.mail import post_inbox
+from lib.worker import Worker
 from tests import conftest
 from tests.conftest import make_agent
 

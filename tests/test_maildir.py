@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from lib import maildir
-from lib.worker import post_inbox
+from lib.mail import post_inbox
 
 
 def test_a_name_clash_fails_loudly_and_the_delivered_file_is_kept(tmp_path):

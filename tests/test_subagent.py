@@ -10,7 +10,8 @@ from lib import maildir
 from lib.agent.subagent import Subagents
 from lib.providers.client import Reply, make_provider
 from lib.tools import Context, Services, default_registry
-from lib.worker import Worker, post_inbox
+from lib.mail import post_inbox
+from lib.worker import Worker
 from tests import conftest
 from tests.conftest import make_agent
 from tests.fakes.scripted import ScriptedProvider

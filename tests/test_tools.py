@@ -407,7 +407,7 @@ def test_message_empty_content(ctx, content):
 @pytest.mark.parametrize("channel", ["../../escaped", "pigeon"])
 def test_message_to_an_unknown_channel_is_an_error_and_writes_nothing(ctx, home, channel):
     from functools import partial
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     send = partial(post_outbox, home)        # what the gateway hands the agent
     ctx = Context(ctx.config, ctx.workspace, channel="telegram", chat_id="42", send=send)
     out = call(ctx, "message", content="hi", channel=channel, chat_id="1")
@@ -429,7 +429,7 @@ def test_null_for_a_required_parameter_counts_as_missing(ctx):
 
 def test_message_with_files_queues_their_real_paths_in_the_outbox(ctx, home):
     from functools import partial
-    from lib.worker import post_outbox
+    from lib.mail import post_outbox
     (ctx.workspace / "out").mkdir()
     (ctx.workspace / "out" / "report.pdf").write_bytes(b"%PDF-1.4 report")
     (ctx.workspace / "link.png").symlink_to(ctx.workspace / "out" / "report.pdf")

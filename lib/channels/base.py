@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import allowed
-from lib.worker import post_inbox, post_outbox
+from lib.mail import post_inbox, post_outbox
 
 log = logging.getLogger(__name__)
 RESCAN_S = 5.0
