@@ -10,6 +10,7 @@ import time
 from functools import partial
 
 from lib import maildir
+from lib.part import Part
 from lib.mail import post_inbox, post_outbox
 from lib.worker import Worker
 
@@ -31,12 +32,14 @@ def notify(state: str):
         log.warning("cannot notify systemd at %s: %s", address, e)
 
 
-class Watcher:
+class Watcher(Part):
     """One file-system observer for every folder we wait on; a periodic rescan covers the
     platforms where inotify is missing or full."""
+    name = "watcher"
 
     def __init__(self):
-        self._watches = []
+        super().__init__()
+        self._watches, self._observer = [], None
 
     def watch(self, folder, callback):
         self._watches.append((str(folder), callback))
@@ -69,11 +72,14 @@ class Watcher:
             except OSError as e:
                 log.warning("file watcher %s unavailable (%s); polling instead", kind.__name__, e)
 
-    def stop(self):
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def stop(self, timeout: float = 2.0):
         # watchdog may log a harmless ERROR when an emitter is stopped mid-read; we are leaving
         logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
         self._observer.stop()
-        self._observer.join(2)
+        self._observer.join(timeout)
 
 
 class Gateway:
@@ -107,7 +113,8 @@ class Gateway:
         self._config_mtime = _mtime(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web()]
+        self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web(),
+                      self.watcher]     # started last, stopped first: nothing wakes a stopped part
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
@@ -126,8 +133,7 @@ class Gateway:
             signal.signal(sig, lambda *_: self.stopping.set())
         for part in self.parts:
             part.start()
-            log.debug("started %s", getattr(part, "name", type(part).__name__))
-        self.watcher.start()
+            log.debug("started %s", part.name)
         notify("READY=1")
         log.info("gateway ready: home %s, model %s", self.home, self.config.agents.defaults.model)
         ping, last_prune = _watchdog_interval(), time.monotonic()
@@ -141,7 +147,6 @@ class Gateway:
                 last_prune = time.monotonic()
         notify("STOPPING=1")
         log.info("stopping")
-        self.watcher.stop()
         for part in reversed(self.parts):
             part.stop()
         log.info("stopped")
@@ -149,7 +154,7 @@ class Gateway:
 
     def healthy(self, say: bool = True) -> bool:
         """Every part alive and the worker making progress; else (with `say`) log which, and why."""
-        dead = [getattr(p, "name", type(p).__name__) for p in self.parts if not p.alive()]
+        dead = [p.name for p in self.parts if not p.alive()]
         if not say:
             return not dead and self.worker.progressing()
         if dead:

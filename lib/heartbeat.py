@@ -41,7 +41,7 @@ class Heartbeat(Part):
 
     def alive(self) -> bool:
         """Not started (disabled at start-up) is not dead, even once a reload enables it."""
-        return self._thread is None or super().alive()
+        return not self._threads or super().alive()
 
     def step(self) -> float:
         """The first beat comes one interval after start (a restart loop must not beat)."""

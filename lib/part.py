@@ -1,5 +1,8 @@
-"""A gateway part: one thread that runs step() until stop(), sleeping in between on an Event
-that wake() and stop() cut short. Every loop in the gateway starts and stops this one way."""
+"""A gateway part: the one lifecycle for every thread the gateway runs (worker, cron, heartbeat,
+channels, sub-agents, the HTTP server, the file watcher). start() runs each of loops() in a
+thread of its own; stop() sets `stopping`, wakes them and joins them; alive() is true while they
+all run; wake() cuts a wait short. The default loop calls step() until stop(), sleeping in
+between on an Event that wake() and stop() cut short."""
 import logging
 import threading
 
@@ -10,26 +13,40 @@ class Part:
     name = "part"
 
     def __init__(self):
-        self._wake, self._stop, self._thread = threading.Event(), threading.Event(), None
+        self._wake, self.stopping, self._threads = threading.Event(), threading.Event(), []
+
+    def loops(self) -> list:
+        """The functions this part runs, each in its own thread until `stopping` is set."""
+        return [self._run]
 
     def start(self):
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        self.stopping.clear()
+        self._threads = [threading.Thread(target=self._guard, args=(loop,), daemon=True,
+                                          name=f"{self.name}-{loop.__name__.strip('_')}")
+                         for loop in self.loops()]
+        for t in self._threads:
+            t.start()
 
     def wake(self):
         self._wake.set()
 
     def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
+        return all(t.is_alive() for t in self._threads)
 
     def stop(self, timeout: float = 3.0):
-        self._stop.set()
+        self.stopping.set()
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
+
+    def _guard(self, loop):
+        try:
+            loop()
+        except Exception:
+            log.exception("%s: thread %s crashed", self.name, loop.__name__)
 
     def _run(self):
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             self._wake.clear()
             try:
                 delay = self.step()

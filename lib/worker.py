@@ -58,7 +58,7 @@ class Worker(Part):
             return
         for folder in ("cur", "new"):
             for name in maildir.waiting(self.inbox, folder=folder):
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     return
                 path = self.inbox / "cur" / name if folder == "cur" else \
                     maildir.claim(self.inbox, name)

@@ -114,7 +114,7 @@ def test_disabled_heartbeat_never_starts(config):
     write_tasks(config, "- water the plants\n")
     hb = Heartbeat(config, lambda msg, name=None: pytest.fail("posted while disabled"))
     hb.start()
-    assert hb.alive() and hb._thread is None
+    assert hb.alive() and hb._threads == []
     hb.stop()
 
 

@@ -15,6 +15,7 @@ from lib import maildir
 from lib.agent.context import now
 from lib.agent.loop import run_turn
 from lib.errors import ProviderError, ToolError
+from lib.part import Part
 from lib.sessions import Session, now_iso
 from lib.tools import Context, default_registry
 
@@ -38,19 +39,25 @@ class _Stoppable:
         return self.provider.complete(messages, tools, deadline=deadline)
 
 
-class Subagents:
+class Subagents(Part):
+    """A gateway part with no loop of its own: each background task runs in its own thread."""
+    name = "spawn"
+
     def __init__(self, config, provider, post, max_running=3):
+        super().__init__()
         self.config, self.post, self.max_running = config, post, max_running
         self.dir = config.home / "state" / "subagents"
-        self._stop = threading.Event()
-        self.provider = _Stoppable(provider, self._stop)
+        self.provider = _Stoppable(provider, self.stopping)
         skip = ("message", "spawn", "cron") + (() if config.tools.exec.enable else ("exec",))
         self.tools = default_registry(exclude=skip)
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
+    def loops(self) -> list:
+        return []
+
     def start(self):
-        self._stop.clear()
+        super().start()
         for path in sorted(self.dir.glob("*.json")):
             try:
                 job = json.loads(path.read_text(encoding="utf-8"))
@@ -63,14 +70,11 @@ class Subagents:
                 self._launch(job)
 
     def stop(self, timeout: float = 2.0):
-        self._stop.set()
+        self.stopping.set()
         with self._lock:
             threads = list(self._running.values())
         for thread in threads:
             thread.join(timeout / max(1, len(threads)))
-
-    def alive(self) -> bool:
-        return True                     # no thread of its own; each task has one while it runs
 
     def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default") -> str:
         if not task.strip():

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from lib import maildir
+from lib.part import Part
 from lib.channels import allowed
 from lib.mail import post_inbox, post_outbox
 
@@ -52,15 +53,13 @@ class Closed(ConnectionError):
         self.code = code
 
 
-class Channel:
+class Channel(Part):
     name = ""
 
     def __init__(self, config, home: Path):
+        super().__init__()
         self.config, self.home = config, Path(home)
         self.outbox = self.home / "outbox"
-        self.stopping = threading.Event()
-        self._wake = threading.Event()
-        self._threads = []
         self.backoff = 1.0          # seconds before the first retry; doubles each time
         self.ws = None              # the open websocket, if any: stop() aborts it
         self.connected = False      # set by a session that got through: the backoff starts over
@@ -71,33 +70,15 @@ class Channel:
 
     # --- lifecycle ---
 
-    def start(self):
-        for target, label in ((self.listen, "listen"), (self._send_loop, "send")):
-            t = threading.Thread(target=self._guard, args=(target,), name=f"{self.name}-{label}",
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
+    def loops(self) -> list:
+        return [self.listen, self._send_loop]
 
     def stop(self, timeout: float = 2.0):
         self.stopping.set()
-        self._wake.set()
         ws = self.ws
         if ws is not None:
             ws.abort()              # wakes the listen thread out of its blocking read
-        for t in self._threads:
-            t.join(timeout)
-
-    def alive(self) -> bool:
-        return all(t.is_alive() for t in self._threads)
-
-    def wake(self):
-        self._wake.set()
-
-    def _guard(self, target):
-        try:
-            target()
-        except Exception:
-            log.exception("%s: thread %s crashed", self.name, target.__name__)
+        super().stop(timeout)
 
     # --- receiving ---
 

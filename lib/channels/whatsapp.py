@@ -94,13 +94,8 @@ class WhatsAppChannel(Channel):
         self.typing = Typing(self.name, lambda chat: self._presence(chat, "composing"),
                              TYPING_EVERY, hide=lambda chat: self._presence(chat, "paused"))
 
-    def start(self):
-        if self.settings.start_bridge:
-            t = threading.Thread(target=self._guard, args=(self._supervise,),
-                                 name="whatsapp-bridge", daemon=True)
-            t.start()
-            self._threads.append(t)
-        super().start()
+    def loops(self) -> list:
+        return ([self._supervise] if self.settings.start_bridge else []) + super().loops()
 
     def stop(self, timeout: float = 2.0):
         self.stopping.set()                 # first: the bridge is not started again

@@ -7,38 +7,31 @@ import json
 import logging
 import os
 import selectors
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from lib.part import Part
 
 log = logging.getLogger(__name__)
 
 
-class WebServer:
+class WebServer(Part):
     name = "web"
 
     def __init__(self, host: str, port: int, healthy):
         """Binds now (OSError when it cannot); `healthy()` says whether the gateway is alive."""
+        super().__init__()
         handler = type("Handler", (_Handler,), {"healthy": staticmethod(healthy)})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = None
 
-    def start(self):
-        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
-
-    def wake(self):
-        pass
+    def loops(self) -> list:
+        return [self._serve]
 
     def stop(self, timeout: float = 2.0):
         os.write(self._wake_w, b"x")
-        if self._thread:
-            self._thread.join(timeout)
+        super().stop(timeout)
         self.server.server_close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
