@@ -18,7 +18,6 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid
 from html.parser import HTMLParser
-from pathlib import Path
 
 from lib import maildir
 from lib.channels import EMAIL_FORGEABLE

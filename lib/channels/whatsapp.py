@@ -21,7 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lib.channels.attachments import Attachment, Note, attachment
-from lib.channels.base import Channel, Closed, SendError, split_message, unsent
+from lib.channels.base import Channel, SendError, split_message, unsent
+from lib.channels.net import Closed
 from lib.channels.typing_sign import Typing
 from lib.errors import ConfigError
 
