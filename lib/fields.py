@@ -1,4 +1,6 @@
-"""Settings fields: a default and, optionally, the values a key may take (checked at load)."""
+"""Settings fields: a default and, optionally, the values a key may take (checked at load); and
+the snake_case spelling of a key written in camelCase."""
+import re
 from dataclasses import field
 
 
@@ -9,3 +11,8 @@ def setting(default, *choices, low=None, high=None):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def snake(name: str) -> str:
+    """apiKey, allow-from -> api_key, allow_from."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower().replace("-", "_")

@@ -6,7 +6,9 @@ import logging
 
 import pytest
 
-from lib.config import LEGACY_IGNORED, load_config, snake
+from lib.config import load_config
+from lib.fields import snake
+from lib.legacy import LEGACY_IGNORED
 from lib.errors import ConfigError
 
 
