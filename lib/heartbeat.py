@@ -8,6 +8,7 @@ import re
 
 from lib import maildir
 from lib.part import Part
+from lib.tools.files import read_inside
 
 HEARTBEAT_OK = "HEARTBEAT_OK"      # the reply that means "nothing to do": never sent
 
@@ -55,7 +56,7 @@ class Heartbeat(Part):
         """Post the tasks if there are any and the last beat is done. True when posted."""
         path = self.config.workspace / "HEARTBEAT.md"
         try:
-            tasks = standing_tasks(path.read_text(encoding="utf-8"))
+            tasks = standing_tasks(read_inside(path, path.parent).decode("utf-8"))
         except FileNotFoundError:
             return False
         except (OSError, UnicodeDecodeError) as e:

@@ -50,10 +50,10 @@ def read_message(path: Path) -> dict:
     # Anything but a regular file is refused unread: a FIFO would block, a link point anywhere.
     _regular(os.lstat(path))
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
-        size = _regular(os.fstat(f.fileno())).st_size       # it may have been swapped meanwhile
-        if size > MAX_BYTES:
-            raise ValueError(f"the file is {size} bytes; the limit is 1 MiB")
-        raw = f.read()
+        _regular(os.fstat(f.fileno()))          # it may have been swapped meanwhile
+        raw = f.read(MAX_BYTES + 1)             # a file still growing is not read without end
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"the file is over {MAX_BYTES} bytes; the limit is 1 MiB")
     deep = ValueError(f"JSON nested too deep (the limit is {MAX_DEPTH} levels)")
     try:
         msg = json.loads(raw.decode("utf-8"))

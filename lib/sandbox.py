@@ -82,12 +82,14 @@ def environment(settings, workspace: Path) -> dict:
 def bwrap_argv(config, workspace: Path, cwd: Path, command: str) -> list:
     """bubblewrap's command line. It mounts in argv order, so a folder comes before what is in
     it: the homes are hidden first, then an exposed path or the workspace inside them reappears."""
-    settings = config.tools.exec
-    mounts = [("--tmpfs", p) for p in _homes(config.home)] + _exposed(settings.expose) + \
-        [("--bind", workspace)]
+    settings, homes, keys = config.tools.exec, _homes(config.home), Path(config.path).resolve()
+    mounts = [("--tmpfs", p) for p in homes] + _exposed(settings.expose) + [("--bind", workspace)]
+    if keys.is_file() and not any(keys.is_relative_to(h) for h in homes):
+        mounts.append(("hide", keys))       # a config kept elsewhere (--config /etc/…): empty
     argv = [shutil.which(BWRAP) or BWRAP, *BASE] + ([] if settings.network else ["--unshare-net"])
     for flag, path in sorted(mounts, key=lambda mount: len(mount[1].parts)):
-        argv += [flag, str(path)] + ([] if flag == "--tmpfs" else [str(path)])
+        source = {"--tmpfs": [], "hide": ["/dev/null"]}.get(flag, [str(path)])
+        argv += ["--ro-bind" if flag == "hide" else flag, *source, str(path)]
     return argv + ["--chdir", str(cwd), "/bin/sh", "-c", command]
 
 

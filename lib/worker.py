@@ -165,8 +165,9 @@ class Worker(Part):
         return session
 
     def _reply_exists(self, key: str) -> bool:
-        suffix = f".r{key}.json"
-        return any(n.endswith(suffix) for folder in ("new", "cur", "sent", "failed")
+        suffix = f".r{key}.json"        # outbox names: CHANNEL.TIME.PID.COUNT.rKEY.json
+        return any(n.endswith(suffix) and n[:-len(suffix)].count(".") == 3
+                   for folder in ("new", "cur", "sent", "failed")
                    for n in maildir.waiting(self.outbox, folder=folder))
 
     def _remember_chat(self, channel, chat_id):

@@ -330,3 +330,34 @@ def test_the_loop_hands_the_provider_the_turns_deadline_and_the_tool_schemas(con
                                     for r in model.requests)
     assert {t["function"]["name"] for t in model.requests[0]["tools"]} >= {"exec", "list_dir"}
     assert model.requests[1]["messages"][-1]["role"] == "tool"
+
+
+def test_links_planted_in_the_workspace_never_lead_the_gateway_out(config, llm, home, tmp_path):
+    """The gateway reads and writes workspace files outside the sandbox: a command that plants a
+    symbolic link must not make it read the keys or write elsewhere (found in review)."""
+    import os
+    secret = home / "config.yaml"
+    secret.write_text(secret.read_text() + "# SECRET-KEY-123\n")
+    outside, inbox = tmp_path / "outside.txt", home / "inbox" / "new"
+    outside.write_text("untouched\n")
+    inbox.mkdir(parents=True, exist_ok=True)
+    ws, mem = config.workspace, config.workspace / "memory"
+    for name in ("AGENTS.md", "HEARTBEAT.md"):
+        (ws / name).unlink(missing_ok=True)
+        os.symlink(secret, ws / name)
+    (ws / "skills" / "evil").mkdir(parents=True)
+    os.symlink(secret, ws / "skills" / "evil" / "SKILL.md")
+    (mem / "MEMORY.md").unlink(missing_ok=True)
+    os.symlink(secret, mem / "MEMORY.md")
+    os.symlink(outside, mem / "HISTORY.md")
+    os.symlink(inbox, mem / "versions")
+    assert "SECRET-KEY-123" not in system_prompt(config, "cli", "default")
+    agent = make_agent(config)
+    s = chat(agent, home, 10)
+    llm.script(SAVE)
+    agent.maintain(s)
+    assert "SECRET-KEY-123" not in json.dumps(llm.chat_requests)
+    assert outside.read_text() == "untouched\n" and list(inbox.iterdir()) == []
+    assert os.path.islink(mem / "MEMORY.md") and "SECRET-KEY-123" in secret.read_text()
+    from lib.heartbeat import Heartbeat
+    assert Heartbeat(config, lambda *a: pytest.fail("posted the keys")).beat() is False

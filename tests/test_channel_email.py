@@ -345,3 +345,14 @@ def test_html_to_text():
     assert html_to_text(textwrap.dedent("""\
         <div>Hi&nbsp;there,<br>line two</div><script>alert(1)</script>
         <p>a   b</p>""")) == "Hi there,\nline two\n\na b"
+
+
+def test_a_broken_message_id_from_a_stranger_does_not_stop_the_channel(gateway, home, llm, imap, smtp):
+    """`Message-ID: <>` made the email thread crash on every start (found in review)."""
+    configure(home, llm, imap, smtp, allow_from=[OWNER])
+    gateway.start()
+    for bad in (b"<>", b"<@>", b"<a@[>"):       # written raw: the email package will not
+        imap.append(mail(sender="eve@evil.com", body="boom").replace(b"<m1@example.com>", bad))
+    imap.append(mail(msgid="<ok@example.com>", body="Hello"))
+    wait_for(lambda: smtp.messages, what="the reply to the owner")
+    assert asked(llm) == ["Subject: Plans\n\nHello"] and "crashed" not in gateway.logs()

@@ -289,3 +289,21 @@ def test_sandbox_off_may_be_written_unquoted(home):
     """YAML reads a bare `off` as false; the fix that the errors above name must load."""
     write_config(home, "tools:\n  exec: {sandbox: off}\n")
     assert load_config().tools.exec.sandbox == "off"
+
+
+def test_a_config_kept_outside_the_homes_is_hidden_too(home, monkeypatch):
+    """`--config /srv/…/config.yaml`: that file holds every key; inside it reads empty (review)."""
+    import shutil
+    folder = Path(f"/var/tmp/nanoclaw-test-{uuid.uuid4().hex}")     # not under /tmp, not a home
+    folder.mkdir()
+    try:
+        config = folder / "config.yaml"
+        config.write_text(yaml.safe_dump({"providers": {"openrouter": {"api_key": SECRET}},
+                                          "tools": {"exec": {"sandbox": "bwrap"}}}))
+        monkeypatch.setenv("NANOCLAW_CONFIG", str(config))
+        cfg = load_config()
+        cfg.workspace.mkdir(parents=True, exist_ok=True)
+        out = call(Context(cfg, cfg.workspace), "exec", command=f"cat {config}; ls {folder}")
+        assert SECRET not in out and "config.yaml" in out, out
+    finally:
+        shutil.rmtree(folder)

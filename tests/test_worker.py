@@ -243,3 +243,15 @@ def test_the_worker_runs_the_agent_it_is_handed(config, home):
     worker.drain()
     assert [r["text"] for r in sent(home)] == ["first", "second"]
     assert [m["content"] for m in model.requests[1]["messages"][1:]] == ["one", "first", "two"]
+
+
+def test_a_reply_to_another_message_is_not_taken_for_this_ones(worker, llm, home):
+    """The reply to inbox `x.rabc` ends in `.rabc.json` too; recovery must not mistake it for the
+    reply to `abc` (found in review)."""
+    from lib.mail import post_outbox
+    post_outbox(home, "local", "c", "for x.rabc", key="x.rabc")
+    (home / "inbox" / "cur" / "abc.json").write_text(
+        json.dumps({"channel": "local", "chat_id": "c", "text": "mine"}))
+    llm.script("the answer to abc")
+    worker.drain()
+    assert "the answer to abc" in [r["text"] for r in sent(home)]

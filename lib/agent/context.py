@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lib.agent import skills
 from lib.agent.memory import Memory
+from lib.tools.files import read_inside
 
 BOOTSTRAP = ("AGENTS.md", "SOUL.md", "USER.md", "TOOLS.md")
 
@@ -48,6 +49,6 @@ def system_prompt(config, channel: str, chat_id: str) -> str:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return read_inside(path, path.parent).decode("utf-8").strip()     # never through a link
     except (OSError, UnicodeDecodeError):
         return ""

@@ -7,12 +7,14 @@ a MEMORY.md that is not valid UTF-8 is never rewritten, and a failing model is a
 after a back-off (60 s, doubling, at most a day), not after every message."""
 import json
 import logging
+import os
 import time
 from datetime import datetime
 from pathlib import Path
 
 from lib.errors import ProviderError
 from lib.maildir import atomic_write
+from lib.tools.files import open_inside, read_inside
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +40,28 @@ _PROMPT = ("You consolidate an assistant's memory. Read the current long-term me
 
 class Memory:
     def __init__(self, workspace: Path):
-        self.dir = Path(workspace) / "memory"
+        self.workspace = Path(workspace)
+        self.dir = self.workspace / "memory"
         self.memory_file = self.dir / "MEMORY.md"
         self.history_file = self.dir / "HISTORY.md"
 
     def read(self) -> str:
         """MEMORY.md for the prompt; bytes that are not UTF-8 are shown replaced, never dropped."""
         try:
-            return self.memory_file.read_bytes().decode("utf-8", "replace").strip()
+            return read_inside(self.memory_file, self.workspace).decode("utf-8", "replace").strip()
         except OSError:
             return ""
 
     def readable(self) -> bool:
         """False when MEMORY.md exists but is not valid UTF-8: then it must not be rewritten."""
         try:
-            self.memory_file.read_bytes().decode("utf-8")
+            read_inside(self.memory_file, self.workspace).decode("utf-8")
         except UnicodeDecodeError:
             return False
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError:         # a link or a folder where MEMORY.md should be: not ours to replace
+            return False
         return True
 
     def consolidate(self, session, provider, keep: int, batch: int = 100,
@@ -82,8 +87,12 @@ class Memory:
         if entry:
             stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
             self.dir.mkdir(parents=True, exist_ok=True)
-            with open(self.history_file, "a", encoding="utf-8") as f:
-                f.write(f"[{stamp}] ({session.key}) {entry}\n\n")
+            try:
+                fd = open_inside(self.history_file, self.workspace, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                with open(fd, "a", encoding="utf-8") as f:
+                    f.write(f"[{stamp}] ({session.key}) {entry}\n\n")
+            except OSError as e:
+                log.warning("%s not written: %s", self.history_file, e)
         update = saved.get("memory_update")
         if isinstance(update, str) and update.strip() and update.strip() != self.read():
             self.write(update.strip() + "\n")
@@ -96,13 +105,20 @@ class Memory:
             log.warning("%s is not valid UTF-8, so it is left as it is (fix or remove the bad "
                         "bytes); the summary went to HISTORY.md only", self.memory_file)
             return False
-        if self.memory_file.exists():
-            versions = self.dir / "versions"
-            versions.mkdir(parents=True, exist_ok=True)
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            atomic_write(versions / f"MEMORY.{stamp}.md", self.memory_file.read_bytes())
-            for old in sorted(versions.glob("MEMORY.*.md"))[:-KEEP_VERSIONS]:
-                old.unlink()
+        versions = self.dir / "versions"
+        try:
+            if self.memory_file.exists():
+                versions.mkdir(parents=True, exist_ok=True)
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+                old = read_inside(self.memory_file, self.workspace)
+                with open(open_inside(versions / f"MEMORY.{stamp}.md", self.workspace,
+                                      os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+                    f.write(old)
+                for old in sorted(versions.glob("MEMORY.*.md"))[:-KEEP_VERSIONS]:
+                    old.unlink()
+        except OSError as e:
+            log.warning("MEMORY.md left as it is: %s", e)
+            return False
         atomic_write(self.memory_file, text)
         return True
 

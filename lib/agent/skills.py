@@ -17,6 +17,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib.tools.files import read_inside
+
 log = logging.getLogger(__name__)
 BUNDLED = Path(__file__).resolve().parents[2] / "workspace_template" / "skills"
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
@@ -55,7 +57,7 @@ def parse(path: Path) -> Skill | None:
 
 def _parse(path: Path) -> Skill | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_inside(path, path.parent.parent).decode("utf-8")    # skills/NAME/SKILL.md
     except (OSError, UnicodeDecodeError) as e:
         log.warning("skill %s cannot be read: %s", path, e)
         return None

@@ -132,7 +132,9 @@ class EmailChannel(Channel):
         if typ != "OK" or raw is None:
             raise imaplib.IMAP4.error(f"FETCH {uid} failed: {data}")
         msg = message_from_bytes(raw, policy=policy.default)
-        key = _one_line(msg.get("Message-ID", "")) or f"uid:{self._validity}:{uid}"
+        # raw: the parsed Message-ID header raises on "<>" and kin, and a stranger's mail must
+        # not stop the channel (it would again after every restart)
+        key = (_raw(msg, "Message-ID") or [""])[0][:500] or f"uid:{self._validity}:{uid}"
         if key not in state["ids"]:
             try:
                 self._handle(msg, size if part != "BODY.PEEK[]" else 0)

@@ -1,11 +1,32 @@
 """read_file, write_file, edit_file, list_dir. Relative paths start in the workspace; with
 tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` resolved first)."""
+import errno
 import os
+import stat
 from pathlib import Path
 
 from lib.errors import ToolError
 
 MAX_READ = 128 * 1024
+
+
+def open_inside(path: Path, root: Path, flags=os.O_RDONLY) -> int:
+    """An fd for `path`, a regular file inside `root` reached without a symbolic link. The gateway
+    reads and writes workspace files outside the sandbox, where a link planted by a command
+    would lead it to the keys or let it write anywhere: OSError (ELOOP) instead."""
+    path, root = Path(path), Path(root)
+    if path.parent.resolve() != root.resolve() / path.parent.relative_to(root):
+        raise OSError(errno.ELOOP, "a symbolic link leads out of the workspace", str(path))
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def read_inside(path: Path, root: Path) -> bytes:
+    with open(open_inside(path, root), "rb") as f:
+        return f.read()
 
 
 def resolve(ctx, path: str) -> Path:
