@@ -332,6 +332,7 @@ def test_with_authserv_id_only_that_servers_topmost_pass_lets_mail_in():
         ('mx.example.com; spf=pass smtp.mailfrom="a;dmarc=pass"@evil.com',),
         ('mx.example.com; dkim=pass header.d=evil.com header.b="(" ; dmarc=fail)',),
         ('mx.example.com; dmarc="pass"',), ('"mx.example.com; dmarc=pass"',),
+        ("mx.example.com; dmarc=pass header.from=evil.com",),           # another domain's pass
     ]:
         ok, why = authserv(*refused)
         assert not ok and why, refused

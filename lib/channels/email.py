@@ -325,9 +325,10 @@ def verified(msg, sender: str, authserv_id: str) -> tuple[bool, str]:
     else:
         return False, f"no Authentication-Results from {authserv_id}"
     domain = sender.rpartition("@")[2]
-    for method, result, props in results:
-        if result == "pass" and (method == "dmarc" or method == "dkim" and
-                                 props.get("header.d", "").lower() == domain):
+    for method, result, props in results:       # a DMARC pass names the domain it checked
+        checked = props.get("header.from", domain) if method == "dmarc" else \
+            props.get("header.d", "") if method == "dkim" else ""
+        if result == "pass" and checked.lower() == domain:
             return True, f"{authserv_id}: {method}=pass"
     return False, f"{authserv_id}: " + (", ".join(
         f"{m}={r}" + (f" for {p['header.d']}" if "header.d" in p else "") for m, r, p in results)
