@@ -14,8 +14,9 @@ _windows_ready = False
 
 
 def use_color(stream) -> bool:
-    """True when stream is a terminal, NO_COLOR is unset (any value counts) and TERM is not dumb."""
-    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+    """True when stream is a terminal, NO_COLOR is unset or empty (no-color.org: only a non-empty
+    value turns colour off) and TERM is not dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     try:
         if not stream.isatty():

@@ -38,11 +38,18 @@ def test_use_color_only_on_tty():
     assert not use_color(object())
 
 
-@pytest.mark.parametrize("value", ["1", ""])
-def test_no_color_respected_even_empty(monkeypatch, value):
+@pytest.mark.parametrize("value", ["1", "true", "0"])
+def test_no_color_respected_whatever_its_value(monkeypatch, value):
     monkeypatch.setenv("NO_COLOR", value)
     assert not use_color(FakeTTY())
     assert style("hi", "red", stream=FakeTTY()) == "hi"
+
+
+def test_an_empty_no_color_keeps_colour(monkeypatch):
+    """no-color.org: NO_COLOR counts only when it is set and not empty (issue 15)."""
+    monkeypatch.setenv("NO_COLOR", "")
+    monkeypatch.delenv("TERM", raising=False)
+    assert use_color(FakeTTY())
 
 
 def test_dumb_terminal(monkeypatch):
