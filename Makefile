@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 # Onboard on the first run; then start the gateway, or say which key is missing.
 run: install
 	@[ -e "$(HOME_DIR)/config.yaml" ] || [ -e "$(HOME_DIR)/config.json" ] || $(BIN)/python nanoclaw.py onboard
+	@$(BIN)/python nanoclaw.py status >/dev/null    # a config mistake: its one line, and make stops
 	@if $(BIN)/python -c "from lib.config import load_config; from lib.providers.registry import resolve; resolve(load_config())" 2>/dev/null; \
 	then echo "Starting the gateway (Ctrl+C stops it). To chat here instead: $(BIN)/python nanoclaw.py agent"; \
 	     exec $(BIN)/python nanoclaw.py gateway; \

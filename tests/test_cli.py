@@ -1,7 +1,10 @@
 import os
 import stat
+import subprocess
 
-from tests.conftest import run_cli, write_config
+import pytest
+
+from tests.conftest import ROOT, run_cli, write_config
 
 
 def fake_config(home, llm, extra=""):
@@ -209,3 +212,15 @@ def test_status_says_whether_the_shell_is_sandboxed(home):
     assert "refused: no sandbox (bwrap is not installed); install bubblewrap" in r.stdout
     write_config(home, "tools: {exec: {sandbox: off}}\n")
     assert "no sandbox (tools.exec.sandbox: off)" in run_cli("status").stdout
+
+
+def test_make_run_stops_on_a_config_mistake_with_its_line(home):
+    """Issue 15: a config error used to print, then 'Set one provider key', and exit 0."""
+    import shutil
+    if not shutil.which("make") or not (ROOT / ".venv" / ".installed").exists():
+        pytest.skip("needs make and the .venv that `make install` builds")
+    write_config(home, "agents: {defaults: {modle: x}}\n")
+    r = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "NANOCLAW_HOME": str(home)})
+    assert r.returncode != 0 and "unknown key agents.defaults.modle" in r.stderr
+    assert "Set one provider key" not in r.stdout + r.stderr and "Starting" not in r.stdout
