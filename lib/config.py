@@ -219,6 +219,9 @@ def _read(path: Path):
             out = {}
             for k, v in n.value:
                 key = str(k.value)
+                if key in out:          # YAML keeps the last silently; a typo'd copy is a mistake
+                    raise ConfigError(f"{path}: {'.'.join(p + (key,))} is set twice (lines "
+                                      f"{lines[p + (key,)]} and {k.start_mark.line + 1})")
                 lines[p + (key,)] = k.start_mark.line + 1
                 out[key] = walk(v, p + (key,))
             return out

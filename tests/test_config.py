@@ -411,3 +411,10 @@ def test_ids_written_as_numbers_keep_their_digits_with_libyaml(home):
 ])
 def test_a_number_out_of_range_is_a_config_error(home, text, expected):
     assert expected in config_error(home, text + "\n")
+
+
+def test_a_key_set_twice_is_an_error_naming_both_lines(home):
+    """Issue 15: YAML keeps the second silently, so an edit at the top did nothing."""
+    text = "agents:\n  defaults:\n    model: a\n    temperature: 0.2\n    model: b\n"
+    assert config_error(home, text) == \
+        f"{home / 'config.yaml'}: agents.defaults.model is set twice (lines 3 and 5)"
