@@ -83,4 +83,4 @@ lines:
 	  $$(count $$(find lib/channels -name '*.py')) $$(count $$(find lib -name '*.py'))
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache bench/.nanobot-venv

@@ -136,6 +136,10 @@ class Gateway:
             log.debug("started %s", part.name)
         notify("READY=1")
         log.info("gateway ready: home %s, model %s", self.home, self.config.agents.defaults.model)
+        if not self.channels:
+            log.warning("no chat app is enabled (channels.*.enabled): talk to the assistant with "
+                        "`python nanoclaw.py agent`, or drop message files into %s",
+                        self.home / "inbox" / "new")
         ping, last_prune = _watchdog_interval(), time.monotonic()
         self._prune()
         self._outbox_changed()

@@ -135,6 +135,8 @@ class Worker(Part):
         meta = msg.get("metadata", {})
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
+        elif channel == "system":       # cron or heartbeat output with no chat to go to
+            log.info("%s has no chat to go to; its reply: %s", msg["chat_id"], reply[:2000])
         proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
                     metadata=meta, key=key)

@@ -18,14 +18,15 @@ def slack():
 
 
 def configure(home, llm, slack, extra=""):
+    """`extra`: more slack settings; an allow_from in it replaces the owner-only default."""
+    allow = "" if "\n    allow_from:" in "\n" + extra else f"    allow_from: [{OWNER}]\n"
     write_config(home, model_yaml(llm, groq="gsk-fake", provider=None) + f"""channels:
   slack:
     enabled: true
     bot_token: {slack.bot_token}
     app_token: {slack.app_token}
     api_base: '{slack.api_base}'
-    allow_from: [{OWNER}]
-{extra}""")
+{allow}{extra}""")
 
 
 @pytest.fixture

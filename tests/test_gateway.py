@@ -460,7 +460,8 @@ def test_a_stuck_worker_stops_the_watchdog_pings(gateway_config, llm, home, monk
     from lib.config import load_config
     from lib.gateway import Gateway as InProcess
     monkeypatch.setattr(worker_module, "STUCK_GRACE_S", 0)
-    write_config(home, (home / "config.yaml").read_text() + "agents: {defaults: {turn_timeout_s: 1}}\n")
+    write_config(home, (home / "config.yaml").read_text().replace(
+        "defaults: {model: fake-model", "defaults: {turn_timeout_s: 1, model: fake-model"))
     release, entered = threading.Event(), threading.Event()
 
     class Hanging:          # an agent whose turn hangs where no deadline can reach it
@@ -509,3 +510,20 @@ def test_everything_the_gateway_writes_is_private(gateway_config, llm, home):
             assert os.stat(os.path.join(folder, name)).st_mode & 0o077 == 0, name
         for name in set(files) - test_files:
             assert os.stat(os.path.join(folder, name)).st_mode & 0o077 == 0, name
+
+
+def test_with_no_chat_app_the_gateway_says_how_to_talk_to_it_and_logs_lone_output(
+        gateway_config, llm, home):
+    """Issue 15: a gateway with no channel did nothing visible, and cron or heartbeat output
+    with no chat to go to was nowhere but outbox/sent/."""
+    g = Gateway(home).start()
+    try:
+        wait_for(lambda: "no chat app is enabled" in g.logs() and "nanoclaw.py agent" in g.logs(),
+                 what="the hint at start")
+        llm.script("The backup ran fine.")
+        drop(home, "j.json", {"channel": "system", "chat_id": "cron:ab12", "text": "check backup",
+                              "metadata": {"kind": "cron"}})
+        wait_for(lambda: "cron:ab12 has no chat to go to; its reply: The backup ran fine."
+                 in g.logs(), what="the reply in the log")
+    finally:
+        g.kill()
