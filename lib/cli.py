@@ -141,6 +141,7 @@ def cmd_status(args):
     print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
     print(f"model      {cfg.agents.defaults.model}")
     print(f"shell      {_shell_state(cfg)}")
+    print(f"gateway    {_gateway_state(cfg.home)}")
     try:
         r = resolve(cfg)
         print(f"provider   {r.spec.name} → {r.api_base} (model {r.model})")
@@ -161,6 +162,32 @@ def cmd_status(args):
         if name == "email" and ch.enabled and not ch.authserv_id:
             from lib.channels import EMAIL_FORGEABLE
             print(f"    {term.style('warning', 'yellow')}: {EMAIL_FORGEABLE}")
+
+
+def _gateway_state(home: Path) -> str:
+    """Whether a gateway holds the home's lock (its pid, since when) and how full the queues are."""
+    import fcntl
+    from datetime import datetime
+    lock = home / "gateway.lock"
+    running = False
+    try:
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)      # got it: nobody runs
+    except BlockingIOError:
+        running = True
+    except FileNotFoundError:
+        pass
+    if not running:
+        return "not running (python nanoclaw.py gateway, or systemctl start nanoclaw)"
+    since = datetime.fromtimestamp(lock.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+
+    def count(box, folder):
+        path = home / box / folder
+        return sum(n.endswith(".json") for n in os.listdir(path)) if path.is_dir() else 0
+    return (f"running (pid {lock.read_text().strip() or '?'}, since {since}); inbox: "
+            f"{count('inbox', 'new')} waiting, {count('inbox', 'cur')} in work, "
+            f"{count('inbox', 'failed')} failed; outbox: {count('outbox', 'new')} to send, "
+            f"{count('outbox', 'failed')} failed")
 
 
 def _shell_state(cfg) -> str:

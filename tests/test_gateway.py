@@ -527,3 +527,16 @@ def test_with_no_chat_app_the_gateway_says_how_to_talk_to_it_and_logs_lone_outpu
                  in g.logs(), what="the reply in the log")
     finally:
         g.kill()
+
+
+def test_status_says_whether_a_gateway_runs_with_its_pid_and_queues(gateway_config, llm, home):
+    """Issue 15: status did not say whether a gateway was running."""
+    from tests.conftest import run_cli
+    assert "gateway    not running" in run_cli("status").stdout
+    g = Gateway(home).start()
+    try:
+        line = next(x for x in run_cli("status").stdout.splitlines() if x.startswith("gateway"))
+        assert f"running (pid {g.proc.pid}, since " in line and "inbox: 0 waiting" in line
+    finally:
+        g.kill()
+    assert "gateway    not running" in run_cli("status").stdout
