@@ -258,14 +258,16 @@ def _interactive(cfg, turn, show) -> int:
         readline.set_history_length(1000)
     except (ImportError, OSError):
         readline = history = None
-    prompt = term.style("You: ", "bold", "blue")
-    print(term.style("nanoclaw — type /help for commands, exit or Ctrl+D to leave", "dim"))
+    plain = not (sys.stdin.isatty() and sys.stdout.isatty())    # piped: one plain line each
+    prompt = "" if plain else term.style("You: ", "bold", "blue")
+    if not plain:
+        print(term.style("nanoclaw — type /help for commands, exit or Ctrl+D to leave", "dim"))
     try:
         while True:
             try:
                 text = input(prompt)
             except EOFError:
-                print()
+                print("" if plain else "\n", end="")
                 return 0
             if text.strip().lower() in EXIT_WORDS:
                 return 0

@@ -224,3 +224,11 @@ def test_make_run_stops_on_a_config_mistake_with_its_line(home):
                        env={**os.environ, "NANOCLAW_HOME": str(home)})
     assert r.returncode != 0 and "unknown key agents.defaults.modle" in r.stderr
     assert "Set one provider key" not in r.stdout + r.stderr and "Starting" not in r.stdout
+
+
+def test_piped_interactive_chat_prints_plain_lines(home, llm):
+    """Issue 15: with stdin or stdout not a terminal, no prompt or banner is glued to the reply."""
+    fake_config(home, llm)
+    llm.script("first answer", "second answer")
+    r = run_cli("agent", input="one\ntwo\n")
+    assert r.returncode == 0 and r.stdout == "first answer\nsecond answer\n", r.stdout
