@@ -52,18 +52,6 @@ class Memory:
         except OSError:
             return ""
 
-    def readable(self) -> bool:
-        """False when MEMORY.md exists but is not valid UTF-8: then it must not be rewritten."""
-        try:
-            read_inside(self.memory_file, self.workspace).decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        except FileNotFoundError:
-            pass
-        except OSError:         # a link or a folder where MEMORY.md should be: not ours to replace
-            return False
-        return True
-
     def consolidate(self, session, provider, keep: int, batch: int = 100,
                     deadline: float | None = None) -> bool:
         """Fold the oldest unconsolidated messages, at most `batch`, into memory, leaving the
@@ -100,24 +88,24 @@ class Memory:
         return True
 
     def write(self, text: str) -> bool:
-        """Replace MEMORY.md, keeping the old one in memory/versions/ (the newest 30)."""
-        if not self.readable():
-            log.warning("%s is not valid UTF-8, so it is left as it is (fix or remove the bad "
-                        "bytes); the summary went to HISTORY.md only", self.memory_file)
-            return False
+        """Replace MEMORY.md, keeping the old one in memory/versions/ (the newest 30). Never when
+        the old one cannot be read whole (not UTF-8, or a link out of the workspace)."""
         versions = self.dir / "versions"
         try:
-            if self.memory_file.exists():
-                versions.mkdir(parents=True, exist_ok=True)
-                stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-                old = read_inside(self.memory_file, self.workspace)
-                with open(open_inside(versions / f"MEMORY.{stamp}.md", self.workspace,
-                                      os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
-                    f.write(old)
-                for old in sorted(versions.glob("MEMORY.*.md"))[:-KEEP_VERSIONS]:
-                    old.unlink()
-        except OSError as e:
-            log.warning("MEMORY.md left as it is: %s", e)
+            old = read_inside(self.memory_file, self.workspace)
+            old.decode("utf-8")
+            versions.mkdir(parents=True, exist_ok=True)
+            name = f"MEMORY.{datetime.now():%Y%m%d-%H%M%S-%f}.md"
+            with open(open_inside(versions / name, self.workspace,
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+                f.write(old)
+            for stale in sorted(versions.glob("MEMORY.*.md"))[:-KEEP_VERSIONS]:
+                stale.unlink()
+        except FileNotFoundError:
+            pass                # the first MEMORY.md: nothing to keep
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("%s is left as it is (%s); the summary went to HISTORY.md only",
+                        self.memory_file, e)
             return False
         atomic_write(self.memory_file, text)
         return True
