@@ -540,3 +540,22 @@ def test_status_says_whether_a_gateway_runs_with_its_pid_and_queues(gateway_conf
     finally:
         g.kill()
     assert "gateway    not running" in run_cli("status").stdout
+
+
+def test_a_silent_connection_to_the_http_server_is_dropped(monkeypatch):
+    """A client that connects and says nothing must not hold a server thread for ever."""
+    import socket as _socket
+    from lib.web import server
+    assert 0 < (server._Handler.timeout or 0) <= 30         # bounded by default
+    monkeypatch.setattr(server._Handler, "timeout", 0.5)    # shorter, for the test
+    web = server.WebServer("127.0.0.1", 0, lambda: True)
+    web.start()
+    try:
+        with _socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
+            started = time.monotonic()
+            assert s.recv(100) == b"" and time.monotonic() - started < 8     # closed by the server
+        with _socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            assert b'{"ok": true}' in s.recv(1000)
+    finally:
+        web.stop()

@@ -49,6 +49,7 @@ class WebServer(Part):
 
 class _Handler(BaseHTTPRequestHandler):
     healthy = None
+    timeout = 10            # seconds a connection may stay silent: a stalled client holds no thread
 
     def do_GET(self):
         found = self.path.split("?")[0] == "/health"
