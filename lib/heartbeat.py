@@ -37,12 +37,8 @@ class Heartbeat(Part):
         self._first = True
 
     def start(self):
-        if self.config.heartbeat.enabled:
-            super().start()
-
-    def alive(self) -> bool:
-        """Not started (disabled at start-up) is not dead, even once a reload enables it."""
-        return not self._threads or super().alive()
+        if self.config.heartbeat.enabled:   # not started is alive (no thread), even after a
+            super().start()                 # reload enables it
 
     def step(self) -> float:
         """The first beat comes one interval after start (a restart loop must not beat)."""
