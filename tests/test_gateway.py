@@ -559,3 +559,16 @@ def test_a_silent_connection_to_the_http_server_is_dropped(monkeypatch):
             assert b'{"ok": true}' in s.recv(1000)
     finally:
         web.stop()
+
+
+def test_port_0_opens_no_http_server(gateway_config, llm, home):
+    """SPEC §11: gateway.port 0 turns the HTTP side off (nothing listens, nothing imported)."""
+    from lib.config import load_config
+    from lib.gateway import Gateway as InProcess
+    write_config(home, (home / "config.yaml").read_text() + "gateway: {port: 0}\n")
+    gw = InProcess(load_config())
+    gw.build()
+    try:
+        assert "web" not in [p.name for p in gw.parts]
+    finally:
+        gw._lock.close()
