@@ -75,10 +75,13 @@ def bench(prog, env, cwd, runs, server):
 
 
 def user_env(home: Path, **extra) -> dict:
-    """This environment with a private HOME, no API keys or settings, and no way off the machine."""
+    """This environment with a private HOME, no API keys or settings, and no way off the machine.
+    Byte-code caches are written as on a user's machine (a PYTHONDONTWRITEBYTECODE=1 here would
+    make every run compile every module from source)."""
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_API_KEY") and not k.startswith(("NANOCLAW_", "NANOBOT_"))}
+           if not k.endswith("_API_KEY") and not k.startswith(("NANOCLAW_", "NANOBOT_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[var] = DEAD_PROXY
     return {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",

@@ -10,18 +10,18 @@ import logging
 import os
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from lib.channels import CHANNELS
 from lib.errors import ConfigError
-from lib.fields import setting, snake
+from lib.fields import setting, settings, snake
 from lib.legacy import LEGACY_IGNORED, migrate
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
+@settings
 class ProviderConfig:
     api_key: str = ""
     api_base: str = ""
@@ -30,10 +30,10 @@ class ProviderConfig:
 
 Providers = dataclasses.make_dataclass(
     "Providers", [(p.name, ProviderConfig, field(default_factory=ProviderConfig)) for p in PROVIDERS],
-    frozen=True)
+    frozen=True, eq=False)
 
 
-@dataclass(frozen=True)
+@settings
 class AgentDefaults:
     model: str = "anthropic/claude-opus-4-5"
     provider: str = setting("auto", "auto", *[p.name for p in PROVIDERS])
@@ -49,14 +49,14 @@ class AgentDefaults:
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
 
-@dataclass(frozen=True)
+@settings
 class Agents:
     defaults: AgentDefaults = setting(AgentDefaults())
 
 
 Channels = dataclasses.make_dataclass(
     "Channels", [(name, c.settings, field(default_factory=c.settings)) for name, c in CHANNELS.items()],
-    frozen=True)
+    frozen=True, eq=False)
 
 
 # --- tools, gateway, heartbeat ---
@@ -80,7 +80,7 @@ DENY_PATTERNS = [
 ]
 
 
-@dataclass(frozen=True)
+@settings
 class Exec:
     enable: bool = True          # false: no shell tool at all
     timeout: int = setting(60, low=1)
@@ -93,32 +93,32 @@ class Exec:
     max_output: int = setting(10000, low=100)
 
 
-@dataclass(frozen=True)
+@settings
 class Search:
     api_key: str = ""
     api_base: str = "https://api.search.brave.com/res/v1/web/search"
     max_results: int = setting(5, low=1)
 
 
-@dataclass(frozen=True)
+@settings
 class Fetch:
     max_chars: int = setting(50000, low=1)
     timeout: int = setting(30, low=1)     # seconds for a whole fetch, however slowly the page drips
 
 
-@dataclass(frozen=True)
+@settings
 class Web:
     search: Search = setting(Search())
     fetch: Fetch = setting(Fetch())
     allow_hosts: list[str] = setting([])  # hosts, host:port or CIDRs on the owner's network web_fetch may reach
 
 
-@dataclass(frozen=True)
+@settings
 class CronTools:
     min_interval_s: int = setting(300, low=0)   # the shortest schedule the model may ask for
 
 
-@dataclass(frozen=True)
+@settings
 class Tools:
     restrict_to_workspace: bool = True
     exec: Exec = setting(Exec())
@@ -126,7 +126,7 @@ class Tools:
     cron: CronTools = setting(CronTools())
 
 
-@dataclass(frozen=True)
+@settings
 class Gateway:
     host: str = "127.0.0.1"
     port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
@@ -137,13 +137,13 @@ class Gateway:
     log_backups: int = setting(3, low=1)        # rotated files kept: log_file.1 … .N
 
 
-@dataclass(frozen=True)
+@settings
 class Heartbeat:
     enabled: bool = True
     interval_s: int = setting(1800, low=1)
 
 
-@dataclass(frozen=True)
+@settings
 class Config:
     providers: Providers = setting(Providers())
     agents: Agents = setting(Agents())
