@@ -1,4 +1,5 @@
 """Terminal output: color only on a real terminal, LLM markdown made readable, a spinner."""
+import itertools
 import os
 import re
 import sys
@@ -10,7 +11,6 @@ CODES = {
     "red": (31, 39), "green": (32, 39), "yellow": (33, 39), "blue": (34, 39),
     "magenta": (35, 39), "cyan": (36, 39),
 }
-_windows_ready = False
 
 
 def use_color(stream) -> bool:
@@ -23,21 +23,10 @@ def use_color(stream) -> bool:
             return False
     except (AttributeError, ValueError, OSError):  # no isatty, or the stream is closed
         return False
-    _enable_windows_ansi()
-    return True
-
-
-def _enable_windows_ansi():
-    """Older Windows consoles need colorama to understand ANSI codes."""
-    global _windows_ready
-    if os.name != "nt" or _windows_ready:
-        return
-    _windows_ready = True
-    try:
+    if os.name == "nt":     # older Windows consoles need colorama (a requirement) to show ANSI
         import colorama
-        colorama.just_fix_windows_console()
-    except (ImportError, AttributeError):
-        pass
+        colorama.just_fix_windows_console()     # acts once, whoever calls it again
+    return True
 
 
 def _paint(text, codes, on=True):
@@ -139,13 +128,11 @@ class Spinner:
         return self
 
     def _spin(self):
-        i = 0
-        while True:
-            self.stream.write(f"\r{self._frames[i % len(self._frames)]} {self.label}")
+        for frame in itertools.cycle(self._frames):
+            self.stream.write(f"\r{frame} {self.label}")
             self.stream.flush()
             if self._stop.wait(self.interval):
                 return
-            i += 1
 
     def __exit__(self, *exc):
         if self._thread is not None:
