@@ -16,10 +16,8 @@ CODES = {
 def use_color(stream) -> bool:
     """True when stream is a terminal, NO_COLOR is unset or empty (no-color.org: only a non-empty
     value turns colour off) and TERM is not dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
     try:
-        if not stream.isatty():
+        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
             return False
     except (AttributeError, ValueError, OSError):  # no isatty, or the stream is closed
         return False
