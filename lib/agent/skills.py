@@ -10,6 +10,7 @@
 Workspace skills (workspace/skills/) override the bundled ones (workspace_template/skills/).
 The original project's `metadata: {"nanobot": {"requires": …, "always": …}}` form is read too.
 """
+import functools
 import logging
 import os
 import re
@@ -40,22 +41,17 @@ class Skill:
                [f"environment variable {e}" for e in self.env if not os.environ.get(e)]
 
 
-_cache: dict = {}
-
-
 def parse(path: Path) -> Skill | None:
     """The skill in a SKILL.md; parsed once per version of the file (every turn asks)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _cache:
-        _cache[key] = _parse(path)
-    return _cache[key]
+    return _parse(path, st.st_mtime_ns, st.st_size)
 
 
-def _parse(path: Path) -> Skill | None:
+@functools.cache
+def _parse(path: Path, mtime_ns: int, size: int) -> Skill | None:   # a version is a cache key
     try:
         text = read_inside(path, path.parent.parent).decode("utf-8")    # skills/NAME/SKILL.md
     except (OSError, UnicodeDecodeError) as e:
