@@ -105,12 +105,9 @@ def discover(workspace: Path) -> list[Skill]:
 def prompt_section(skills: list[Skill]) -> str:
     """Always-on skills in full; the others as a list the model reads from with read_file."""
     parts = [f"### Skill: {s.name}\n{s.body}" for s in skills if s.always and not s.missing]
-    lines = []
-    for s in skills:
-        if s.always and not s.missing:
-            continue
-        state = f" (unavailable: needs {', '.join(s.missing)})" if s.missing else ""
-        lines.append(f"- {s.name}: {s.description} [{s.path}]{state}")
+    lines = [f"- {s.name}: {s.description} [{s.path}]"
+             + (f" (unavailable: needs {', '.join(s.missing)})" if s.missing else "")
+             for s in skills if s.missing or not s.always]
     if lines:
         parts.append("Skills you can use: read the SKILL.md at the path shown before using one.\n"
                      + "\n".join(lines))
