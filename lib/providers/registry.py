@@ -121,28 +121,19 @@ def _missing_key(cfg, spec: ProviderSpec) -> str:
             f"or the {spec.env_key} environment variable (any provider works: see `status`)")
 
 
-def _detect_gateway(pc) -> ProviderSpec | None:
-    for spec in PROVIDERS:
-        if spec.key_prefix and pc.api_key.startswith(spec.key_prefix) and not pc.api_base:
-            return spec
-        if spec.base_keyword and spec.base_keyword in pc.api_base:
-            return spec
-    return None
+def _detect_gateway(pc) -> ProviderSpec | None:     # by its key's prefix, or by its api_base
+    return next((s for s in PROVIDERS
+                 if (s.key_prefix and pc.api_key.startswith(s.key_prefix) and not pc.api_base)
+                 or (s.base_keyword and s.base_keyword in pc.api_base)), None)
 
 
 def _model_name(spec: ProviderSpec, model: str) -> str:
     if spec.strip_any_prefix:
         return model.rsplit("/", 1)[-1]
-    for prefix in spec.strip:
-        if model.lower().startswith(prefix):
-            return model[len(prefix):]
-    return model
+    return next((model[len(p):] for p in spec.strip if model.lower().startswith(p)), model)
 
 
 def _overrides(spec: ProviderSpec, model: str) -> dict:
     bare = model.lower().rsplit("/", 1)[-1]
-    out = {}
-    for start, params in spec.model_overrides:
-        if bare.startswith(start):
-            out.update(params)
-    return out
+    return {k: v for start, params in spec.model_overrides if bare.startswith(start)
+            for k, v in params.items()}
