@@ -177,8 +177,4 @@ def prune(box: Path, days: float, finals=("done", "sent")) -> int:
 
 def find(box: Path, name: str, folders=("new", "cur", "sent", "done", "failed")) -> Path | None:
     """Where a message of this name is now, if anywhere."""
-    for folder in folders:
-        p = Path(box) / folder / name
-        if p.exists():
-            return p
-    return None
+    return next((p for f in folders if (p := Path(box) / f / name).exists()), None)
