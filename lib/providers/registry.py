@@ -121,7 +121,7 @@ def _missing_key(cfg, spec: ProviderSpec) -> str:
             f"or the {spec.env_key} environment variable (any provider works: see `status`)")
 
 
-def _detect_gateway(pc) -> ProviderSpec | None:     # by its key's prefix, or by its api_base
+def _detect_gateway(pc) -> ProviderSpec | None:     # by its key prefix, or its api_base
     return next((s for s in PROVIDERS
                  if (s.key_prefix and pc.api_key.startswith(s.key_prefix) and not pc.api_base)
                  or (s.base_keyword and s.base_keyword in pc.api_base)), None)

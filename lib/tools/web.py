@@ -17,6 +17,7 @@ def web_search(ctx, query: str, count: int = 0) -> str:
         query: What to search for.
         count: How many results to return, 1 to 10 (default: the configured number, normally 5).
     """
+    import html
     import requests
 
     cfg = ctx.config.tools.web.search
@@ -36,13 +37,8 @@ def web_search(ctx, query: str, count: int = 0) -> str:
     if not results:
         return f"No results for: {query}"
     return "\n".join(f"{i}. {item.get('title') or '(no title)'}\n   {item.get('url', '')}\n   "
-                     + _unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))  # drops <strong>
+                     + html.unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))  # drops <strong>
                      for i, item in enumerate(results[:count], 1))
-
-
-def _unescape(text: str) -> str:
-    import html
-    return html.unescape(text)
 
 
 def _search_error(r) -> str:
