@@ -323,11 +323,7 @@ class CronService(Part):
         return {"channel": "system", "chat_id": f"cron:{job['id']}", "sender_id": "cron",
                 "text": text, "metadata": meta}
 
-    # the gateway part: Part runs step() in a thread
     name = "cron"
-
-    def step(self) -> float:
-        return self.tick()
 
     def tick(self) -> float:
         """Reload jobs.json if it changed, post what is due; the seconds until the next job."""
@@ -346,6 +342,8 @@ class CronService(Part):
         times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
         wait = min([(t - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
         return MAX_SLEEP_S if retry else max(wait, 0.0)
+
+    step = tick         # the gateway part: Part runs step() in a thread
 
     def _reconcile(self, jobs, now):
         """Give enabled jobs without a next run one; a schedule edited by hand starts afresh."""
