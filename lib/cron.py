@@ -181,9 +181,8 @@ def _due(job, now) -> datetime | None:
 
 
 def _find(jobs, job_id) -> dict:
-    for job in jobs:
-        if job["id"] == job_id:
-            return job
+    if job := next((j for j in jobs if j["id"] == job_id), None):
+        return job
     raise CronError(f"no cron job with id {job_id!r}; ids are listed by `cron list`")
 
 
