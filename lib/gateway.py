@@ -159,17 +159,14 @@ class Gateway:
     def healthy(self, say: bool = True) -> bool:
         """Every part alive and the worker making progress; else (with `say`) log which, and why."""
         dead = [p.name for p in self.parts if not p.alive()]
-        if not say:
-            return not dead and self.worker.progressing()
-        if dead:
+        stuck = not dead and not self.worker.progressing()
+        if say and dead:
             log.error("a part of the gateway has died: %s", ", ".join(dead))
-        elif not self.worker.progressing():
+        elif say and stuck:
             log.error("the worker has been on one message for %.0f s, past the turn deadline "
                       "(agents.defaults.turn_timeout_s): no more watchdog pings, so systemd "
                       "restarts the service", time.monotonic() - (self.worker.busy_since or 0))
-        else:
-            return True
-        return False
+        return not dead and not stuck
 
     def _web(self) -> list:
         """The HTTP server on gateway.host:port, unless port is 0 or the port is taken."""
