@@ -27,18 +27,6 @@ class Stopped(Exception):
     """The gateway is stopping: the task stays persisted for the next start."""
 
 
-class _Stoppable:
-    """The provider, except that a stop request ends the turn before the next model call."""
-
-    def __init__(self, provider, stop: threading.Event):
-        self.provider, self.stop = provider, stop
-
-    def complete(self, messages, tools=None, deadline=None):
-        if self.stop.is_set():
-            raise Stopped()
-        return self.provider.complete(messages, tools, deadline=deadline)
-
-
 class Subagents(Part):
     """A gateway part with no loop of its own: each background task runs in its own thread."""
     name = "spawn"
@@ -47,7 +35,7 @@ class Subagents(Part):
         super().__init__()
         self.config, self.post, self.max_running = config, post, max_running
         self.dir = config.home / "state" / "subagents"
-        self.provider = _Stoppable(provider, self.stopping)
+        self.provider = provider
         skip = ("message", "spawn", "cron") + (() if config.tools.exec.enable else ("exec",))
         self.tools = default_registry(exclude=skip)
         self._running: dict[str, threading.Thread] = {}
@@ -55,6 +43,12 @@ class Subagents(Part):
 
     def loops(self) -> list:
         return []
+
+    def complete(self, messages, tools=None, deadline=None):
+        """The provider for the tasks' turns: a stop request ends a turn before its next call."""
+        if self.stopping.is_set():
+            raise Stopped()
+        return self.provider.complete(messages, tools, deadline=deadline)
 
     def start(self):
         super().start()
@@ -130,7 +124,7 @@ class Subagents(Part):
         session.append(dict(task))
         ctx = Context(self.config, ws, "subagent", job["id"],
                       deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s)
-        new = run_turn([{"role": "system", "content": prompt}, task], self.provider, self.tools,
+        new = run_turn([{"role": "system", "content": prompt}, task], self, self.tools,
                        ctx, self.config.agents.defaults.max_tool_iterations, session.append)
         session.sync()
         return (new[-1].get("content") or "").strip() or "(the sub-agent gave no answer)"
