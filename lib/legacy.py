@@ -32,25 +32,23 @@ MOVED = ((("tools", "exec", "restrict_to_workspace"), ("tools", "restrict_to_wor
 
 
 def migrate(data):
-    """Move old-place settings to where nanoclaw reads them, unless already set there."""
-    def parent(d, keys, make=False):
-        for k in keys:
-            found = next((key for key in d if snake(key) == k), None) if isinstance(d, dict) else None
-            if found is None:
-                if not make or not isinstance(d, dict):
-                    return None
-                found = k
-                d[k] = {}
-            d = d[found]
-        return d if isinstance(d, dict) else None
-
+    """Move old-place settings to where nanoclaw reads them, unless already set there. Each new
+    place's section exists: it is the root, or the section the old place was found in."""
     for old, new in MOVED:
-        src = parent(data, old[:-1])
-        key = next((k for k in src if snake(k) == old[-1]), None) if src else None
-        if key is None:
-            continue
-        value = src.pop(key)
-        dest = parent(data, new[:-1], make=True)
-        if dest is not None and not any(snake(k) == new[-1] for k in dest):
-            dest[new[-1]] = value
+        src, dest = _section(data, old[:-1]), _section(data, new[:-1])
+        if (key := _key(src, old[-1])) is not None:
+            value = src.pop(key)
+            if dest is not None and _key(dest, new[-1]) is None:
+                dest[new[-1]] = value
     return data
+
+
+def _section(d, keys):
+    for k in keys:
+        d = d[found] if (found := _key(d, k)) is not None else None
+    return d if isinstance(d, dict) else None
+
+
+def _key(d, name: str):
+    """The key of `d` that means `name` in any spelling (camelCase too), or None."""
+    return next((k for k in d if snake(k) == name), None) if isinstance(d, dict) else None
