@@ -203,7 +203,7 @@ class CronService(Part):
         self.tz                         # looked up now: a bad zone name stops start-up
         self.post = post or (lambda msg, name=None: post_inbox(config.home, msg, name))
         super().__init__()
-        self._jobs, self._stamp, self._seen, self._bad = [], "unread", {}, None
+        self._jobs, self._stamp, self._seen = [], "unread", {}
 
     @property
     def tz(self):
@@ -332,10 +332,9 @@ class CronService(Part):
                 with self._edit() as jobs:
                     self._reconcile(jobs, now)
                     retry = self._fire(jobs, now)
-            except CronError as e:
-                if stamp != self._bad:
-                    log.error("cron: %s", e)
-                self._jobs, self._stamp, self._bad = [], stamp, stamp
+            except CronError as e:          # said once: this version is not read again
+                log.error("cron: %s", e)
+                self._jobs, self._stamp = [], stamp
                 return MAX_SLEEP_S
             self._jobs, self._stamp = jobs, self._saved
         times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
