@@ -130,8 +130,7 @@ def finish(path: Path, final: str = "done") -> Path:
 
 def fail(path: Path, reason: str) -> Path:
     """Move to failed/ with a sibling NAME.error saying why (the original bytes are kept)."""
-    dest = path.parent.parent / "failed" / path.name
-    dest.parent.mkdir(exist_ok=True)
+    dest = path.parent.parent / "failed" / path.name      # atomic_write makes failed/
     if os.path.lexists(dest) and (os.path.isdir(dest) or os.path.isdir(path)):
         dest = dest.with_name(f"{unique_name()}.{path.name}")   # no rename over or of a folder
     atomic_write(dest.with_name(dest.name + ".error"), reason.rstrip() + "\n")
