@@ -110,9 +110,8 @@ class Session:
 
     def _write(self, obj: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
         with open(self.path, "ab+") as f:
-            if new:
+            if f.tell() == 0:           # append mode starts at the end: a new or empty file
                 meta = {"_type": "metadata", "key": self.key, "created_at": now_iso()}
                 f.write(json.dumps(meta).encode() + b"\n")
             else:                       # a torn last line must not swallow this one
