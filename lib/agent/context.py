@@ -34,17 +34,10 @@ def system_prompt(config, channel: str, chat_id: str) -> str:
         f"{ws / 'memory' / 'HISTORY.md'} (older conversation summaries; grep it)\n"
         f"- System: {platform.system()} {platform.machine()}, Python {platform.python_version()}",
     ]
-    for name in BOOTSTRAP:
-        text = _read(ws / name)
-        if text:
-            parts.append(f"## {name}\n{text}")
-    memory = Memory(ws).read()
-    if memory:
-        parts.append(f"## Long-term memory (memory/MEMORY.md)\n{memory}")
-    section = skills.prompt_section(skills.discover(ws))
-    if section:
-        parts.append(f"## Skills\n{section}")
-    return "\n\n".join(parts)
+    sections = [(name, _read(ws / name)) for name in BOOTSTRAP] + [
+        ("Long-term memory (memory/MEMORY.md)", Memory(ws).read()),
+        ("Skills", skills.prompt_section(skills.discover(ws)))]
+    return "\n\n".join(parts + [f"## {title}\n{text}" for title, text in sections if text])
 
 
 def _read(path: Path) -> str:
