@@ -37,9 +37,7 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
         deliver = ctx.channel not in SILENT
         job = service.add(_name(message), message, schedule, deliver,
                           ctx.channel if deliver else "", ctx.chat_id if deliver else "")
-    except ToolError:
-        raise
-    except NanoclawError as e:
+    except NanoclawError as e:          # a ToolError too: the same message
         raise ToolError(str(e)) from None
     where = f"replies go to {ctx.channel}:{ctx.chat_id}" if deliver else "replies are only logged"
     return (f"Added job {job['id']}: {describe(schedule)}, next run "
