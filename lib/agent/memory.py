@@ -73,12 +73,11 @@ class Memory:
             return self._failed(session, "the model did not call save_memory")
         entry = " ".join(str(saved.get("history_entry", "")).split())
         if entry:
-            stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
             self.dir.mkdir(parents=True, exist_ok=True)
             try:
                 fd = open_inside(self.history_file, self.workspace, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 with open(fd, "a", encoding="utf-8") as f:
-                    f.write(f"[{stamp}] ({session.key}) {entry}\n\n")
+                    f.write(f"[{datetime.now():%Y-%m-%d %H:%M}] ({session.key}) {entry}\n\n")
             except OSError as e:
                 log.warning("%s not written: %s", self.history_file, e)
         update = saved.get("memory_update")
