@@ -229,13 +229,6 @@ class CronService(Part):
                             '"id" in every job; fix it or move it away (it was left as it is)')
         return data["jobs"]
 
-    def _file_stamp(self):
-        try:
-            st = os.stat(self.path)
-            return st.st_mtime_ns, st.st_size, st.st_ino
-        except FileNotFoundError:
-            return None
-
     @contextmanager
     def _edit(self):
         """Lock, load, let the caller change the list, save it if it changed."""
@@ -248,7 +241,7 @@ class CronService(Part):
             if json.dumps(jobs) != before:
                 maildir.atomic_write(self.path, json.dumps({"version": 1, "jobs": jobs}, indent=2,
                                                            ensure_ascii=False) + "\n")
-            self._saved = self._file_stamp()
+            self._saved = maildir.stamp(self.path)
         finally:
             os.close(fd)
 
@@ -326,7 +319,7 @@ class CronService(Part):
 
     def tick(self) -> float:
         """Reload jobs.json if it changed, post what is due; the seconds until the next job."""
-        now, stamp, retry = _now(), self._file_stamp(), False
+        now, stamp, retry = _now(), maildir.stamp(self.path), False
         if stamp != self._stamp or any(_due(job, now) for job in self._jobs):
             try:
                 with self._edit() as jobs:

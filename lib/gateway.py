@@ -110,7 +110,7 @@ class Gateway:
         self.watcher = Watcher()
         self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
         self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)
-        self._config_mtime = _mtime(self.config.path)
+        self._config_stamp = maildir.stamp(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
         self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web(),
@@ -197,10 +197,10 @@ class Gateway:
     def _config_changed(self):
         """Allow lists and other settings apply at once; credentials and which channels run
         need a restart (their connections are built from them)."""
-        mtime = _mtime(self.config.path)
-        if mtime == self._config_mtime:
+        stamp = maildir.stamp(self.config.path)
+        if stamp == self._config_stamp:
             return
-        self._config_mtime = mtime
+        self._config_stamp = stamp
         from lib.config import load_config
         from lib.errors import ConfigError
         try:
@@ -240,13 +240,6 @@ def _single_instance(home):
     f.write(str(os.getpid()))
     f.flush()
     return f
-
-
-def _mtime(path) -> float:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return 0
 
 
 def _watchdog_interval() -> float:

@@ -42,6 +42,15 @@ def _write_synced(path: Path, raw: bytes, mode: int, new: int = os.O_TRUNC):
     os.chmod(path, mode)
 
 
+def stamp(path: Path) -> tuple | None:
+    """What tells that a file changed: (mtime, size, inode); None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def make_private(folder: Path):
     """A home made before files were private (0755) becomes 0700: nobody else can look inside."""
     try:

@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib import maildir
 from lib.tools.files import read_inside
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,12 @@ class Skill:
 
 def parse(path: Path) -> Skill | None:
     """The skill in a SKILL.md; parsed once per version of the file (every turn asks)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _parse(path, st.st_mtime_ns, st.st_size)
+    version = maildir.stamp(path)
+    return _parse(path, version) if version else None
 
 
 @functools.cache
-def _parse(path: Path, mtime_ns: int, size: int) -> Skill | None:   # a version is a cache key
+def _parse(path: Path, version: tuple) -> Skill | None:     # the version is in the cache key
     try:
         text = read_inside(path, path.parent.parent).decode("utf-8")    # skills/NAME/SKILL.md
     except (OSError, UnicodeDecodeError) as e:
