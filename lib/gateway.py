@@ -186,13 +186,11 @@ class Gateway:
         running = {c.name for c in self.channels}
         for name in maildir.waiting(self.home / "outbox"):
             target = name.split(".", 1)[0]
-            if target not in running:
-                path = maildir.claim(self.home / "outbox", name)
-                if path:
-                    log.warning("outbox/%s: channel %s is not running; moved to outbox/failed/",
-                                name, target)
-                    maildir.fail(path, f"channel {target} is not running (channels.{target}."
-                                 "enabled is false or it is not configured)")
+            if target not in running and (path := maildir.claim(self.home / "outbox", name)):
+                log.warning("outbox/%s: channel %s is not running; moved to outbox/failed/",
+                            name, target)
+                maildir.fail(path, f"channel {target} is not running (channels.{target}."
+                             "enabled is false or it is not configured)")
 
     def _config_changed(self):
         """Allow lists and other settings apply at once; credentials and which channels run
