@@ -1,15 +1,7 @@
-"""Skills: folders with a SKILL.md whose YAML front matter says what the skill is and needs.
-
-    ---
-    name: weather
-    description: Current weather and forecasts.
-    requires: {bins: [curl], env: []}
-    always: false
-    ---
-
-Workspace skills (workspace/skills/) override the bundled ones (workspace_template/skills/).
-The original project's `metadata: {"nanobot": {"requires": …, "always": …}}` form is read too.
-"""
+"""Skills: folders with a SKILL.md whose YAML front matter (name, description, requires: {bins,
+env}, always: the format is in README.md, Skills) says what the skill is and needs. Workspace
+skills (workspace/skills/) override the bundled ones (workspace_template/skills/); the original
+project's `metadata: {"nanobot": {"requires": …, "always": …}}` form is read too."""
 import functools
 import logging
 import os
