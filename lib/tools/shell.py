@@ -1,12 +1,10 @@
 """exec: run a shell command in the workspace, with a timeout and its output bounded.
 
-What protects the host is the sandbox (lib/sandbox.py, SPEC §8): under bubblewrap a command sees
-the workspace read-write, the rest of the system read-only and neither $NANOCLAW_HOME nor the
-user's home, and it dies with everything it started. Its environment holds no keys, sandbox or
-not. Without bubblewrap (tools.exec.sandbox: off, or auto where bwrap does not work and
-tools.restrict_to_workspace is off) nothing isolates a command: it can do whatever the gateway's
-user can, and a child that leaves its process group (setsid) outlives it. Deny patterns, and the path checks made when the workspace is restricted but the sandbox
-is off, are only a courtesy that catches accidents: no check of a command's text can hold.
+What protects the host is the sandbox (lib/sandbox.py; what a command sees there: SPEC §8 and
+README.md, Security); the environment holds no keys, sandbox or not. Without bubblewrap nothing
+isolates a command: it can do whatever the gateway's user can, and a child that leaves its
+process group (setsid) outlives it. Deny patterns, and the path checks made when the workspace
+is restricted but the sandbox is off, are only a courtesy: no check of a command's text can hold.
 """
 import re
 
