@@ -127,10 +127,9 @@ class Session:
             maildir.sync(self.path)
 
     def history(self, window: int) -> list[dict]:
-        """The last `window` unconsolidated messages, as the model expects them: starting at a
-        user message (a tool result without its call is an error), with our own fields removed.
-        A tool call left without its result (Ctrl+C during exec) gets one saying so: the API
-        refuses a conversation with a dangling call, and the chat would be stuck until /new."""
+        """The last `window` unconsolidated messages as the model expects them: from a user
+        message on, our own fields removed, and a call left without its result (Ctrl+C) given one
+        saying so: the API refuses a tool result without its call, and a call without its result."""
         recent = self.messages[self.consolidated:][-window:] if window > 0 else []
         while recent and recent[0].get("role") != "user":
             recent = recent[1:]

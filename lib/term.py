@@ -14,8 +14,7 @@ CODES = {
 
 
 def use_color(stream) -> bool:
-    """True when stream is a terminal, NO_COLOR is unset or empty (no-color.org: only a non-empty
-    value turns colour off) and TERM is not dumb."""
+    """True on a terminal, unless NO_COLOR is non-empty (no-color.org) or TERM is dumb."""
     try:
         if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
             return False

@@ -54,9 +54,8 @@ class Memory:
 
     def consolidate(self, session, provider, keep: int, batch: int = 100,
                     deadline: float | None = None) -> bool:
-        """Fold the oldest unconsolidated messages, at most `batch`, into memory, leaving the
-        last `keep`. False (nothing lost: the messages stay in the session, and the next try
-        waits for the back-off) when the model does not cooperate."""
+        """Fold the oldest unconsolidated messages (at most `batch`; the last `keep` stay) into
+        memory. False when the model fails: nothing is lost, and the next try waits a back-off."""
         end = min(max(session.consolidated, len(session.messages) - keep), session.consolidated + batch)
         part = session.messages[session.consolidated:end]
         if not part:

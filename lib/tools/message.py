@@ -34,8 +34,7 @@ def message(ctx, content: str, channel: str = "", chat_id: str = "",
 
 
 def _attachment(ctx, path) -> str:
-    """The real path of a file the message may carry: in the workspace (when restricted), a
-    regular file, not too big."""
+    """The real path of a regular file to attach: checked like any tool path, and for size."""
     if not isinstance(path, str):
         raise ToolError(f"media must list file paths, got {path!r}")
     p = resolve(ctx, path)
