@@ -18,13 +18,12 @@ _counter = itertools.count()
 STALE_TMP_S = 3600
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int | None = None):
+def atomic_write(path: Path, data: str | bytes):
     """Replace `path` so that a reader (or a crash) sees the old content or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
-    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data,
-                  0o600 if mode is None else mode)
+    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
@@ -32,14 +31,14 @@ class Clash(FileExistsError):
     """A message of that name is there already: it is never replaced."""
 
 
-def _write_synced(path: Path, raw: bytes, mode: int, new: int = os.O_TRUNC):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | new, mode)
+def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | new, 0o600)
     try:
         os.write(fd, raw)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(path, mode)
+    os.chmod(path, 0o600)         # private whatever the umask
 
 
 def stamp(path: Path) -> tuple | None:
@@ -77,7 +76,7 @@ def deliver(box: Path, obj: dict, name: str | None = None, into: str = "new") ->
     tmp, dest = Path(box) / "tmp" / f"{unique_name()}.{name}", Path(box) / into / name
     tmp.parent.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_synced(tmp, json.dumps(obj, ensure_ascii=False).encode("utf-8"), 0o600, os.O_EXCL)
+    _write_synced(tmp, json.dumps(obj, ensure_ascii=False).encode("utf-8"), os.O_EXCL)
     try:
         rename_new(tmp, dest)
     except Clash:
