@@ -9,6 +9,7 @@ A one-off (`at`) job is deleted once posted. Each run's inbox file is named afte
 scheduled second, so a crash between posting and saving next_run cannot post it twice.
 """
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -74,8 +75,9 @@ def _field(expr, text, name, lo, hi, names) -> set:
     return values
 
 
+@functools.cache
 def zone(name: str = ""):
-    """The tzinfo for a zone name; "" is the system's ($TZ, then /etc/localtime)."""
+    """The tzinfo for a zone name, looked up once; "" is the system's ($TZ, /etc/localtime)."""
     from zoneinfo import ZoneInfo
     key = name or os.environ.get("TZ", "").lstrip(":")
     try:
@@ -197,7 +199,7 @@ class CronService(Part):
 
     def __init__(self, config, post=None):
         from lib.mail import post_inbox
-        self.config, self._tz_name = config, None
+        self.config = config
         self.path = config.home / "cron" / "jobs.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)     # the file watcher needs it
         self.tz                         # looked up now: a bad zone name stops start-up
@@ -208,10 +210,7 @@ class CronService(Part):
     @property
     def tz(self):
         """The configured zone; the gateway may swap in a reloaded config at any time."""
-        if self._tz_name != self.config.agents.defaults.timezone:
-            self._tz_name = self.config.agents.defaults.timezone    # a bad name is reported once
-            self._tz = zone(self._tz_name)
-        return self._tz
+        return zone(self.config.agents.defaults.timezone)
 
     def _load(self) -> list[dict]:
         try:
