@@ -32,12 +32,9 @@ class Clash(FileExistsError):
 
 
 def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | new, 0o600)
-    try:
-        os.write(fd, raw)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | new, 0o600), "wb", buffering=0) as f:
+        f.write(raw)                # one write(2), as os.write would make
+        os.fsync(f.fileno())
     os.chmod(path, 0o600)         # private whatever the umask
 
 
