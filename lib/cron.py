@@ -231,9 +231,8 @@ class CronService(Part):
     @contextmanager
     def _edit(self):
         """Lock, load, let the caller change the list, save it if it changed."""
-        fd = os.open(self.path.with_name(".lock"), os.O_RDONLY | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(os.open(self.path.with_name(".lock"), os.O_RDONLY | os.O_CREAT, 0o600)) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             jobs = self._load()
             before = json.dumps(jobs)
             yield jobs
@@ -241,8 +240,6 @@ class CronService(Part):
                 maildir.atomic_write(self.path, json.dumps({"version": 1, "jobs": jobs}, indent=2,
                                                            ensure_ascii=False) + "\n")
             self._saved = maildir.stamp(self.path)
-        finally:
-            os.close(fd)
 
     def jobs(self) -> list[dict]:
         with self._edit() as jobs:
