@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import time
+from contextlib import suppress
 from pathlib import Path
 
 _counter = itertools.count()
@@ -49,11 +50,9 @@ def stamp(path: Path) -> tuple | None:
 
 def make_private(folder: Path):
     """A home made before files were private (0755) becomes 0700: nobody else can look inside."""
-    try:
+    with suppress(OSError):
         if Path(folder).stat().st_mode & 0o077:
             os.chmod(folder, 0o700)
-    except OSError:
-        pass
 
 
 def unique_name(prefix: str = "") -> str:
@@ -155,12 +154,10 @@ def recover(box: Path, requeue: bool = True) -> list[str]:
     cutoff = time.time() - STALE_TMP_S
     for folder in ("tmp", "cur"):           # cur/.NAME…tmp: an atomic_write cut off
         for entry in os.scandir(box / folder) if (box / folder).is_dir() else ():
-            try:
+            with suppress(OSError):         # gone already, or a folder someone put there
                 if (folder == "tmp" or entry.name.startswith(".")) and \
                         entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
-            except OSError:                 # gone already, or a folder someone put there
-                pass
     return left
 
 
@@ -170,12 +167,10 @@ def prune(box: Path, days: float, finals=("done", "sent")) -> int:
     for final in finals:
         folder = Path(box) / final
         for entry in os.scandir(folder) if folder.is_dir() else ():
-            try:
+            with suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
                     removed += 1
-            except FileNotFoundError:
-                pass
     return removed
 
 
