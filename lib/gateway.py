@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import suppress
 from functools import partial
 
 from lib import maildir
@@ -48,11 +49,11 @@ class Watcher(Part):
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
-        try:    # watchdog holds each moved-away event 0.5 s to pair it, and every event queued
-            from watchdog.observers import inotify_move_event_grouper as grouper   # behind it
-            grouper.InotifyMoveEventGrouper.delay = 0       # waits too; we need no pairs
-        except ImportError:
-            pass
+        # watchdog holds each moved-away event 0.5 s to pair it, and every event queued behind it
+        # waits too; we need no pairs
+        with suppress(ImportError):
+            from watchdog.observers import inotify_move_event_grouper as grouper
+            grouper.InotifyMoveEventGrouper.delay = 0
 
         class Handler(FileSystemEventHandler):
             def __init__(self, callback):

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def session_path(home: Path, channel: str, chat_id: str, hashed: bool = True) ->
 def _rehome(old: Path):
     """Without the hash a@b.com and a_b.com shared email_a_b.com.jsonl: such a file moves to the
     name of the key in its metadata line, whoever opens it first (never over a file)."""
-    try:
+    with suppress(OSError, ValueError, AttributeError):  # none, no key (a torn line), name taken
         with open(old, "rb") as f:
             channel, chat_id = json.loads(f.readline(4096)).get("key").split(":", 1)
         new = session_path(old.parent.parent, channel, chat_id)
@@ -44,8 +45,6 @@ def _rehome(old: Path):
             maildir.rename_new(old, new)
             log.info("sessions/%s is now sessions/%s (its key has a character a name cannot hold)",
                      old.name, new.name)
-    except (OSError, ValueError, AttributeError):   # none, no key (a torn line), the name taken
-        pass
 
 
 class Session:

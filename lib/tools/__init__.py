@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import typing
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -123,7 +124,7 @@ def _coerce(tool, name, value, typ):
     base = typing.get_origin(typ) or typ
     if value is None or isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
-    try:
+    with suppress(ValueError):
         if base in (int, float) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             if base is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)         # 2.5 is not 2
@@ -132,8 +133,6 @@ def _coerce(tool, name, value, typ):
             return str(value)
         if base is bool and str(value).lower() in ("true", "false"):
             return str(value).lower() == "true"
-    except ValueError:
-        pass
     raise ToolError(f"{tool}: {name} must be {_JSON_TYPES.get(base, 'string')}, got {value!r}")
 
 

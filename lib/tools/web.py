@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from contextlib import suppress
 
 from lib.errors import ToolError
 
@@ -85,10 +86,8 @@ def web_fetch(ctx, url: str, max_chars: int = 0) -> str:
         parser.close()
         text = parser.text()
     elif mime == "application/json" or mime.endswith("+json"):
-        try:
+        with suppress(ValueError):      # not JSON after all: show it as it is
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass  # not JSON after all: show it as it is
     elif mime and not (mime.startswith("text/") or mime.endswith(("/xml", "+xml", "/javascript"))):
         raise ToolError(f"{r.url} is {mime}; web_fetch only reads web pages and text")
     if len(text) > limit:
