@@ -83,12 +83,9 @@ def _names(value) -> list[str]:
 
 
 def discover(workspace: Path) -> list[Skill]:
-    found = {}
-    for root in (BUNDLED, Path(workspace) / "skills"):     # later roots override earlier ones
-        for path in sorted(root.glob("*/SKILL.md")) if root.is_dir() else ():
-            skill = parse(path)
-            if skill:
-                found[skill.name] = skill
+    roots = (BUNDLED, Path(workspace) / "skills")     # later roots override earlier ones
+    found = {s.name: s for root in roots if root.is_dir()
+             for s in map(parse, sorted(root.glob("*/SKILL.md"))) if s}
     return sorted(found.values(), key=lambda s: s.name)
 
 
