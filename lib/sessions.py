@@ -52,11 +52,6 @@ class Session:
         self.key = f"{channel}:{chat_id}"
         self.path = session_path(home, channel, chat_id)
         _rehome(session_path(home, channel, chat_id, hashed=False))
-        self.messages: list[dict] = []
-        self.consolidated = 0           # messages before this index are in memory already
-        self.consolidation_failures = 0     # in a row, since the last success
-        self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
-        self._size = 0                  # the file's size as this object last saw it
         self._load()
 
     @property
@@ -67,7 +62,12 @@ class Session:
         except FileNotFoundError:
             return self._size != 0
 
-    def _load(self):
+    def _load(self):                    # from the file, or empty when there is none
+        self.messages: list[dict] = []
+        self.consolidated = 0           # messages before this index are in memory already
+        self.consolidation_failures = 0     # in a row, since the last success
+        self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
+        self._size = 0                  # the file's size as this object last saw it
         if not self.path.exists():
             return
         self._size = self.path.stat().st_size
@@ -148,8 +148,7 @@ class Session:
             dest = self.path.parent / "archive" / f"{self.path.stem}.{int(time.time())}.jsonl"
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
-        self.messages, self.consolidated, self._size = [], 0, 0
-        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
+        self._load()                    # no file now: the state of a new session
 
 
 def interrupted(call: dict, how: str = "") -> dict:
