@@ -86,8 +86,7 @@ class Memory:
         return True
 
     def write(self, text: str) -> bool:
-        """Replace MEMORY.md, keeping the old one in memory/versions/ (the newest 30). Never when
-        the old one cannot be read whole (not UTF-8, or a link out of the workspace)."""
+        """Replace MEMORY.md, the old one kept in versions/; not when it cannot be read whole."""
         versions = self.dir / "versions"
         try:
             old = read_inside(self.memory_file, self.workspace)
