@@ -103,14 +103,13 @@ def _auto(cfg, model: str) -> ProviderSpec:
     low = model.lower()
     ready = [s for s in PROVIDERS if usable(s, cfg.provider(s.name))]
     prefix = low.split("/", 1)[0] if "/" in low else ""
-    for rule in (lambda s: s.name == prefix,
-                 lambda s: not s.is_gateway and not s.is_local and any(k in low for k in s.keywords),
-                 lambda s: s.is_gateway,
-                 lambda s: s.is_local,        # a local endpoint was set up on purpose
-                 lambda s: True):
-        found = next((s for s in ready if rule(s)), None)
-        if found:
-            return found
+    rules = (lambda s: s.name == prefix,
+             lambda s: not s.is_gateway and not s.is_local and any(k in low for k in s.keywords),
+             lambda s: s.is_gateway,
+             lambda s: s.is_local,        # a local endpoint was set up on purpose
+             lambda s: True)              # any
+    if ready:           # the first rule that picks a ready provider decides
+        return next(s for rule in rules for s in ready if rule(s))
     wanted = next((s for s in PROVIDERS if not s.is_local and any(k in low for k in s.keywords)),
                   BY_NAME["openrouter"])
     raise ConfigError(_missing_key(cfg, wanted))
