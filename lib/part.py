@@ -1,8 +1,6 @@
-"""A gateway part: the one lifecycle for every thread the gateway runs (worker, cron, heartbeat,
-channels, sub-agents, the HTTP server, the file watcher). start() runs each of loops() in a
-thread of its own; stop() sets `stopping`, wakes them and joins them; alive() is true while they
-all run; wake() cuts a wait short. The default loop calls step() until stop(), sleeping in
-between on an Event that wake() and stop() cut short."""
+"""A gateway part: the one lifecycle (start, stop, alive, wake) for every thread the gateway runs:
+worker, cron, heartbeat, channels, sub-agents, the HTTP server, the file watcher. The default
+loop calls step() until stop(), sleeping in between on an Event that wake() and stop() cut short."""
 import logging
 import threading
 
