@@ -12,22 +12,21 @@ from lib.tools.files import read_inside
 BOOTSTRAP = ("AGENTS.md", "SOUL.md", "USER.md", "TOOLS.md")
 
 
-def now(tz: str = ""):
-    if tz:
-        from zoneinfo import ZoneInfo
-        return datetime.now(ZoneInfo(tz))
-    return datetime.now().astimezone()
+def clock(tz: str = "") -> str:
+    """The time now in zone `tz` ("" is the system's), as the prompts give it."""
+    from zoneinfo import ZoneInfo
+    moment = datetime.now(ZoneInfo(tz)) if tz else datetime.now().astimezone()
+    return f"{moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or time.strftime('%Z')}"
 
 
 def system_prompt(config, channel: str, chat_id: str) -> str:
     ws = config.workspace
-    moment = now(config.agents.defaults.timezone)
     parts = [
         "You are nanoclaw, a personal AI assistant running on the owner's own computer. "
         "You can read and write files, run shell commands, search and fetch the web, send "
         "messages and follow skills. Be brief; answer in the user's language.",
         "## Now\n"
-        f"- Time: {moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or time.strftime('%Z')}\n"
+        f"- Time: {clock(config.agents.defaults.timezone)}\n"
         f"- Channel: {channel}, chat id: {chat_id}\n"
         f"- Workspace: {ws} (relative paths start here)\n"
         f"- Memory: {ws / 'memory' / 'MEMORY.md'} (facts; always below) and "

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from lib import maildir
-from lib.agent.context import now
+from lib.agent.context import clock
 from lib.agent.loop import run_turn
 from lib.errors import ProviderError, ToolError
 from lib.part import Part
@@ -113,11 +113,10 @@ class Subagents(Part):
 
     def _work(self, job) -> str:
         ws = self.config.workspace
-        moment = now(self.config.agents.defaults.timezone)
         prompt = ("You are a background worker for nanoclaw, a personal assistant. Do the task "
                   "below with your tools; nobody can answer questions, so decide for yourself. "
                   "End with a concise result: what you found or did, and where any files are.\n"
-                  f"- Time: {moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or ''}\n"
+                  f"- Time: {clock(self.config.agents.defaults.timezone)}\n"
                   f"- Workspace: {ws} (relative paths start here)")
         session = Session(self.config.home, "subagent", job["id"])
         task = {"role": "user", "content": job["task"]}
