@@ -38,8 +38,8 @@ def web_search(ctx, query: str, count: int = 0) -> str:
     if not results:
         return f"No results for: {query}"
     return "\n".join(f"{i}. {item.get('title') or '(no title)'}\n   {item.get('url', '')}\n   "
-                     + html.unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))  # drops <strong>
-                     for i, item in enumerate(results[:count], 1))
+                     + html.unescape(re.sub(r"<[^>]+>", "", item.get("description") or ""))
+                     for i, item in enumerate(results[:count], 1))      # re.sub drops <strong>
 
 
 def _search_error(r) -> str:
