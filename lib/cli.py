@@ -56,6 +56,10 @@ def _parser():
     s.set_defaults(run=cmd_agent)
     s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
     s.set_defaults(run=cmd_status)
+    s = sub.add_parser("usage", parents=[common], help="model calls, tokens and cost by source and model")
+    s.add_argument("--days", type=int, default=7, metavar="N", help="how many days back (default 7)")
+    s.add_argument("--json", action="store_true", help="the figures as JSON")
+    s.set_defaults(run=cmd_usage)
     s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
     s.add_argument("--logs", nargs="?", const="debug", choices=["debug", "info", "warning", "error"],
                    metavar="LEVEL", help="log level for this run (default: gateway.log_level; "
@@ -139,9 +143,10 @@ def cmd_status(args):
     print(f"config     {cfg.path}{'' if cfg.path.exists() else '  (missing: run onboard)'}")
     print(f"home       {cfg.home}")
     print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
-    print(f"model      {cfg.agents.defaults.model}")
+    print(f"model      {_model_state(cfg)}")
     print(f"shell      {_shell_state(cfg)}")
     print(f"gateway    {_gateway_state(cfg.home)}")
+    print(f"usage      {_usage_today(cfg)}")
     try:
         r = resolve(cfg)
         print(f"provider   {r.spec.name} → {r.api_base} (model {r.model})")
@@ -190,6 +195,74 @@ def _gateway_state(home: Path) -> str:
             f"{count('outbox', 'failed')} failed")
 
 
+def _model_state(cfg) -> str:
+    """The model, its fallbacks, which of them are skipped, and whether the model answers."""
+    import time
+    from lib import usage
+    d, line = cfg.agents.defaults, cfg.agents.defaults.model
+    if d.fallback_models:
+        line += f" (then {', '.join(d.fallback_models)})"
+    for model, until in usage.skipped_models(cfg.home).items():
+        line += f"; {model} skipped for {until - time.time():.0f} s more (it failed 3 times)"
+    down = usage._load(cfg.home / "state" / "model_down.json")
+    if down.get("since"):
+        line += term.style(f"; not answering since {str(down['since'])[:16].replace('T', ' ')} "
+                           f"UTC ({down.get('error')}): messages wait in the inbox", "red")
+    return line
+
+
+def _usage_today(cfg) -> str:
+    """Today's tokens and cost against limits.daily_tokens and limits.daily_usd."""
+    from lib import usage
+    lim, (used, usd) = cfg.limits, usage.Ledger(cfg).totals()
+    line = f"today {used:,} tokens" + (f", ${usd:,.2f}" if usd else "")
+    caps = [f"{used / lim.daily_tokens:.0%} of {lim.daily_tokens:,} tokens" if lim.daily_tokens else "",
+            f"{usd / lim.daily_usd:.0%} of ${lim.daily_usd:,.2f}" if lim.daily_usd else ""]
+    caps = [c for c in caps if c]
+    return line + (f" ({'; '.join(caps)} a day)" if caps else " (no daily limit: limits.*)")
+
+
+def cmd_usage(args):
+    import json
+    from lib import usage
+    cfg = _config(args)
+    report = usage.summary(cfg, max(1, args.days))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    days = report["days"]
+    _usage_table(f"today, {days[0]['day']} ({report['timezone']})", days[0]["rows"])
+    print(f"  {_usage_today(cfg)}")
+    if len(days) > 1:
+        merged: dict = {}
+        for day in days:
+            for row in day["rows"]:
+                into = merged.setdefault((row["source"], row["model"]), dict.fromkeys(row, 0))
+                for k, v in row.items():
+                    into[k] = v if k in ("source", "model") else into[k] + v
+        print()
+        _usage_table(f"the last {len(days)} days, {days[-1]['day']} to {days[0]['day']}",
+                     [merged[k] for k in sorted(merged)])
+
+
+def _usage_table(title: str, rows: list):
+    print(term.style(title, "bold"))
+    if not rows:
+        print("  no model calls")
+        return
+    print(f"  {'source':<14}{'model':<34}{'calls':>6}{'failed':>7}{'in':>12}{'out':>10}{'cost':>10}")
+    total = {"calls": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+             "unpriced": 0, "source": "total", "model": ""}
+    for row in rows + [total]:
+        if row is not total:
+            for k in ("calls", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced"):
+                total[k] += row[k]
+        cost = f"${row['cost_usd']:,.2f}" + ("+?" if row["unpriced"] and row["cost_usd"] else "") \
+            if row["cost_usd"] or not row["unpriced"] else "no price"
+        print(f"  {row['source']:<14}{row['model'][:33]:<34}{row['calls']:>6}{row['failed']:>7}"
+              f"{row['prompt_tokens']:>12,}{row['completion_tokens']:>10,}{cost:>10}")
+
+
 def _shell_state(cfg) -> str:
     """Whether exec runs, and in what (SPEC §8)."""
     ex = cfg.tools.exec
@@ -210,7 +283,6 @@ def _shell_state(cfg) -> str:
 
 def cmd_agent(args):
     from lib.agent.loop import Agent, agent_tools
-    from lib.providers.client import make_provider
     from lib.sessions import Session
     cfg = _config(args)
     channel, _, chat_id = args.session.partition(":")
@@ -233,7 +305,8 @@ def cmd_agent(args):
             post_outbox(cfg.home, ch, chat, text, media=media or ())
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
-    agent = Agent(cfg, make_provider(cfg), agent_tools(cfg), send=send)
+    from lib.usage import Metered
+    agent = Agent(cfg, Metered(cfg), agent_tools(cfg), send=send)
 
     def turn(text):
         session = Session(cfg.home, channel, chat_id)

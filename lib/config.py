@@ -45,6 +45,9 @@ class AgentDefaults:
     turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
     model_timeout_s: int = setting(90, low=1)      # one model call (retried within the turn)
     retry_backoff_s: float = setting(1.0, low=0.0)  # first wait before a retry; doubles each time
+    fallback_models: list[str] = setting([])   # tried in order when the model is down (SPEC §10)
+    fallback_cooldown_s: int = setting(60, low=0)  # a model that failed 3 times is skipped this long
+    prices: dict[str, list[float]] = setting({})   # MODEL: [USD per million input, per million output]
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
@@ -119,8 +122,14 @@ class CronTools:
 
 
 @settings
+class Approval:
+    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
+
+
+@settings
 class Tools:
     restrict_to_workspace: bool = True
+    approval: Approval = setting(Approval())
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
@@ -141,6 +150,13 @@ class Gateway:
 class Heartbeat:
     enabled: bool = True
     interval_s: int = setting(1800, low=1)
+    quiet_hours: str = ""        # e.g. 23:00-07:00: heartbeat and cron wait until the hours end
+
+
+@settings
+class Limits:
+    daily_tokens: int = setting(0, low=0)      # 0: no limit
+    daily_usd: float = setting(0.0, low=0.0)
 
 
 @settings
@@ -151,6 +167,7 @@ class Config:
     tools: Tools = setting(Tools())
     gateway: Gateway = setting(Gateway())
     heartbeat: Heartbeat = setting(Heartbeat())
+    limits: Limits = setting(Limits())
     # not keys: where this config came from
     path: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     home: Path = field(default=Path("."), metadata={"internal": True})
@@ -288,9 +305,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
-            fail(f"must be a mapping of names to strings, got {_show(value)}", at)
-        return {str(k): _expand(str(v)) for k, v in value.items()}
+        if not isinstance(value, dict):
+            fail(f"must be a mapping (name: value), got {_show(value)}", at)
+        return {str(k): _value(typing.get_args(typ)[1], fld, v, at + (str(k),), lines, file, fail)
+                for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

@@ -85,12 +85,12 @@ class Watcher(Part):
 class Gateway:
     def __init__(self, config, agent=None):
         from lib.agent.loop import Agent, agent_tools
-        from lib.providers.client import make_provider
         from lib.tools import Services
+        from lib.usage import Metered
         self.config = config
         self.home = config.home
         self.services = Services()          # filled by build()
-        self.agent = agent or Agent(config, make_provider(config), agent_tools(config),
+        self.agent = agent or Agent(config, Metered(config), agent_tools(config),
                                     send=partial(post_outbox, self.home), services=self.services)
         self.worker = Worker(config, self.agent)
         self.parts = []                 # started in order, stopped in reverse
@@ -212,7 +212,7 @@ class Gateway:
             log.error("config not reloaded, the running one stays: %s", e)
             return
         self.config = self.agent.config = config
-        for part in self.parts:
+        for part in (*self.parts, self.agent.provider):     # limits and prices apply at once
             part.config = config
         log.info("config reloaded from %s", config.path)
 

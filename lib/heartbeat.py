@@ -5,6 +5,7 @@ items costs nothing: no message, no model call. A beat is skipped while the last
 import json
 import logging
 import re
+from datetime import datetime, timezone
 
 from lib import maildir
 from lib.part import Part
@@ -35,13 +36,19 @@ class Heartbeat(Part):
         self.config, self.post = config, post         # post(msg, name) -> path
         self.inbox = config.home / "inbox"
         self._first = True
+        self.clock = lambda: datetime.now(timezone.utc)     # tests pass a day in a second
 
     def start(self):
         if self.config.heartbeat.enabled:   # not started is alive (no thread), even after a
             super().start()                 # reload enables it
 
     def step(self) -> float:
-        """The first beat comes one interval after start (a restart loop must not beat)."""
+        """The first beat comes one interval after start (a restart loop must not beat). In
+        heartbeat.quiet_hours it waits, and beats when they end."""
+        from lib.usage import quiet_until
+        until = quiet_until(self.config, self.clock())
+        if until:
+            return max(1.0, (until - self.clock()).total_seconds())
         if not self._first and self.config.heartbeat.enabled:     # a reload may turn it off
             self.beat()
         self._first = False
@@ -59,6 +66,10 @@ class Heartbeat(Part):
             log.warning("heartbeat: cannot read %s: %s", path, e)
             return False
         if not tasks:
+            return False
+        from lib.usage import over_limit
+        if over_limit(self.config):
+            log.info("heartbeat skipped: a daily limit is reached (limits.*)")
             return False
         if self._waiting():
             log.info("heartbeat skipped: the last one is still in the inbox")

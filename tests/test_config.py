@@ -270,7 +270,7 @@ def test_list_where_a_mapping_is_expected(home):
 
 def test_scalar_where_extra_headers_mapping_is_expected(home):
     msg = config_error(home, "providers:\n  custom:\n    extra_headers: [a, b]\n")
-    assert "providers.custom.extra_headers (line 3) must be a mapping of names to strings" in msg
+    assert "providers.custom.extra_headers (line 3) must be a mapping (name: value), got list" in msg
 
 
 def test_mapping_where_a_list_is_expected(home):

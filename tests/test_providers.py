@@ -4,7 +4,7 @@ import time
 import pytest
 
 from lib.config import load_config
-from lib.errors import ConfigError, ProviderError
+from lib.errors import ConfigError, ProviderDown, ProviderError
 from lib.channels.voice import transcribe
 from lib.providers.client import OpenAIProvider
 from lib.providers.registry import resolve
@@ -214,15 +214,14 @@ def test_dropped_connection_is_retried(home, llm):
     assert len(llm.requests) == 2
 
 
-def test_giving_up_is_one_sentence_saying_the_message_is_saved(home, llm):
+def test_giving_up_is_one_line_naming_the_provider_the_reason_and_the_tries(home, llm):
+    """ProviderDown: the worker keeps the message waiting (issue 15); the CLI prints the line."""
     llm.script(*[{"status": 502}] * 3)
     p = fake_provider(home, llm, retries=2)
-    with pytest.raises(ProviderError) as e:
+    with pytest.raises(ProviderDown) as e:
         p.complete(HI)
-    msg = str(e.value)
     assert len(llm.requests) == 3
-    assert p.name in msg and "saved" in msg and "HTTP 502" in msg
-    assert "\n" not in msg and msg.endswith(".") and ". " not in msg
+    assert str(e.value) == f"{p.name} is not answering (HTTP 502, 3 tries)"
 
 
 def test_401_fails_at_once_naming_the_key(home, llm):

@@ -37,7 +37,8 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
         try:
             if time.monotonic() >= ctx.deadline:
                 raise TurnTimeout("no time left")
-            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline)
+            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline,
+                                      source=ctx.source, session=f"{ctx.channel}:{ctx.chat_id}")
         except TurnTimeout:
             limit = ctx.config.agents.defaults.turn_timeout_s
             add({"role": "assistant", "content": f"I ran out of time for this message (the limit "
@@ -100,7 +101,7 @@ class Agent:
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s)
+                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg))
         new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
                        lambda m: session.append(dict(m, id=msg_id)))
         session.sync()
@@ -137,6 +138,14 @@ class Agent:
             before, rounds = session.consolidated, rounds - 1
             ok = self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline)
         return ok
+
+
+def _source(msg: dict) -> str:
+    """Who a turn is for, as the usage ledger names it: heartbeat, cron, subagent, api, chat."""
+    kind = (msg.get("metadata") or {}).get("kind")
+    if msg["channel"] == "system" and kind in ("heartbeat", "cron", "subagent"):
+        return kind
+    return "api" if msg["channel"] == "api" else "chat"
 
 
 def _text(msg: dict) -> str:

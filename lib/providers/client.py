@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from lib.errors import ProviderError, TurnTimeout
+from lib.errors import ProviderDown, ProviderError, TurnTimeout
 from lib.providers.registry import Resolved
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ class Reply:
         return msg
 
 
-def make_provider(config) -> "OpenAIProvider":
-    """The provider the config names, with its timeout and retry back-off."""
+def make_provider(config, model: str | None = None, provider: str | None = None,
+                  retries: int = 3) -> "OpenAIProvider":
+    """The provider for the configured model (or `model` at `provider`): timeout, back-off."""
     from lib.providers.registry import resolve
     d = config.agents.defaults
-    return OpenAIProvider(resolve(config), max_tokens=d.max_tokens, temperature=d.temperature,
-                          timeout=d.model_timeout_s, backoff=d.retry_backoff_s)
+    return OpenAIProvider(resolve(config, model, provider), max_tokens=d.max_tokens, retries=retries,
+                          temperature=d.temperature, timeout=d.model_timeout_s,
+                          backoff=d.retry_backoff_s)
 
 
 class OpenAIProvider:
@@ -68,8 +70,8 @@ class OpenAIProvider:
                                          timeout=self.timeout, max_retries=0)
         return self._client
 
-    def complete(self, messages: list, tools: list | None = None,
-                 deadline: float | None = None) -> Reply:
+    def complete(self, messages: list, tools: list | None = None, deadline: float | None = None,
+                 source: str = "chat", session: str = "") -> Reply:
         """One answer, retried on passing failures; never past `deadline` (time.monotonic())."""
         import openai
         kwargs = dict(self.params, model=self.r.model, messages=messages)
@@ -91,9 +93,8 @@ class OpenAIProvider:
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
                 self._time_left(deadline, 0)       # the turn's time is up: no more tries
                 if attempt == self.retries:
-                    raise ProviderError(
-                        f"{self.name} is not answering ({reason}, {attempt + 1} tries); your "
-                        "message is saved, so try again in a minute.") from None
+                    raise ProviderDown(f"{self.name} is not answering ({reason}, {attempt + 1} "
+                                       f"{'try' if attempt == 0 else 'tries'})") from None
                 delay = _retry_after(e)
                 if delay is None:
                     delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
