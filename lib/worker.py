@@ -77,6 +77,9 @@ class Worker(Part):
         # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
+            room = os.statvfs(self.home)        # after a full disk: no paid model call until
+            if self._backoff and room.f_bavail * room.f_frsize < 1 << 16:    # there is room again
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
             if isinstance(e, OSError) and e.errno in FULL:
