@@ -214,6 +214,7 @@ class Gateway:
         self.config = self.agent.config = config
         for part in self.parts:
             part.config = config
+            part.wake()                 # a new heartbeat interval counts at once
         log.info("config reloaded from %s", config.path)
 
     def _prune(self):

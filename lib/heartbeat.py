@@ -5,6 +5,7 @@ items costs nothing: no message, no model call. A beat is skipped while the last
 import json
 import logging
 import re
+import time
 
 from lib import maildir
 from lib.part import Part
@@ -34,19 +35,21 @@ class Heartbeat(Part):
         super().__init__()
         self.config, self.post = config, post         # post(msg, name) -> path
         self.inbox = config.home / "inbox"
-        self._first = True
+        self._last = time.monotonic()       # the first beat comes one interval after start
 
     def start(self):
         if self.config.heartbeat.enabled:   # not started is alive (no thread), even after a
             super().start()                 # reload enables it
 
     def step(self) -> float:
-        """The first beat comes one interval after start (a restart loop must not beat)."""
-        if not self._first and self.config.heartbeat.enabled:     # a reload may turn it off
-            self.beat()
-        self._first = False
-        interval = self.config.heartbeat.interval_s
-        return interval if interval > 0 else 1800      # 0 must not spin
+        """Beat when an interval has passed since the last one; the gateway wakes this after a
+        reload, so a new interval_s counts at once, from the last beat."""
+        interval = self.config.heartbeat.interval_s if self.config.heartbeat.interval_s > 0 else 1800
+        if time.monotonic() - self._last >= interval:
+            self._last = time.monotonic()
+            if self.config.heartbeat.enabled:     # a reload may turn it off
+                self.beat()
+        return self._last + interval - time.monotonic()
 
     def beat(self) -> bool:
         """Post the tasks if there are any and the last beat is done. True when posted."""
