@@ -44,10 +44,11 @@ class Heartbeat(Part):
     def step(self) -> float:
         """Beat when an interval has passed since the last one; the gateway wakes this after a
         reload, so a new interval_s counts at once, from the last beat."""
-        interval = self.config.heartbeat.interval_s if self.config.heartbeat.interval_s > 0 else 1800
+        settings = self.config.heartbeat
+        interval = settings.interval_s if settings.interval_s > 0 else 1800     # 0 must not spin
         if time.monotonic() - self._last >= interval:
             self._last = time.monotonic()
-            if self.config.heartbeat.enabled:     # a reload may turn it off
+            if settings.enabled:                # a reload may turn it off
                 self.beat()
         return self._last + interval - time.monotonic()
 

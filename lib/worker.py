@@ -77,8 +77,8 @@ class Worker(Part):
         # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
-            room = os.statvfs(self.home)        # after a full disk: no paid model call until
-            if self._backoff and room.f_bavail * room.f_frsize < 1 << 16:    # there is room again
+            room = self._backoff and os.statvfs(self.home)    # after a full disk: no paid
+            if room and room.f_bavail * room.f_frsize < 1 << 16:    # model call until there is room
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
