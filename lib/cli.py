@@ -132,10 +132,11 @@ def cmd_onboard(args):
 
 def _command() -> str:
     """How to run nanoclaw from the current folder: with the checkout's .venv when it has one."""
+    from shlex import quote
     here, venv = Path.cwd() == ROOT, ROOT / ".venv" / "bin" / "python"
-    python = (".venv/bin/python" if here else str(venv)) if venv.exists() else \
+    python = (".venv/bin/python" if here else quote(str(venv))) if venv.exists() else \
         Path(sys.executable).name
-    return f"{python} {'nanoclaw.py' if here else ROOT / 'nanoclaw.py'}"
+    return f"{python} {'nanoclaw.py' if here else quote(str(ROOT / 'nanoclaw.py'))}"
 
 
 def _copy_missing(src: Path, dest: Path, skip=()) -> list:
@@ -373,9 +374,9 @@ def cmd_cron(args):
               f"{service.local(job['next_run'])}")
         chat_app = getattr(cfg.channels, args.channel or "", None)    # None: local, system, …
         if chat_app is not None and not chat_app.enabled:
-            print(f"{term.style('warning:', 'yellow', stream=sys.stderr)} channel {args.channel} is "
-                  f"not enabled (channels.{args.channel}.enabled is false): until it is, this job's answers "
-                  "go to outbox/failed/", file=sys.stderr)
+            print(f"{term.style('warning:', 'yellow', stream=sys.stderr)} channel {args.channel} "
+                  f"is not enabled (channels.{args.channel}.enabled is false): until it is, this "
+                  "job's answers go to outbox/failed/", file=sys.stderr)
     elif args.action == "list":
         jobs = service.jobs()
         rows = [("id", "name", "schedule", "enabled", "next run", "last status")] + [
