@@ -31,6 +31,12 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:    # run with a Python that lacks the requirements
+        if (e.name or "lib").split(".")[0] == "lib":
+            raise
+        term.print_error(f"the Python package {e.name!r} is not installed for {sys.executable}: "
+                         f"run `make install`, then use {_command()}")
+        return 2
     except BrokenPipeError:             # `status | head`: the reader has gone; say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -115,9 +121,26 @@ def cmd_onboard(args):
     (cfg.workspace / "skills").mkdir(parents=True, exist_ok=True)
     for line in made:
         print(f"created {line}")
-    print(f"{'Nothing to do: everything exists' if not made else 'Done'}. Next: put an API key in "
-          f"{path} (providers.openrouter.api_key, or any provider) or export OPENROUTER_API_KEY, "
-          "then: python nanoclaw.py agent -m 'Hello'")
+    from lib.providers.registry import resolve
+    try:
+        r = resolve(cfg)
+        step = f"The provider is {r.spec.display_name} (model {r.model}). Next:"
+    except ConfigError:
+        step = (f"Next: put an API key in {path} (providers.openrouter.api_key, or any provider), "
+                "or export OPENROUTER_API_KEY. Then:")
+    run = _command()
+    print(f"{'Nothing to do: everything exists' if not made else 'Done'}.\n{step}\n"
+          f"  chat here:         {run} agent\n  send one message:  {run} agent -m 'Hello'\n"
+          f"  run the service:   {run} gateway   (chat apps, cron jobs, heartbeat)")
+
+
+def _command() -> str:
+    """How to run nanoclaw from the current folder: with the checkout's .venv when it has one."""
+    from shlex import quote
+    here, venv = Path.cwd() == ROOT, ROOT / ".venv" / "bin" / "python"
+    python = (".venv/bin/python" if here else quote(str(venv))) if venv.exists() else \
+        Path(sys.executable).name
+    return f"{python} {'nanoclaw.py' if here else quote(str(ROOT / 'nanoclaw.py'))}"
 
 
 def _copy_missing(src: Path, dest: Path, skip=()) -> list:
@@ -183,7 +206,7 @@ def _gateway_state(home: Path) -> str:
     except FileNotFoundError:
         pass
     if not running:
-        return "not running (python nanoclaw.py gateway, or systemctl start nanoclaw)"
+        return f"not running ({_command()} gateway, or systemctl start nanoclaw)"
     since = datetime.fromtimestamp(lock.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
 
     def count(box, folder):
@@ -422,6 +445,11 @@ def cmd_cron(args):
                           args.to or "")
         print(f"added job {job['id']} ({job['name']}): {describe(schedule)}, next run "
               f"{service.local(job['next_run'])}")
+        chat_app = getattr(cfg.channels, args.channel or "", None)    # None: local, system, …
+        if chat_app is not None and not chat_app.enabled:
+            print(f"{term.style('warning:', 'yellow', stream=sys.stderr)} channel {args.channel} "
+                  f"is not enabled (channels.{args.channel}.enabled is false): until it is, this "
+                  "job's answers go to outbox/failed/", file=sys.stderr)
     elif args.action == "list":
         jobs = service.jobs()
         rows = [("id", "name", "schedule", "enabled", "next run", "last status")] + [
@@ -433,7 +461,7 @@ def cmd_cron(args):
         for row in rows if jobs else ():
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if not jobs:
-            print(f"no jobs in {service.path}; add one with: nanoclaw cron add --name N "
+            print(f"no jobs in {service.path}; add one with: {_command()} cron add --name N "
                   "--message M --every 3600")
     elif args.action == "remove":
         job = service.remove(args.id)

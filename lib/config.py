@@ -224,9 +224,12 @@ def _read(path: Path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        context = getattr(e, "context", None) or ""     # "while scanning a quoted scalar": the
+        mark = "block" not in context and getattr(e, "context_mark", None)  # line it starts on
+        mark = mark or getattr(e, "problem_mark", None)  # (the problem is found lines later)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)} {context}"
+                          .rstrip()) from None
     lines = {}
     if node is None:
         return {}, lines

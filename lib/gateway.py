@@ -211,9 +211,10 @@ class Gateway:
         except ConfigError as e:
             log.error("config not reloaded, the running one stays: %s", e)
             return
-        self.config = self.agent.config = config
-        for part in (*self.parts, self.agent.provider):     # limits and prices apply at once
+        self.config = self.agent.config = self.agent.provider.config = config   # limits, prices
+        for part in self.parts:
             part.config = config
+            part.wake()                 # a new heartbeat interval counts at once
         log.info("config reloaded from %s", config.path)
 
     def _prune(self):

@@ -80,6 +80,9 @@ class Worker(Part):
         # Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
+            room = self._backoff and os.statvfs(self.home)    # after a full disk: no paid
+            if room and room.f_bavail * room.f_frsize < 1 << 16:    # model call until there is room
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
             full = isinstance(e, OSError) and e.errno in FULL

@@ -297,6 +297,17 @@ def test_invalid_yaml_names_the_line(home):
     assert "not valid YAML (line 3)" in msg
 
 
+@pytest.mark.parametrize("text, line", [
+    ("agents:\n  defaults:\n    model: foo\n\n\n  bad\n\n\nheartbeat: {}\n", 6),   # no colon
+    ('providers:\n  openrouter:\n    api_key: "sk-or\n\n# note\nagents: {}\n', 3),  # no quote
+    ("agents:\n  defaults:\n    model: [a, b\n\n\nheartbeat: {}\n", 3),            # no ]
+    ("agents:\n  defaults:\n    model: foo\n  - x\nheartbeat: {}\n", 4),
+])
+def test_a_yaml_mistake_names_the_line_it_is_on_not_where_it_was_noticed(home, text, line):
+    """Issue 15: the line YAML noticed the mistake on was two lines late."""
+    assert f"not valid YAML (line {line})" in config_error(home, text)
+
+
 def test_unreadable_file(home):
     (home / "config.yaml").mkdir()          # tests may run as root: a folder can't be read either
     with pytest.raises(ConfigError, match="config.yaml: cannot read"):

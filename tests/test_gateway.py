@@ -346,6 +346,25 @@ def test_heartbeat_tasks_reach_the_owners_last_chat(gateway_config, llm, home):
         g.kill()
 
 
+def test_a_new_heartbeat_interval_counts_at_once(gateway_config, llm, home):
+    """Issue 15: a changed heartbeat.interval_s used to wait for the end of the current wait."""
+    base = (home / "config.yaml").read_text()
+    write_config(home, base.replace("heartbeat: {enabled: false}",
+                                    "heartbeat: {enabled: true, interval_s: 3600}"))
+    (home / "workspace").mkdir(exist_ok=True)
+    (home / "workspace" / "HEARTBEAT.md").write_text("- water the plants\n")
+    llm.script(*["HEARTBEAT_OK"] * 20)
+    g = Gateway(home).start()
+    try:
+        write_config(home, base.replace("heartbeat: {enabled: false}",
+                                        "heartbeat: {enabled: true, interval_s: 1}"))
+        wait_for(lambda: "config reloaded" in g.logs(), what="reload")
+        wait_for(lambda: llm.chat_requests, what="a beat at the new interval")
+        assert "water the plants" in llm.chat_requests[0]["messages"][-1]["content"]
+    finally:
+        g.kill()
+
+
 def test_done_and_sent_are_pruned_after_retention_days_and_failed_is_kept(config, home):
     import dataclasses
     from lib.gateway import Gateway as Service

@@ -249,8 +249,7 @@ def beats_over_a_day(cfg, start, template=None):
     """Run the heartbeat part's rounds over 24 hours of an injected clock; what it posted."""
     from lib.heartbeat import Heartbeat
     posted, clock = [], [start]
-    hb = Heartbeat(cfg, lambda msg, name=None: posted.append((clock[0], msg)))
-    hb.clock = lambda: clock[0]
+    hb = Heartbeat(cfg, lambda msg, name=None: posted.append((clock[0], msg)), lambda: clock[0])
     if template is not None:
         (cfg.workspace / "HEARTBEAT.md").write_text(template)
     while clock[0] < start + timedelta(days=1):

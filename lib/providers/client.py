@@ -93,13 +93,13 @@ class OpenAIProvider:
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
                 self._time_left(deadline, 0)       # the turn's time is up: no more tries
                 if attempt == self.retries:
-                    raise ProviderDown(f"{self.name} is not answering ({reason}, {attempt + 1} "
-                                       f"{'try' if attempt == 0 else 'tries'})") from None
+                    raise ProviderDown(f"{self.name} at {self.r.api_base} is not answering "
+                                       f"({reason}, {attempt + 1} {'try' if attempt == 0 else 'tries'})") from None
                 delay = _retry_after(e)
                 if delay is None:
                     delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
                 delay = self._time_left(deadline, min(delay, 60), need=min(delay, 60))
-                log.warning("%s: %s; retrying in %.1fs", self.name, reason, delay)
+                log.info("%s: %s; retrying in %.1fs", self.name, reason, delay)    # --logs shows it
                 time.sleep(delay)
 
     def _time_left(self, deadline, cap: float, need: float = 0.0) -> float:
@@ -117,7 +117,8 @@ class OpenAIProvider:
             return (f"{self.name} refused the API key (HTTP {status}): check providers."
                     f"{self.r.spec.name}.api_key. {detail}").strip()
         if status == 404:
-            return f"{self.name} does not know model {self.r.model!r} (HTTP 404). {detail}".strip()
+            return (f"{self.name} at {self.r.api_base} does not know model {self.r.model!r} (HTTP "
+                    f"404): check agents.defaults.model (and the provider's api_base). {detail}").strip()
         return f"{self.name} rejected the request (HTTP {status}): {detail}"
 
 
