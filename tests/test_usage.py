@@ -323,3 +323,12 @@ def test_usage_command_table_and_json(home, llm):
     today_rows = data["days"][0]["rows"]
     assert {r["source"] for r in today_rows} == {"chat", "heartbeat"} and len(data["days"]) == 7
     assert "today 1,000,010 tokens, $1.00" in run_cli("status").stdout
+
+
+def test_a_timeout_or_429_falls_back_too(home, llm):
+    cfg = setup(home, llm, ", model_timeout_s: 1, fallback_models: [custom/b, custom/c]")
+    llm.script({"delay": 3, "content": "too late"}, {"status": 429}, "from c")
+    assert Metered(cfg).complete([{"role": "user", "content": "hi"}]).content == "from c"
+    assert [(x["model"], x["ok"]) for x in ledger(home)] == [
+        ("fake-model", False), ("custom/b", False), ("custom/c", True)]
+    assert "Timeout" in ledger(home)[0]["error"] and "429" in ledger(home)[1]["error"]
