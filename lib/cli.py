@@ -59,9 +59,17 @@ def _parser():
     s.add_argument("-s", "--session", default="cli:default", help="session (default cli:default)")
     s.add_argument("--no-markdown", action="store_true", help="plain-text replies")
     s.add_argument("--logs", action="store_true", help="show runtime logs on stderr")
+    s.add_argument("--yes", action="store_true", help="allow risky actions without asking "
+                   "(with -m or piped input there is no one to ask: they are refused)")
     s.set_defaults(run=cmd_agent)
     s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
     s.set_defaults(run=cmd_status)
+    s = sub.add_parser("approvals", parents=[common], help="risky actions waiting for your yes")
+    s.set_defaults(run=cmd_approvals)
+    for name, verdict in (("approve", "yes"), ("deny", "no")):
+        s = sub.add_parser(name, parents=[common], help=f"answer {verdict} to a waiting approval")
+        s.add_argument("code", help="the 4-digit code of `approvals`")
+        s.set_defaults(run=cmd_answer, verdict=verdict)
     s = sub.add_parser("usage", parents=[common], help="model calls, tokens and cost by source and model")
     s.add_argument("--days", type=int, default=7, metavar="N", help="how many days back (default 7)")
     s.add_argument("--json", action="store_true", help="the figures as JSON")
@@ -330,10 +338,27 @@ def cmd_agent(args):
 
     from lib.usage import Metered
     agent = Agent(cfg, Metered(cfg), agent_tools(cfg), send=send)
+    spinner = term.Spinner("thinking")
+
+    def ask(question):          # SPEC §9: at the terminal the owner answers at once
+        if args.yes:
+            return True
+        if args.message is not None or not sys.stdin.isatty():
+            from lib.errors import ToolError
+            raise ToolError("needs the owner's approval, and no one is here to ask: run it in the "
+                            "interactive agent, or with --yes to allow it")
+        spinner.__exit__()
+        try:
+            return input(f"\r{question}\nAllow it? [y/N] ").strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+        finally:
+            spinner.__enter__()
+    agent.ask = ask
 
     def turn(text):
         session = Session(cfg.home, channel, chat_id)
-        with term.Spinner("thinking"):
+        with spinner:
             reply = agent.respond({"channel": channel, "chat_id": chat_id, "text": text}, session)
             agent.maintain(session)
         return reply
@@ -381,6 +406,36 @@ def _interactive(cfg, turn, show) -> int:
                 readline.write_history_file(history)
             except OSError:
                 pass
+
+
+# --- approvals ---
+
+def cmd_approvals(args):
+    import time
+    from lib.approvals import Approvals
+    cfg = _config(args)
+    waiting = Approvals(cfg).pending()
+    for r in waiting:
+        left = max(0, r.get("expires_at", 0) - time.time())
+        print(f"{r['code']}  {r['channel']}:{r['chat_id']}  {r['binding'].get('command') or r['binding'].get('path')}"
+              f"  (in {r['binding'].get('cwd', '-')}; expires in {left / 60:.0f} min)")
+    if not waiting:
+        print("no approvals waiting")
+    else:
+        print("\npython nanoclaw.py approve CODE, or deny CODE (the gateway carries on the turn)")
+
+
+def cmd_answer(args):
+    """The owner's answer at the Pi's terminal: an inbox message, like any other answer."""
+    from lib.approvals import Approvals
+    from lib.mail import post_inbox
+    cfg = _config(args)
+    if not (Approvals(cfg).dir / f"{args.code}.json").exists():
+        raise UserError(f"no approval {args.code} is waiting (python nanoclaw.py approvals lists them)")
+    post_inbox(cfg.home, {"channel": "cli", "chat_id": "owner", "sender_id": "owner",
+                          "text": f"{args.verdict} {args.code}"})
+    print(f"{'Approved' if args.verdict == 'yes' else 'Denied'} {args.code}: the gateway carries on "
+          "that turn, and its answer goes to the chat it came from.")
 
 
 # --- gateway ---

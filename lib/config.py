@@ -13,6 +13,7 @@ import typing
 from dataclasses import field
 from pathlib import Path
 
+from lib import approvals
 from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, settings, snake
@@ -123,6 +124,9 @@ class CronTools:
 
 @settings
 class Approval:
+    mode: str = setting("risky", "off", "risky", "always")     # which exec commands need a yes
+    patterns: list[str] = field(default_factory=lambda: list(approvals.PATTERNS), metadata={"regex": True})
+    timeout_s: int = setting(600, low=1)    # an unanswered request counts as "no" after this
     owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
-from lib.errors import LimitReached, TurnTimeout
+from lib.errors import ApprovalNeeded, LimitReached, TurnTimeout
 from lib.sessions import Session, interrupted, now_iso
 from lib.providers import Provider
 from lib.tools import Context, Registry, Services, default_registry
@@ -48,9 +48,17 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
         add(reply.message())
         if not reply.tool_calls:
             return new
-        for call in reply.tool_calls:
+        for i, call in enumerate(reply.tool_calls):
             log.info("tool %s %s", call["name"], call["arguments"][:200])
-            result = tools.call(call["name"], call["arguments"], ctx)
+            try:
+                result = tools.call(call["name"], call["arguments"], ctx)
+            except ApprovalNeeded as need:      # parked (SPEC §9): the owner's answer goes on
+                need.call = call                # from this call; the ones after it are not run
+                for later in reply.tool_calls[i + 1:]:
+                    add({"role": "tool", "tool_call_id": later["id"], "name": later["name"],
+                         "content": "Error: not run: an earlier call waits for the owner's "
+                                    "approval; call it again once that is answered."})
+                raise
             add({"role": "tool", "tool_call_id": call["id"], "name": call["name"], "content": result})
     add({"role": "assistant", "content": f"I stopped after {max_iterations} rounds of tool use "
          "without finishing (agents.defaults.max_tool_iterations). Say 'continue' to let me go on."})
@@ -70,6 +78,7 @@ class Agent:
                  services: Services | None = None):
         self.config, self.provider, self.tools = config, provider, tools
         self.send, self.services = send, services or Services()
+        self.ask = None             # how a risky action is asked about: None parks the turn
         self.memory = Memory(config.workspace)
 
     def respond(self, msg: dict, session: Session | None = None, resume=True) -> str:
@@ -101,7 +110,7 @@ class Agent:
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg))
+                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg), ask=self.ask)
 
         def save(m):        # the user's line is written with the first answer: a turn that never
             while first:    # started (no model, a missing package) leaves the session as it was

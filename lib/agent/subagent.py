@@ -39,6 +39,11 @@ class _Stoppable:
         return self.provider.complete(messages, tools, deadline=deadline, **who)
 
 
+def _no_one_to_ask(question: str):
+    raise ToolError("needs the owner's approval, and a background task cannot wait for it: "
+                    "report what should be done, and the owner can ask for it in the chat")
+
+
 class Subagents(Part):
     """A gateway part with no loop of its own: each background task runs in its own thread."""
     name = "spawn"
@@ -130,7 +135,7 @@ class Subagents(Part):
         session.append(dict(task))
         ctx = Context(self.config, ws, "subagent", job["id"],
                       deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s,
-                      source="subagent")
+                      source="subagent", ask=_no_one_to_ask)
         new = run_turn([{"role": "system", "content": prompt}, task], self.provider, self.tools,
                        ctx, self.config.agents.defaults.max_tool_iterations, session.append)
         session.sync()
