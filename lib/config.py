@@ -13,6 +13,7 @@ import typing
 from dataclasses import field
 from pathlib import Path
 
+from lib import approvals
 from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, settings, snake
@@ -45,6 +46,9 @@ class AgentDefaults:
     turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
     model_timeout_s: int = setting(90, low=1)      # one model call (retried within the turn)
     retry_backoff_s: float = setting(1.0, low=0.0)  # first wait before a retry; doubles each time
+    fallback_models: list[str] = setting([])   # tried in order when the model is down (SPEC §10)
+    fallback_cooldown_s: int = setting(60, low=0)  # a model that failed 3 times is skipped this long
+    prices: dict[str, list[float]] = setting({})   # MODEL: [USD per million input, per million output]
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
@@ -119,8 +123,17 @@ class CronTools:
 
 
 @settings
+class Approval:
+    mode: str = setting("risky", "off", "risky", "always")     # which exec commands need a yes
+    patterns: list[str] = field(default_factory=lambda: list(approvals.PATTERNS), metadata={"regex": True})
+    timeout_s: int = setting(600, low=1)    # an unanswered request counts as "no" after this
+    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
+
+
+@settings
 class Tools:
     restrict_to_workspace: bool = True
+    approval: Approval = setting(Approval())
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
@@ -141,6 +154,13 @@ class Gateway:
 class Heartbeat:
     enabled: bool = True
     interval_s: int = setting(1800, low=1)
+    quiet_hours: str = ""        # e.g. 23:00-07:00: heartbeat and cron wait until the hours end
+
+
+@settings
+class Limits:
+    daily_tokens: int = setting(0, low=0)      # 0: no limit
+    daily_usd: float = setting(0.0, low=0.0)
 
 
 @settings
@@ -151,6 +171,7 @@ class Config:
     tools: Tools = setting(Tools())
     gateway: Gateway = setting(Gateway())
     heartbeat: Heartbeat = setting(Heartbeat())
+    limits: Limits = setting(Limits())
     # not keys: where this config came from
     path: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     home: Path = field(default=Path("."), metadata={"internal": True})
@@ -207,9 +228,12 @@ def _read(path: Path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        context = getattr(e, "context", None) or ""     # "while scanning a quoted scalar": the
+        mark = "block" not in context and getattr(e, "context_mark", None)  # line it starts on
+        mark = mark or getattr(e, "problem_mark", None)  # (the problem is found lines later)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)} {context}"
+                          .rstrip()) from None
     lines = {}
     if node is None:
         return {}, lines
@@ -288,9 +312,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
-            fail(f"must be a mapping of names to strings, got {_show(value)}", at)
-        return {str(k): _expand(str(v)) for k, v in value.items()}
+        if not isinstance(value, dict):
+            fail(f"must be a mapping (name: value), got {_show(value)}", at)
+        return {str(k): _value(typing.get_args(typ)[1], fld, v, at + (str(k),), lines, file, fail)
+                for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

@@ -23,3 +23,19 @@ class ProviderError(NanoclawError):
 
 class TurnTimeout(ProviderError):
     """The turn's deadline (agents.defaults.turn_timeout_s) passed before the model answered."""
+
+
+class ApprovalNeeded(NanoclawError):
+    """A risky action waits for the owner's yes (SPEC §9): the turn is parked, not failed."""
+
+    def __init__(self, binding: dict, question: str):
+        super().__init__(question)
+        self.binding, self.question, self.call = binding, question, None
+
+
+class ProviderDown(ProviderError):
+    """The model could not be reached (a timeout, 408/429, 5xx, no connection): worth a retry."""
+
+
+class LimitReached(ProviderError):
+    """A daily limit of SPEC §10 is reached: no model call is made until midnight."""

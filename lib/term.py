@@ -15,15 +15,12 @@ CODES = {
 
 def use_color(stream) -> bool:
     """True on a terminal, unless NO_COLOR is non-empty (no-color.org) or TERM is dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
     try:
-        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
-            return False
+        return stream.isatty()
     except (AttributeError, ValueError, OSError):  # no isatty, or the stream is closed
         return False
-    if os.name == "nt":     # older Windows consoles need colorama (a requirement) to show ANSI
-        import colorama
-        colorama.just_fix_windows_console()     # acts once, whoever calls it again
-    return True
 
 
 def _paint(text, codes, on=True):

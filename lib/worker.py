@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import allowed
-from lib.errors import ProviderError
+from lib.errors import ApprovalNeeded, LimitReached, ProviderDown, ProviderError
 from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
 from lib.part import Part
 from lib.sessions import Session
@@ -23,6 +23,7 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 RESCAN_S = 5.0          # a safety net under the file watcher
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
+GIVE_UP_S = 24 * 3600   # a message the model has not answered for this long is answered with regret
 
 
 class Worker(Part):
@@ -36,7 +37,9 @@ class Worker(Part):
         self._sessions: dict[str, Session] = {}
         self._last_chat = None
         self.busy_since: float | None = None    # monotonic start of the current step of work
-        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full
+        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full or the model down
+        from lib.approvals import Approvals
+        self.approvals = Approvals(config)                # turns parked for the owner's yes
 
     def start(self):
         maildir.ensure(self.inbox)
@@ -48,6 +51,7 @@ class Worker(Part):
 
     def step(self) -> float:
         self.drain()
+        self._expire()
         return max(0.0, self._retry_at - time.monotonic()) or RESCAN_S
 
     def drain(self):
@@ -73,19 +77,28 @@ class Worker(Part):
         return since is None or time.monotonic() - since < limit
 
     def _take(self, path: Path, recovered: bool) -> bool:
-        # handle() one message. False when the disk is full: it waits in cur/ for the back-off
-        # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
+        # handle() one message. False when the disk is full (back-off 1 s, doubling to a minute)
+        # or the model is down (going on from the provider's own retries, doubling to 10 min):
+        # it waits in cur/, the messages after it in new/.
+        # Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
+            room = self._backoff and os.statvfs(self.home)    # after a full disk: no paid
+            if room and room.f_bavail * room.f_frsize < 1 << 16:    # model call until there is room
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
-            if isinstance(e, OSError) and e.errno in FULL:
-                self._backoff = min(60.0, self._backoff * 2 or 1.0)
+            full = isinstance(e, OSError) and e.errno in FULL
+            if full or isinstance(e, ProviderDown):
+                retries = 8 * self.config.agents.defaults.retry_backoff_s   # 1, 2, 4 s: then 8
+                first = 1.0 if full else max(0.1, retries)
+                self._backoff = min(60.0 if full else 600.0, self._backoff * 2 or first)
                 self._retry_at = time.monotonic() + self._backoff
-                if self._backoff == 1.0:
-                    log.error("the disk is full (%s): inbox/%s and the messages after it wait in "
-                              "inbox/; trying again until there is space", e.strerror, path.name)
-                self._sessions.clear()      # their files may lack what could not be written
+                if self._backoff == first:
+                    log.error("%s: inbox/%s and the messages after it wait in inbox/; trying "
+                              "again", f"the disk is full ({e.strerror})" if full else e, path.name)
+                if full:
+                    self._sessions.clear()      # their files may lack what could not be written
                 return False
             log.exception("inbox/%s failed; moved to inbox/failed/", path.name)
             if os.path.lexists(path):
@@ -117,11 +130,50 @@ class Worker(Part):
         if recovered and self._reply_exists(key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
+        record, verdict = self.approvals.answer(msg, again=recovered)
+        if record:                          # the owner's answer: the parked turn goes on
+            session = self._continue(record, verdict, key, path.stat().st_mtime)
+        elif verdict:                       # "yes 1234" that cannot be used: say why
+            post_outbox(self.home, *self._target(msg), verdict, reply_to=msg["id"], key=key)
+            session = None
+        else:
+            session = self._turn(msg, key, path.stat().st_mtime, recovered)
+        maildir.finish(path)
+        if msg["channel"] not in NO_REMOTE:
+            self._remember_chat(msg["channel"], msg["chat_id"])
+        self.busy_since = time.monotonic()     # memory upkeep has a deadline of its own
+        try:
+            if session:
+                self.agent.maintain(session)
+        except Exception:
+            log.exception("memory upkeep failed; will try again after the next message")
+
+    def _turn(self, msg: dict, key: str, since: float, resume: bool) -> Session | None:
+        """Run the turn for `msg` and queue its reply (`key`: the inbox file's name)."""
         channel, chat_id = self._target(msg)
         session = self._session(channel, chat_id)
+        meta = msg.get("metadata", {})
+        proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         try:
             reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id), session,
-                                       resume=recovered)
+                                       resume=resume)
+        except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
+            from lib.usage import owner
+            channel, chat_id = (owner(self.config) or (channel, chat_id)) if proactive else (channel, chat_id)
+            reply, proactive = self.approvals.park(need, msg, (channel, chat_id))["question"], False
+        except LimitReached as e:
+            if proactive:               # heartbeat and cron skip at the cap (SPEC §10)
+                log.info("%s skipped: %s", key, e)
+                return None
+            reply = str(e)
+        except ProviderDown as e:       # the message waits in cur/ (_take), unless it waited a day
+            if time.time() - since < GIVE_UP_S:
+                self._tell_waiting(msg, channel, chat_id, key, proactive, e)
+                raise
+            log.error("%s: given up after %d hours without an answer from the model (%s)",
+                      key, GIVE_UP_S // 3600, e)
+            reply = (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({e}), so "
+                     "I gave up on this message. Send it again when you like.")
         except ProviderError as e:
             reply = str(e)
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
@@ -130,24 +182,48 @@ class Worker(Part):
                 post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
                             "while answering this. The message is kept in inbox/failed/ and the "
                             "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
-                            key=path.stem)
+                            key=key)
             raise
-        meta = msg.get("metadata", {})
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
         elif channel == "system":       # cron or heartbeat output with no chat to go to
             log.info("%s has no chat to go to; its reply: %s", msg["chat_id"], reply[:2000])
-        proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
                     metadata=meta, key=key)
-        maildir.finish(path)
-        if msg["channel"] not in NO_REMOTE:
-            self._remember_chat(msg["channel"], msg["chat_id"])
-        self.busy_since = time.monotonic()     # memory upkeep has a deadline of its own
-        try:
-            self.agent.maintain(session)
-        except Exception:
-            log.exception("memory upkeep failed; will try again after the next message")
+        return session
+
+    def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
+        """A parked turn goes on: the call's result (run now, or why not), then the model.
+        After a crash half-way (`again`), the call counts as cut off: it never runs twice."""
+        from lib import approvals
+        msg, call = record["msg"], record["call"]
+        session = self._session(*self._target(msg))
+        if not record.get("again"):
+            content = approvals.run(self.agent, record, *self._target(msg)) if verdict == "yes" \
+                else approvals.result(verdict)
+            session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                            "content": content, "id": msg["id"]})
+        return self._turn(msg, key, since, resume=True)
+
+    def _expire(self):
+        """Approvals nobody answered in tools.approval.timeout_s: the turn goes on without."""
+        for record in self.approvals.expired():
+            log.info("approval %s expired unanswered", record["code"])
+            self.busy_since = time.monotonic()
+            try:
+                self._continue(record, "timeout", f"approval-{record['code']}", record["asked_at"])
+            except Exception:
+                log.exception("the turn parked as approval %s could not go on", record["code"])
+            finally:
+                self.busy_since = None
+
+    def _tell_waiting(self, msg, channel, chat_id, key, proactive, e):
+        """Once per message, in its chat: the model is down, the message waits."""
+        if proactive or channel == "system" or self._reply_exists(key + "-wait"):
+            return
+        post_outbox(self.home, channel, chat_id, f"The model is not answering right now ({e}). "
+                    "Your message is kept, and I will answer it as soon as the model is back.",
+                    reply_to=msg["id"], metadata=msg.get("metadata"), key=key + "-wait")
 
     def _target(self, msg) -> tuple[str, str]:
         """Where the reply goes and whose conversation it belongs to. A system message (cron,

@@ -210,9 +210,9 @@ def test_panel_messages_without_a_mention_are_batched_after_the_delay(channel, m
     channel(reply_delay_mode="non-mention", reply_delay_ms=1500,
             allow_from=[OWNER, "user-alice", "user-bob"])
     mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    posted = time.monotonic()       # before the first post: its hold starts when it arrives
     mochat.post("panel_general", "first", author="user-alice", name="alice")
     mochat.post("panel_general", "second", author="user-bob", name="bob")
-    posted = time.monotonic()
     mochat.say(DM, "a DM is not held back")
     wait_for(lambda: len(inbox(home)) == 2, what="the DM and the batch")
     arrived = time.monotonic()

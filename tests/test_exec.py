@@ -25,7 +25,7 @@ def make_ctx(home, sandbox="off", restrict=False, **exec_keys):
                                                  "exec": {"sandbox": sandbox, **exec_keys}}}))
     cfg = load_config()
     cfg.workspace.mkdir(parents=True, exist_ok=True)
-    return Context(cfg, cfg.workspace)
+    return Context(cfg, cfg.workspace, ask=lambda question: True)        # the owner says yes (SPEC §9 is tested apart)
 
 
 def run(ctx, command, **args):
@@ -208,7 +208,7 @@ from lib.config import load_config
 from lib.tools import Context, default_registry
 cfg = load_config()
 cfg.workspace.mkdir(parents=True, exist_ok=True)
-ctx, call = Context(cfg, cfg.workspace), default_registry().call
+ctx, call = Context(cfg, cfg.workspace, ask=lambda question: True), default_registry().call
 call("exec", {"command": "true"}, ctx)                  # imports done before the first reading
 def peak():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])

@@ -52,7 +52,7 @@ def make_ctx(home, restrict=True, sandbox="bwrap", **exec_keys):
         "tools": {"restrict_to_workspace": restrict, "exec": {"sandbox": sandbox, **exec_keys}}}))
     cfg = load_config()
     cfg.workspace.mkdir(parents=True, exist_ok=True)
-    return Context(cfg, cfg.workspace)
+    return Context(cfg, cfg.workspace, ask=lambda question: True)        # the owner says yes (SPEC §9 is tested apart)
 
 
 def call(ctx, tool, **args):

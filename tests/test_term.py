@@ -160,7 +160,7 @@ def test_spinner_on_tty_animates_and_clears():
     start = time.monotonic()
     with spinner:
         time.sleep(0.1)
-    assert time.monotonic() - start < 1  # stopped promptly
+    assert time.monotonic() - start < 5  # stopped, not left spinning
     out = stream.getvalue()
     assert out.count("thinking") >= 2 and "⠋ thinking" in out
     assert out.endswith("\r\033[K")

@@ -277,7 +277,8 @@ def escape(world, case):
 
 
 def restricted(home, on=True):
-    return make_ctx(home, f"tools: {{restrict_to_workspace: {'true' if on else 'false'}}}\n")
+    return make_ctx(home, f"tools: {{restrict_to_workspace: {'true' if on else 'false'}}}\n",
+                    ask=None if on else lambda question: True)      # outside: the owner says yes
 
 
 def refused(out):

@@ -27,6 +27,11 @@ class Stopped(Exception):
     """The gateway is stopping: the task stays persisted for the next start."""
 
 
+def _no_one_to_ask(question: str):
+    raise ToolError("needs the owner's approval, and a background task cannot wait for it: "
+                    "report what should be done, and the owner can ask for it in the chat")
+
+
 class Subagents(Part):
     """A gateway part with no loop of its own: each background task runs in its own thread."""
     name = "spawn"
@@ -44,11 +49,11 @@ class Subagents(Part):
     def loops(self) -> list:
         return []
 
-    def complete(self, messages, tools=None, deadline=None):
+    def complete(self, messages, tools=None, deadline=None, **who):
         """The provider for the tasks' turns: a stop request ends a turn before its next call."""
         if self.stopping.is_set():
             raise Stopped()
-        return self.provider.complete(messages, tools, deadline=deadline)
+        return self.provider.complete(messages, tools, deadline=deadline, **who)
 
     def start(self):
         super().start()
@@ -122,7 +127,8 @@ class Subagents(Part):
         task = {"role": "user", "content": job["task"]}
         session.append(dict(task))
         ctx = Context(self.config, ws, "subagent", job["id"],
-                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s)
+                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s,
+                      source="subagent", ask=_no_one_to_ask)
         new = run_turn([{"role": "system", "content": prompt}, task], self, self.tools,
                        ctx, self.config.agents.defaults.max_tool_iterations, session.append)
         session.sync()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lib.errors import ToolError
+from lib.errors import ApprovalNeeded, ToolError
 
 log = logging.getLogger(__name__)
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
@@ -39,6 +39,9 @@ class Context:
     send: Callable | None = None        # send(channel, chat_id, text, media=None)
     services: Services = field(default_factory=Services)
     deadline: float = float("inf")      # time.monotonic() when the turn must end (SPEC §8)
+    source: str = "chat"                # who the turn is for, in the usage ledger (SPEC §10)
+    ask: Callable | None = None         # ask(question) -> bool at a terminal; None: park (SPEC §9)
+    approved: dict | None = None        # the action the owner said yes to, used once
 
     @property
     def restrict(self) -> bool:
@@ -90,6 +93,8 @@ class Registry:
         try:
             args = _parse_args(fn, arguments)
             result = fn(ctx, **args)
+        except ApprovalNeeded:          # not a failure: the turn is parked until the owner answers
+            raise
         except ToolError as e:
             return f"Error: {e}"
         except Exception as e:     # a tool bug must not end the turn either

@@ -1,5 +1,6 @@
 """read_file, write_file, edit_file, list_dir. Relative paths start in the workspace; with
 tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` resolved first)."""
+import hashlib
 import errno
 import os
 import stat
@@ -41,6 +42,16 @@ def resolve(ctx, path: str) -> Path:
     return real
 
 
+def _writable(ctx, path: str, change: str) -> Path:
+    """resolve(), and for a file outside the workspace the owner's yes first (SPEC §9)."""
+    p = resolve(ctx, path)
+    if not p.is_relative_to(ctx.workspace.resolve()):
+        from lib import approvals
+        digest = hashlib.sha256(change.encode("utf-8", "surrogatepass")).hexdigest()
+        approvals.ask(ctx, {"tool": "write", "path": str(p), "change": digest}, f"Change {p}")
+    return p
+
+
 def read_file(ctx, path: str) -> str:
     """Read a text file and return its contents.
 
@@ -72,7 +83,7 @@ def write_file(ctx, path: str, content: str) -> str:
         path: file path; relative paths are inside the workspace
         content: the complete new content of the file
     """
-    p = resolve(ctx, path)
+    p = _writable(ctx, path, content)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(content, encoding="utf-8")
@@ -89,7 +100,7 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
         old_text: the exact text to find; it must occur exactly once
         new_text: the text to put in its place
     """
-    p = resolve(ctx, path)
+    p = _writable(ctx, path, f"{len(old_text)}:{old_text}{new_text}")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

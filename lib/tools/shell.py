@@ -21,7 +21,7 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
         command: the shell command line
         working_dir: folder to run in (default: the workspace)
     """
-    from lib import sandbox
+    from lib import approvals, sandbox
     settings = ctx.config.tools.exec
     for pattern in settings.deny_patterns:
         if re.search(pattern, command, re.IGNORECASE):
@@ -32,6 +32,9 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
     boxed = sandbox.use_bwrap(settings, ctx.restrict)
     if ctx.restrict and not boxed:
         sandbox.check_paths(command, lambda path: resolve(ctx, path))
+    if approvals.risk(ctx, command, boxed):        # the owner's yes first (SPEC §9)
+        approvals.ask(ctx, approvals.exec_binding(ctx, command, cwd),
+                      approvals.question(ctx, command, cwd))
     argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command) if boxed else \
         ["/bin/sh", "-c", command]
     timeout = ctx.time_left(settings.timeout)

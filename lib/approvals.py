@@ -1,0 +1,195 @@
+"""Approvals (SPEC §9): a risky action waits for the owner's yes, and the worker never waits.
+
+A tool asks `ask(ctx, binding, question)` before a risky action. Where someone can answer at
+once (the terminal) it asks them; in the gateway it raises ApprovalNeeded, the worker parks the
+turn as state/approvals/CODE.json, sends the question, and takes the next message. An inbox
+message "yes CODE" or "no CODE" from the chat that was asked (or from the owner) claims the file
+by renaming it into state/approvals/answered/ (so an approval is used once, however often it is
+sent), and the turn goes on with the tool's result, or with `Error: the owner declined`. The
+yes is bound to the exact action: the command and folder, and the content of every workspace
+file the command names (a script it runs); anything else needs an approval of its own.
+"""
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from lib.errors import ApprovalNeeded, ToolError
+
+log = logging.getLogger(__name__)
+ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
+OWNER_CHANNELS = ("cli", "web")      # written by the owner's own terminal or the token-guarded page
+# Risky when tools.approval.mode is `risky` (SPEC §9); a courtesy list, the sandbox is the boundary.
+PATTERNS = [
+    r"\brm\s+(-\S*\s+)*-\S*[rR]", r"\brm\s+(-\S*\s+)*--recursive\b", r"\brmtree\b",
+    r"\bfind\b[^;&|\n]{0,200}\s-(delete|exec\s+rm)\b", r"\bdd\b", r"\b(mkfs|mke2fs|mkswap|wipefs)\b",
+    r"\b(shutdown|reboot|poweroff|halt|telinit)\b", r"\binit\s+[0-6]\b", r"\bsystemctl\s+(poweroff|reboot|halt)",
+    r"\bch(mod|own|grp)\s+(\S+\s+)*-\S*R", r"\bch(mod|own|grp)\s+(\S+\s+)*--recursive\b",
+    r"\b(curl|wget|fetch)\b[^|\n]*\|\s*(sudo\s+)?\S*(sh|bash|zsh|dash|python\d?|perl|ruby|node)\b",
+    r"\b(base64|xxd|openssl)\b[^|\n]*\|\s*(sudo\s+)?\S*(sh|bash|zsh|dash|python\d?|perl)\b",
+    r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+(-\S+\s+)*-[ce]\b", r"\b(ba|da|z|k)?sh\s+-c\b",
+    r"\beval\b",
+]
+
+
+def risk(ctx, command: str, boxed: bool) -> str:
+    """Why `command` needs the owner's yes ("" when it does not), by tools.approval."""
+    settings = ctx.config.tools.approval
+    if settings.mode == "off":
+        return ""
+    if settings.mode == "always":
+        return "every command needs a yes (tools.approval.mode: always)"
+    if not boxed:
+        return "the shell has no sandbox"
+    return next((f"it matches {p!r} (tools.approval.patterns)" for p in settings.patterns
+                 if re.search(p, command, re.I)), "")
+
+
+def exec_binding(ctx, command: str, cwd: Path) -> dict:
+    """The command, its folder, and the hash of every workspace file it names (a script)."""
+    import hashlib
+    import shlex
+    workspace, files = ctx.workspace.resolve(), {}
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    for word in words:
+        path = (cwd / word).resolve() if word and not word.startswith("-") else None
+        if path and path.is_relative_to(workspace) and path.is_file():
+            files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
+
+
+def ask(ctx, binding: dict, question: str):
+    """Return when the action may go ahead; else ToolError (refused) or ApprovalNeeded (parked)."""
+    if ctx.config.tools.approval.mode == "off":
+        return
+    if ctx.approved is not None:
+        approved, ctx.approved = ctx.approved, None         # used once
+        if approved == binding:
+            return
+        raise ToolError("this is not what the owner approved (the command, its folder or a "
+                        "script it runs changed); it needs a new approval")
+    if ctx.ask is None:
+        raise ApprovalNeeded(binding, question)
+    if not ctx.ask(question):
+        raise ToolError("the owner declined")
+
+
+def _folder(ctx, cwd: str) -> str:
+    workspace = ctx.config.workspace.resolve()
+    path = Path(cwd)
+    return "workspace/" + (str(path.relative_to(workspace)) + "/" if path != workspace else "") \
+        if path.is_relative_to(workspace) else cwd
+
+
+def question(ctx, command: str, cwd: Path) -> str:
+    return f"Run in {_folder(ctx, str(cwd))}: {command}"
+
+
+class Approvals:
+    """The parked turns of one home: park, answer, expire."""
+
+    def __init__(self, config):
+        self.config = config
+        self.dir = config.home / "state" / "approvals"
+
+    def pending(self) -> list[dict]:
+        return [r for r in map(_load, sorted(self.dir.glob("*.json"))) if r]
+
+    def park(self, need: ApprovalNeeded, msg: dict, to: tuple[str, str]) -> dict:
+        """Write the parked turn; the question (with its code) is returned for the chat `to`."""
+        import secrets
+        from lib import maildir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        taken = {p.stem for p in self.dir.glob("*.json")} | \
+            {p.stem for p in (self.dir / "answered").glob("*.json")}
+        code = next(c for c in (f"{secrets.randbelow(10000):04d}" for _ in range(1000)) if c not in taken)
+        minutes = max(1, round(self.config.tools.approval.timeout_s / 60))
+        record = {"code": code, "binding": need.binding, "call": need.call, "msg": msg,
+                  "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
+                  "expires_at": time.time() + self.config.tools.approval.timeout_s,
+                  "question": f'{need.question} — reply "yes {code}" or "no {code}" '
+                              f"(expires in {minutes} min)"}
+        maildir.atomic_write(self.dir / f"{code}.json", json.dumps(record, ensure_ascii=False))
+        log.info("approval %s asked in %s:%s: %s", code, *to, need.question)
+        return record
+
+    def parked_for(self, msg_id: str) -> dict | None:
+        return next((r for r in self.pending() if r["msg"].get("id") == msg_id), None)
+
+    def answer(self, msg: dict, again: bool = False) -> tuple[dict | None, str]:
+        """For "yes CODE" / "no CODE": (the claimed record, "yes" or "no"), or (None, why not);
+        (None, "") when the message is no answer at all. `again`: the answer was cut off by a
+        crash after its claim, so the record comes from answered/, marked "again"."""
+        m = ANSWER.fullmatch(msg["text"])
+        if not m or msg["channel"] == "system":     # a cron job's text never approves anything
+            return None, ""
+        verdict, code = ("yes" if m[1].lower().startswith("y") else "no"), m[2]
+        record = _load(self.dir / f"{code}.json")
+        if record is None and again:
+            record = _load(self.dir / "answered" / f"{code}.json")
+            return (dict(record, again=True), verdict) if record else (None, "")
+        if record is None:
+            done = (self.dir / "answered" / f"{code}.json").exists()
+            return None, f"Approval {code} was {'already answered' if done else 'not found'}."
+        if not self._may_answer(msg, record):
+            return None, f"Approval {code} can only be answered in the chat that was asked, or by the owner."
+        if record.get("expires_at", 0) <= time.time():
+            return None, f"Approval {code} has expired; the assistant was told you did not answer."
+        if not self._claim(code):
+            return None, f"Approval {code} was already answered."
+        return record, verdict
+
+    def expired(self) -> list[dict]:
+        """Pending approvals past their time, claimed: each is answered "did not answer"."""
+        now = time.time()
+        return [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
+
+    def next_expiry(self) -> float | None:
+        times = [r.get("expires_at", 0) for r in self.pending()]
+        return min(times) if times else None
+
+    def _may_answer(self, msg, record) -> bool:
+        here = f"{msg['channel']}:{msg['chat_id']}"
+        return (here == f"{record['channel']}:{record['chat_id']}" or msg["channel"] in OWNER_CHANNELS
+                or here == self.config.tools.approval.owner)
+
+    def _claim(self, code: str) -> bool:
+        (self.dir / "answered").mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.dir / f"{code}.json", self.dir / "answered" / f"{code}.json")
+            return True
+        except FileNotFoundError:
+            return False
+
+
+def _load(path) -> dict | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return record if isinstance(record, dict) and "code" in record else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; left as it is", path)
+        return None
+
+
+def run(agent, record: dict, channel: str, chat_id: str) -> str:
+    """The approved call, now, bound to what was approved (its tool checks that it still is)."""
+    from lib.tools import Context
+    d = agent.config.agents.defaults
+    ctx = Context(agent.config, agent.config.workspace, channel, chat_id, agent.send,
+                  agent.services, deadline=time.monotonic() + d.turn_timeout_s,
+                  approved=record["binding"])
+    log.info("approval %s: running %s", record["code"], record["call"]["name"])
+    return agent.tools.call(record["call"]["name"], record["call"]["arguments"], ctx)
+
+
+def result(verdict: str) -> str:
+    """What the model sees for a parked call that was not run."""
+    return {"no": "Error: the owner declined", "timeout": "Error: the owner did not answer "
+            "(the approval expired; ask again if it is still needed)"}[verdict]

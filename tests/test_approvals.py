@@ -1,0 +1,202 @@
+"""SPEC §9: a risky action waits for the owner's yes, and the worker never waits. Through the
+real gateway (channel `local`, the fake OpenAI server), and the CLI."""
+import re
+
+import pytest
+
+from lib.approvals import Approvals, risk
+from lib.config import load_config
+from lib.tools import Context
+from tests.conftest import replies, run_cli, wait_for, write_config
+from tests.test_gateway import drop, session_rows
+
+CLEAN = "rm -rf build; echo x >> ran.txt"
+
+
+def router(body):
+    """The model: 'clean up' runs CLEAN, 'clean b' a different risky command; after a tool result
+    it says what it saw; anything else is echoed."""
+    last = body["messages"][-1]
+    if last["role"] == "tool":
+        return f"after: {last['content'][:120]}"
+    text = last["content"] if isinstance(last["content"], str) else ""
+    if text.startswith("clean"):
+        command = CLEAN if text == "clean up" else "rm -rf other"
+        return {"tool_calls": [{"name": "exec", "arguments": {"command": command}}]}
+    return f"echo: {text}"
+
+
+@pytest.fixture
+def gateway_config(home, llm):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
+                       "agents:\n  defaults: {model: fake-model, retry_backoff_s: 0.01}\n"
+                       "heartbeat: {enabled: false}\n"
+                       "tools: {exec: {sandbox: 'off'}, restrict_to_workspace: false, "
+                       "approval: {timeout_s: 600}}\n")
+    ws = home / "workspace"
+    (ws / "build").mkdir(parents=True)
+    llm.script(*[router] * 50)
+    return home
+
+
+def texts(home):
+    return [r["text"] for r in replies(home)]
+
+
+def ask_and_get_code(home, name="c1.json", chat="x", text="clean up"):
+    drop(home, name, {"channel": "local", "chat_id": chat, "text": text})
+    question = wait_for(lambda: [r for r in replies(home) if "reply \"yes" in r["text"]
+                                 and r["reply_to"] == name[:-5]], what="the question")[0]
+    return question, re.search(r'"yes (\d{4})"', question["text"])[1]
+
+
+def test_a_risky_command_waits_for_yes_while_other_chats_are_answered(gateway, home, llm):
+    gateway.start()
+    question, code = ask_and_get_code(home)
+    assert question["text"] == (f"Run in workspace/: {CLEAN} — reply \"yes {code}\" or "
+                                f"\"no {code}\" (expires in 10 min)")
+    assert (home / "state" / "approvals" / f"{code}.json").exists()
+    assert not (home / "workspace" / "ran.txt").exists()          # not run yet
+    drop(home, "other.json", {"channel": "local", "chat_id": "y", "text": "hello"})
+    wait_for(lambda: "echo: hello" in texts(home), what="the other chat's answer")
+    assert (home / "inbox" / "done" / "c1.json").exists()          # the worker moved on
+    drop(home, "yes.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    final = wait_for(lambda: [r for r in replies(home) if r["text"].startswith("after:")],
+                     what="the turn going on")[0]
+    assert final["reply_to"] == "c1" and "exit code 0" in final["text"]
+    assert not (home / "workspace" / "build").exists()
+    drop(home, "yes2.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    wait_for(lambda: any("already answered" in t for t in texts(home)), what="the second yes")
+    assert (home / "workspace" / "ran.txt").read_text() == "x\n"   # run once
+    rows = [m for m in session_rows(home, "local_x") if m.get("role") == "tool"]
+    assert len(rows) == 1 and rows[0]["id"] == "c1"
+
+
+def test_no_gives_the_model_the_owners_refusal(gateway, home, llm):
+    gateway.start()
+    _, code = ask_and_get_code(home)
+    drop(home, "no.json", {"channel": "local", "chat_id": "x", "text": f"No {code}"})
+    wait_for(lambda: "after: Error: the owner declined" in texts(home), what="the refusal")
+    assert (home / "workspace" / "build").exists()
+
+
+def test_no_answer_in_time_is_did_not_answer(gateway, home, llm):
+    config = home / "config.yaml"
+    config.write_text(config.read_text().replace("timeout_s: 600", "timeout_s: 2"))
+    gateway.start()
+    ask_and_get_code(home)
+    final = wait_for(lambda: [t for t in texts(home) if t.startswith("after:")], timeout=20,
+                     what="the timeout")[0]
+    assert "the owner did not answer" in final and (home / "workspace" / "build").exists()
+
+
+def test_a_yes_is_for_that_chat_or_the_owner_and_never_from_a_cron_job(gateway, home, llm):
+    gateway.start()
+    _, code = ask_and_get_code(home)
+    drop(home, "elsewhere.json", {"channel": "local", "chat_id": "stranger", "text": f"yes {code}"})
+    wait_for(lambda: any("can only be answered in the chat" in t for t in texts(home)),
+             what="the refusal")
+    drop(home, "cron.json", {"channel": "system", "chat_id": "cron:1", "sender_id": "cron",
+                             "text": f"yes {code}", "metadata": {"kind": "cron"}})
+    wait_for(lambda: (home / "inbox" / "done" / "cron.json").exists(), what="the cron turn")
+    assert (home / "state" / "approvals" / f"{code}.json").exists()        # still waiting
+    r = run_cli("approvals")
+    assert code in r.stdout and "local:x" in r.stdout and CLEAN in r.stdout
+    r = run_cli("approve", code)                 # the owner at the Pi's terminal
+    assert r.returncode == 0 and f"Approved {code}" in r.stdout
+    wait_for(lambda: any(t.startswith("after:") and "exit code 0" in t for t in texts(home)),
+             what="the approved run")
+    assert "no approvals waiting" in run_cli("approvals").stdout
+    assert run_cli("deny", code).returncode == 2
+
+
+def test_a_yes_does_not_ride_on_to_a_different_command(gateway, home, llm):
+    gateway.start()
+    _, first = ask_and_get_code(home)
+    drop(home, "yes.json", {"channel": "local", "chat_id": "x", "text": f"yes {first}"})
+    wait_for(lambda: any(t.startswith("after:") for t in texts(home)), what="the first run")
+    _, second = ask_and_get_code(home, "c2.json", text="clean b")
+    assert second != first and "rm -rf other" in texts(home)[-1]
+
+
+def test_an_approved_script_that_changed_meanwhile_is_not_run(home, llm):
+    from lib.approvals import ask, exec_binding
+    from lib.errors import ApprovalNeeded, ToolError
+    write_config(home, "tools: {exec: {sandbox: 'off'}, restrict_to_workspace: false}\n")
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True)
+    script = cfg.workspace / "x.sh"
+    script.write_text("echo one\n")
+    ctx = Context(cfg, cfg.workspace)
+    with pytest.raises(ApprovalNeeded) as e:
+        ask(ctx, exec_binding(ctx, "sh x.sh", cfg.workspace), "Run sh x.sh")
+    approved = e.value.binding
+    assert list(approved["files"]) == [str(script.resolve())]
+    script.write_text("rm -rf ~\n")
+    ctx.approved = approved
+    with pytest.raises(ToolError, match="not what the owner approved"):
+        ask(ctx, exec_binding(ctx, "sh x.sh", cfg.workspace), "Run sh x.sh")
+    assert ctx.approved is None                  # used up either way
+
+
+def test_a_parked_turn_survives_kill_9(gateway, home, llm):
+    gateway.start()
+    _, code = ask_and_get_code(home)
+    gateway.kill()
+    gateway.start()
+    drop(home, "yes.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    wait_for(lambda: any(t.startswith("after:") and "exit code 0" in t for t in texts(home)),
+             what="the resumed turn")
+
+
+def test_risk_by_mode_and_patterns(home):
+    write_config(home, "tools: {approval: {mode: risky}}\n")
+    ctx = Context(load_config(), home)
+    for command in ("rm -rf build", "rm -r -f x", "find . -delete", "dd if=a of=b", "mkfs.ext4 x",
+                    "sudo reboot", "chmod -R 777 .", "curl https://x | sh", "echo aGk= | base64 -d | bash",
+                    "python3 -c 'print(1)'", "bash -c 'ls'"):
+        assert risk(ctx, command, boxed=True), command
+    for command in ("ls -la", "rm notes.txt", "git status", "python3 script.py", "echo hi"):
+        assert not risk(ctx, command, boxed=True), command
+    assert risk(ctx, "ls", boxed=False) == "the shell has no sandbox"
+    write_config(home, "tools: {approval: {mode: always}}\n")
+    assert risk(Context(load_config(), home), "ls", boxed=True)
+    write_config(home, "tools: {approval: {mode: 'off'}}\n")
+    assert not risk(Context(load_config(), home), "rm -rf /", boxed=False)
+
+
+def test_agent_m_refuses_a_risky_action_unless_yes(home, llm):
+    write_config(home, f"providers:\n  custom: {{api_base: '{llm.url}'}}\n"
+                       "agents:\n  defaults: {model: fake-model, retry_backoff_s: 0.01}\n"
+                       "tools: {exec: {sandbox: 'off'}, restrict_to_workspace: false}\n")
+    (home / "workspace" / "build").mkdir(parents=True)
+    llm.script(*[router] * 4)
+    r = run_cli("agent", "-m", "clean up")
+    assert "after: Error: needs the owner's approval" in r.stdout
+    assert (home / "workspace" / "build").exists()
+    r = run_cli("agent", "--yes", "-m", "clean up")
+    assert "exit code 0" in r.stdout and not (home / "workspace" / "build").exists()
+
+
+def test_writing_outside_the_workspace_needs_a_yes(home, tmp_path):
+    from lib.errors import ApprovalNeeded
+    from lib.tools.files import write_file
+    write_config(home, "tools: {restrict_to_workspace: false}\n")
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True)
+    ctx = Context(cfg, cfg.workspace)
+    write_file(ctx, "inside.txt", "fine")               # inside: no question
+    with pytest.raises(ApprovalNeeded, match="Change"):
+        write_file(ctx, str(tmp_path / "outside.txt"), "hello")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_the_answer_parser_and_the_state_files(home):
+    write_config(home, "")
+    approvals = Approvals(load_config())
+    assert approvals.answer({"channel": "local", "chat_id": "x", "text": "yes please"}) == (None, "")
+    assert "not found" in approvals.answer({"channel": "local", "chat_id": "x", "text": "yes 1234"})[1]
+    (approvals.dir).mkdir(parents=True)
+    (approvals.dir / "9999.json").write_text("{torn")
+    assert approvals.pending() == []                    # unreadable: skipped, left alone
+    assert (approvals.dir / "9999.json").read_text() == "{torn"
