@@ -65,6 +65,7 @@ def test_a_private_message_is_answered_through_its_session_webhook(gateway, llm,
     meta = inbox["metadata"]
     assert meta["session_webhook"].startswith(ding.api_base) and meta["staff_id"] == OWNER
     assert meta["conversation_type"] == "1" and meta["session_webhook_expires"] > 0
+    assert meta["is_group"] is False
     wait_for(lambda: all_acked(ding), what="every frame acked")
     assert all(a["code"] == 200 and a["message"] == "OK" and isinstance(a["data"], str) and
                a["headers"]["contentType"] == "application/json" for a in ding.acks)
@@ -151,6 +152,8 @@ def test_an_expired_webhook_falls_back_to_batch_send_and_a_rate_limit_is_honoure
     assert sent["time"] - refused["time"] >= 2
     assert "retry 1 in 2.0s" in g.logs()
     assert group["via"] == "group" and group["to"].startswith("cidGROUP")
+    done = [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")]
+    assert sorted(m["metadata"]["is_group"] for m in done) == [False, True]      # SPEC §13
     assert not any(c["path"] == "/robot/sendBySession" for c in ding.calls)
     assert ding.tokens_issued == 1                      # the access token is cached
 

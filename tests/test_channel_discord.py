@@ -1,6 +1,7 @@
 """The Discord channel against a fake Discord (REST and gateway websocket) on 127.0.0.1: through
 the real gateway subprocess where the whole path matters, in-process for the gateway protocol's
 corner cases."""
+import json
 import logging
 import time
 
@@ -71,6 +72,9 @@ def test_strangers_guilds_and_bots(gateway, llm, discord):
     discord.wait_for(lambda: "echo: still here?" in discord.texts(), what="the DM reply")
     assert discord.texts().count("This assistant is private. Your discord id is 222.") == 1
     assert discord.texts("600") == ["echo: what time is it"]
+    done = [json.loads(p.read_text()) for p in (gateway.home / "inbox" / "done").glob("*.json")]
+    assert {m["chat_id"]: m["metadata"]["is_group"] for m in done if m["sender_id"] != "222"} == \
+        {"600": True, "500": False}                     # a guild channel, a DM (SPEC §13)
 
 
 def test_a_username_made_of_digits_cannot_pass_for_an_allowed_id(channel, discord, home):

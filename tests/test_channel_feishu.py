@@ -83,6 +83,9 @@ def test_strangers_and_group_chats(gateway, llm, feishu):
     feishu.wait_for(lambda: len(feishu.acks) == 6, what="every event acked")
     assert len(feishu.texts("oc_p2p_mallory")) == 1
     assert not {r["message_id"] for r in feishu.reactions} & set(strangers)   # no "working…"
+    done = [json.loads(p.read_text()) for p in (gateway.home / "inbox" / "done").glob("*.json")]
+    assert {m["chat_id"]: m["metadata"]["is_group"] for m in done if m["sender_id"] == "ou_alice"} \
+        == {"oc_group": True, "oc_p2p_alice": False}                            # SPEC §13
 
 
 def test_a_long_reply_is_split_at_the_limit(gateway, llm, feishu):

@@ -220,6 +220,7 @@ def test_panel_messages_without_a_mention_are_batched_after_the_delay(channel, m
     assert dm["text"] == "a DM is not held back"
     assert batch["text"] == "alice: first\nbob: second" and batch["chat_id"] == "panel_general"
     assert batch["metadata"]["batched"] == 2 and batch["metadata"]["kind"] == "panel"
+    assert batch["metadata"]["is_group"] is True and dm["metadata"]["is_group"] is False
     assert arrived - posted >= 1.5                  # not before reply_delay_ms
     wait_for(lambda: not state(home)["pending"], what="nothing left held")
 

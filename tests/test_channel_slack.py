@@ -175,6 +175,8 @@ def test_dm_and_group_policies_narrow_who_is_heard(home, llm, slack, settings, e
             return [json.loads(p.read_text())["chat_id"] for p in sorted(inbox.glob("*.json"))]
         wait_for(lambda: admitted[-1] in chats(), what="the last admitted message")
         assert chats() == admitted
+        for msg in (json.loads(p.read_text()) for p in (home / "inbox" / "new").glob("*.json")):
+            assert msg["metadata"]["is_group"] is not msg["chat_id"].startswith("D")   # SPEC §13
         assert list((home / "outbox").rglob("*.json")) == [] and slack.posts == []
     finally:
         channel.stop()

@@ -294,7 +294,7 @@ def test_the_username_travels_apart_from_the_id_and_is_compared_whole(home, tg, 
                                             for i in (43, 44)]
     [msg] = inbox(home)
     assert msg["text"] == "by name" and msg["sender_id"] == "42"
-    assert msg["metadata"]["sender_aliases"] == ["alice"]
+    assert msg["metadata"]["sender_aliases"] == ["alice"] and msg["metadata"]["is_group"] is False
 
 
 def test_html_telegram_refuses_is_sent_again_as_plain_text(home, tg, channel):
@@ -324,6 +324,7 @@ def test_groups_only_when_enabled_and_addressed(home, tg, channel):
     wait_for(lambda: len(inbox(home)) == 3, what="the addressed messages")
     assert [m["text"] for m in inbox(home)] == ["what time is it?", "and tomorrow?", "/new"]
     assert {m["chat_id"] for m in inbox(home)} == {"-100"}
+    assert all(m["metadata"]["is_group"] is True for m in inbox(home))     # SPEC §13
 
 
 def test_a_saved_offset_means_a_restart_repeats_nothing(home, tg, channel):

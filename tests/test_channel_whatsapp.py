@@ -82,6 +82,9 @@ def test_strangers_are_refused_before_the_model_and_told_once(gateway, llm, brid
     assert len(bridge.texts(stranger)) == 1                          # told once a day
     assert len(llm.chat_requests) == 2 and not photo.exists()       # the files are not kept
     assert "+15559999" in gateway.logs() and "channels.whatsapp.allow_from" in gateway.logs()
+    done = [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")]
+    assert sorted(m["metadata"]["is_group"] for m in done if m["sender_id"] != "+15559999") == \
+        [False, True]                                              # SPEC §13
 
 
 def test_a_long_reply_is_split_at_4000_characters(gateway, llm, bridge):

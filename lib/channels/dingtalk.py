@@ -103,7 +103,7 @@ class DingTalkChannel(Channel):
         staff = str(d.get("senderStaffId") or d.get("senderId") or "")
         group = str(d.get("conversationType")) == "2"     # DingTalk only passes on @mentions
         chat = str(d.get("conversationId") or "") if group else staff
-        meta = {"msg_id": msg_id, "conversation_type": "2" if group else "1",
+        meta = {"msg_id": msg_id, "conversation_type": "2" if group else "1", "is_group": group,
                 "conversation_id": d.get("conversationId"), "staff_id": staff,
                 "sender_nick": d.get("senderNick"), "session_webhook": d.get("sessionWebhook"),
                 "session_webhook_expires": d.get("sessionWebhookExpiredTime")}

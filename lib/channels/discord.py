@@ -102,6 +102,7 @@ class DiscordChannel(Channel):
             return
         name = str(author.get("username") or "")      # all digits: it could pass for an id
         meta = {"message_id": d.get("id"), "guild_id": d.get("guild_id"),
+                "is_group": bool(d.get("guild_id")),
                 **({"sender_aliases": [name]} if name and not name.isdigit() else {})}
         media = []
         if self.admits(author.get("id"), meta):     # strangers' files are not fetched

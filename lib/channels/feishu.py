@@ -259,7 +259,8 @@ class FeishuChannel(Channel):
                                {m.get("key") for m in ours})
         if not text and not files:
             return
-        meta = {"message_id": mid, "chat_type": msg.get("chat_type")}
+        meta = {"message_id": mid, "chat_type": msg.get("chat_type"),
+                "is_group": msg.get("chat_type") != "p2p"}
         media = []
         if allowed(self.settings.allow_from, user):     # strangers' files are not fetched
             if self.settings.react_emoji:

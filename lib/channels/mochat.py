@@ -339,9 +339,9 @@ class MochatChannel(Channel):
         text = "\n".join(f"{e['name'] or e['author']}: {e['text']}" if last["group_id"] else
                          e["text"] for e in entries) if len(entries) > 1 else last["text"]
         self.receive(target, last["author"], text, metadata={
-            "kind": kind, "message_id": last["message_id"], "group_id": last["group_id"],
-            "sender_name": last["name"], "mentioned": any(e["mentioned"] for e in entries),
-            "batched": len(entries)})
+            "kind": kind, "is_group": kind == "panel", "message_id": last["message_id"],
+            "group_id": last["group_id"], "sender_name": last["name"],
+            "mentioned": any(e["mentioned"] for e in entries), "batched": len(entries)})
 
     # --- state ---
 

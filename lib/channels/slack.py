@@ -126,7 +126,7 @@ class SlackChannel(Channel):
             return
         meta = {"ts": ts, "thread_ts": event.get("thread_ts") or
                 (ts if s.reply_in_thread and not im else None), "channel_type": event.get(
-                    "channel_type") or "channel"}
+                    "channel_type") or "channel", "is_group": not im}
         if not allowed(s.allow_from, user):
             self.receive(chat, user, text, (), meta)    # refused (and told their id once a day)
             return

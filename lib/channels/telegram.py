@@ -175,7 +175,8 @@ class TelegramChannel(Channel):
         if not text.strip() and not media:
             return                                  # a sticker, a poll, a location…
         meta = {"message_id": m.message_id, "user_id": user.id, "username": user.username,
-                "first_name": user.first_name, "chat_type": chat.type, **who}
+                "first_name": user.first_name, "chat_type": chat.type,
+                "is_group": chat.type != "private", **who}
         if m.is_topic_message and m.message_thread_id:
             meta["thread_id"] = m.message_thread_id
         if self.receive(chat.id, user.id, text.strip(), media, meta,       # the same update
