@@ -74,6 +74,12 @@ def _parser():
     s.add_argument("--days", type=int, default=7, metavar="N", help="how many days back (default 7)")
     s.add_argument("--json", action="store_true", help="the figures as JSON")
     s.set_defaults(run=cmd_usage)
+    s = sub.add_parser("memory", parents=[common], help="show MEMORY.md, list its versions, restore one")
+    s.add_argument("action", nargs="?", default="show", choices=["show", "versions", "restore"],
+                   help="show (default): MEMORY.md; versions: the kept ones, newest first; "
+                   "restore N: version N back (the current one is kept as a version first)")
+    s.add_argument("number", nargs="?", type=int, help="with restore: a number from `memory versions`")
+    s.set_defaults(run=cmd_memory)
     s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
     s.add_argument("--logs", nargs="?", const="debug", choices=["debug", "info", "warning", "error"],
                    metavar="LEVEL", help="log level for this run (default: gateway.log_level; "
@@ -436,6 +442,37 @@ def cmd_answer(args):
                           "text": f"{args.verdict} {args.code}"})
     print(f"{'Approved' if args.verdict == 'yes' else 'Denied'} {args.code}: the gateway carries on "
           "that turn, and its answer goes to the chat it came from.")
+
+
+# --- memory ---
+
+def cmd_memory(args):
+    import time
+    from lib.agent.memory import Memory
+    from lib.tools.files import read_inside
+    mem = Memory(_config(args).workspace)
+    versions = sorted((mem.dir / "versions").glob("MEMORY.*.md"), reverse=True)    # newest first
+    if args.action == "show":
+        print(mem.read() or f"{mem.memory_file} is empty or not there yet")
+    elif args.action == "versions":
+        for n, path in enumerate(versions, 1):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+            print(f"{n:>3}  {when}  {path.stat().st_size:>8,} bytes  {path}")
+        print("(replaced at that time; restore one with: memory restore N)" if versions else
+              f"no versions yet: each rewrite of MEMORY.md keeps the one before in {mem.dir / 'versions'}")
+    elif not args.number or not 0 < args.number <= len(versions):
+        raise UserError(f"memory restore N: N is one of 1 to {len(versions)} (memory versions lists them)"
+                        if versions else "there are no versions of MEMORY.md to restore")
+    else:
+        try:
+            text = read_inside(versions[args.number - 1], mem.workspace).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"version {args.number} is not valid UTF-8 text; nothing was changed")
+        if not mem.write(text):
+            raise UserError(f"{mem.memory_file} cannot be read as text, so it is left as it is: "
+                            "move it aside, then restore again")
+        print(f"Restored version {args.number} to {mem.memory_file}; the one it replaced is now "
+              "version 1 (memory versions)")
 
 
 # --- gateway ---

@@ -43,6 +43,7 @@ class AgentDefaults:
     max_tool_iterations: int = setting(20, low=1)
     memory_window: int = setting(50, low=1)
     consolidate_batch: int = setting(100, low=1)   # messages per consolidation call (SPEC §13)
+    memory_in_groups: bool = False     # group chats see MEMORY.md too (SPEC §13)
     turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
     model_timeout_s: int = setting(90, low=1)      # one model call (retried within the turn)
     retry_backoff_s: float = setting(1.0, low=0.0)  # first wait before a retry; doubles each time

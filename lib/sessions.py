@@ -1,14 +1,10 @@
-"""Conversations as append-only JSONL: a metadata line, then one chat message per line.
-
-Nothing is ever rewritten: a message is appended and flushed as soon as it exists; a torn or
-corrupt line is skipped with a warning; `/new` moves the file to sessions/archive/.
-"""
+"""Conversations as append-only JSONL (SPEC §4): a metadata line, then one chat message or marker
+per line, flushed as soon as it exists and never rewritten; a torn or corrupt line is skipped."""
 import hashlib
 import json
 import logging
 import os
 import re
-import time
 from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,12 +74,7 @@ class Session:
                     if not isinstance(obj, dict):
                         raise ValueError("not an object")
                     kind = obj.get("_type")
-                    if kind == "consolidated":
-                        self.consolidated = int(obj.get("upto", 0))
-                        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
-                    elif kind == "consolidation_failed":
-                        self.consolidation_failures += 1
-                        self.retry_consolidation_at = float(obj.get("retry_at", 0))
+                    self._apply(obj)
                 except (ValueError, TypeError):     # TypeError: "upto": null
                     if raw.strip():
                         log.warning("%s line %d is torn or corrupt; skipped", self.path, n)
@@ -92,20 +83,23 @@ class Session:
                     self.messages.append(obj)
 
     def append(self, msg: dict):
-        """Write one message now (flushed: it survives a kill -9 of this process)."""
-        msg.setdefault("timestamp", now_iso())
+        """Write one message now, flushed (it survives a kill -9), None fields left out."""
+        msg = {"timestamp": now_iso(), **{k: v for k, v in msg.items() if v is not None or k == "content"}}
         self.messages.append(msg)
-        self._write({k: v for k, v in msg.items() if v is not None or k == "content"})
+        self._write(msg)
 
-    def mark_consolidated(self, upto: int):
-        self.consolidated = upto
-        self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
-        self._write({"_type": "consolidated", "upto": upto, "at": now_iso()})
+    def mark(self, kind: str, **fields):
+        """Append a marker: "consolidated" (upto=N) or "consolidation_failed" (retry_at=T)."""
+        self._apply({"_type": kind, **fields})
+        self._write({"_type": kind, **fields, "at": now_iso()})
 
-    def mark_consolidation_failed(self, retry_at: float):
-        self.consolidation_failures += 1
-        self.retry_consolidation_at = retry_at
-        self._write({"_type": "consolidation_failed", "retry_at": retry_at, "at": now_iso()})
+    def _apply(self, marker: dict):
+        if marker.get("_type") == "consolidated":
+            self.consolidated = int(marker.get("upto", 0))
+            self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
+        elif marker.get("_type") == "consolidation_failed":
+            self.consolidation_failures += 1
+            self.retry_consolidation_at = float(marker.get("retry_at", 0))
 
     def _write(self, obj: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,14 +120,16 @@ class Session:
             maildir.sync(self.path)
 
     def history(self, window: int) -> list[dict]:
-        """The last `window` unconsolidated messages as the model expects them: from a user
-        message on, our own fields removed, and a call left without its result (Ctrl+C) given one
-        saying so: the API refuses a tool result without its call, and a call without its result."""
-        recent = self.messages[self.consolidated:][-window:] if window > 0 else []
-        while recent and recent[0].get("role") != "user":
-            recent = recent[1:]
+        """The last `window` unconsolidated messages as the API takes them: from a user message on,
+        our fields removed, a call left without its result (Ctrl+C) given one that says so."""
+        start = max(self.consolidated, len(self.messages) - max(window, 0))
+        while start < len(self.messages) and self.messages[start].get("role") != "user":
+            start += 1
+        if start > self.consolidated:   # SPEC §13: only while consolidation fails or lags behind
+            log.warning("%s: %d older messages are out of the prompt and not yet in memory; they "
+                        "wait in %s", self.key, start - self.consolidated, self.path.name)
         out, unanswered = [], []
-        for m in recent:
+        for m in self.messages[start:]:
             if m.get("role") == "tool":
                 unanswered = [c for c in unanswered if c.get("id") != m.get("tool_call_id")]
             else:
@@ -145,7 +141,7 @@ class Session:
     def archive(self):
         """Start over: the old file moves to sessions/archive/ (kept, not deleted)."""
         if self.path.exists():
-            dest = self.path.parent / "archive" / f"{self.path.stem}.{int(time.time())}.jsonl"
+            dest = self.path.parent / "archive" / (maildir.unique_name(f"{self.path.stem}.") + ".jsonl")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
         self._load()                    # no file now: the state of a new session

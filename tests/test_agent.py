@@ -110,21 +110,21 @@ def test_the_system_prompt_has_workspace_files_memory_skills_and_runtime_facts(c
 
 def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home):
     agent = make_agent(config)       # memory_window is 10 in the fixture
-    for i in range(5):
+    for i in range(4):
         llm.script(f"answer {i}")
         turn(agent, f"question {i}", home)
     assert not (config.workspace / "memory" / "HISTORY.md").exists() and not llm.pending
-    llm.script("answer 5", {"tool_calls": [{"name": "save_memory", "arguments": {
-        "history_entry": "Ada asked six questions about tea.",
+    llm.script("answer 4", {"tool_calls": [{"name": "save_memory", "arguments": {
+        "history_entry": "Ada asked five questions about tea.",
         "memory_update": "# Memory\n- Ada likes tea."}}]})
-    turn(agent, "question 5", home)
+    turn(agent, "question 4", home)         # 10 messages: the next one would push one out
     history = (config.workspace / "memory" / "HISTORY.md").read_text()
-    assert "Ada asked six questions about tea." in history and history.startswith("[20")
+    assert "Ada asked five questions about tea." in history and history.startswith("[20")
     assert (config.workspace / "memory" / "MEMORY.md").read_text() == "# Memory\n- Ada likes tea.\n"
     prompt = llm.chat_requests[-1]["messages"][0]["content"]
     assert "question 0" in prompt and "save_memory" in json.dumps(llm.chat_requests[-1]["tools"])
     s = Session(home, "cli", "default")
-    assert s.consolidated == 12 - 5 and len(s.messages) == 12
+    assert s.consolidated == 6 and len(s.messages) == 10       # from the first turn in the last 5
     llm.script("ok")
     turn(agent, "next", home)
     sent = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
@@ -134,12 +134,12 @@ def test_old_messages_are_consolidated_into_history_and_memory(config, llm, home
 
 def test_consolidation_failure_loses_nothing(config, llm, home):
     agent = make_agent(config)
-    for i in range(6):
-        llm.script(f"a{i}", *(["I refuse to call tools"] if i == 5 else []))
+    for i in range(5):
+        llm.script(f"a{i}", *(["I refuse to call tools"] if i == 4 else []))
         turn(agent, f"q{i}", home)
     assert not llm.pending
     s = Session(home, "cli", "default")
-    assert s.consolidated == 0 and len(s.messages) == 12
+    assert s.consolidated == 0 and len(s.messages) == 10
 
 
 def test_new_consolidates_then_starts_over(config, llm, home):
@@ -313,13 +313,13 @@ def test_a_failed_consolidation_backs_off_instead_of_retrying_every_message(conf
     assert len(llm.chat_requests) == asked == 1
     again = Session(home, "cli", "default")
     assert again.consolidation_failures == 1 and 50 < again.retry_consolidation_at - time.time() <= 60
-    again.mark_consolidation_failed(time.time() - 1)    # as if the back-off had passed
+    again.mark("consolidation_failed", retry_at=time.time() - 1)    # as if the back-off had passed
     llm.script("still no")
     agent.maintain(again)
     assert len(llm.chat_requests) == 2
     third = Session(home, "cli", "default")
     assert third.consolidation_failures == 3 and third.retry_consolidation_at - time.time() > 200
-    third.mark_consolidation_failed(time.time() - 1)
+    third.mark("consolidation_failed", retry_at=time.time() - 1)
     llm.script(SAVE)
     agent.maintain(third)
     assert Session(home, "cli", "default").consolidation_failures == 0

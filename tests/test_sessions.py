@@ -113,7 +113,7 @@ def test_consolidation_marker_survives_reload(home):
     s = Session(home, "cli", "c")
     for i in range(4):
         s.append({"role": "user" if i % 2 == 0 else "assistant", "content": str(i)})
-    s.mark_consolidated(2)
+    s.mark("consolidated", upto=2)
     again = Session(home, "cli", "c")
     assert again.consolidated == 2
     assert [m["content"] for m in again.history(50)] == ["2", "3"]

@@ -77,7 +77,7 @@ def test_consolidation_and_subagents_are_counted_as_theirs(home, llm):
     session = Session(home, "cli", "default")
     for i in range(4):
         session.append({"role": "user", "content": f"m{i}"})
-    assert agent._consolidate(session, keep=0)
+    assert agent.memory.consolidate(session, metered, cfg.agents.defaults)
     posted = []
     subs = Subagents(cfg, metered, lambda msg, name=None: posted.append(msg))
     subs.spawn("find it", origin_channel="cli", origin_chat="default")

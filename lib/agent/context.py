@@ -19,7 +19,7 @@ def clock(tz: str = "") -> str:
     return f"{moment:%Y-%m-%d %H:%M (%A)} {moment.tzname() or time.strftime('%Z')}"
 
 
-def system_prompt(config, channel: str, chat_id: str) -> str:
+def system_prompt(config, channel: str, chat_id: str, memory: bool = True) -> str:
     ws = config.workspace
     parts = [
         "You are nanoclaw, a personal AI assistant running on the owner's own computer. "
@@ -29,12 +29,12 @@ def system_prompt(config, channel: str, chat_id: str) -> str:
         f"- Time: {clock(config.agents.defaults.timezone)}\n"
         f"- Channel: {channel}, chat id: {chat_id}\n"
         f"- Workspace: {ws} (relative paths start here)\n"
-        f"- Memory: {ws / 'memory' / 'MEMORY.md'} (facts; always below) and "
+        f"- Memory: {ws / 'memory' / 'MEMORY.md'} (facts; {'below' if memory else 'not in groups'}) and "
         f"{ws / 'memory' / 'HISTORY.md'} (older conversation summaries; grep it)\n"
         f"- System: {platform.system()} {platform.machine()}, Python {platform.python_version()}",
     ]
     sections = [(name, _read(ws / name)) for name in BOOTSTRAP] + [
-        ("Long-term memory (memory/MEMORY.md)", Memory(ws).read()),
+        ("Long-term memory (memory/MEMORY.md)", Memory(ws).read() if memory else ""),
         ("Skills", skills.prompt_section(skills.discover(ws)))]
     return "\n\n".join(parts + [f"## {title}\n{text}" for title, text in sections if text])
 

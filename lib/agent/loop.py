@@ -1,8 +1,5 @@
-"""The agent loop: ask the model, run the tools it asks for, feed the results back, repeat.
-
-`run_turn` is linear and saves every message as soon as it exists. `Agent.respond` wraps it with
-what one incoming message needs: commands, the session, the system prompt and memory upkeep.
-"""
+"""The agent loop: `run_turn` asks the model, runs the tools it asks for and saves each message as
+soon as it exists; `Agent.respond` adds commands, the session, the system prompt and memory."""
 import base64
 import logging
 import mimetypes
@@ -18,6 +15,7 @@ from lib.tools import Context, Registry, Services, default_registry
 
 log = logging.getLogger(__name__)
 HELP = ("Commands:\n/new — start a new conversation (a summary of this one goes to memory)\n"
+        "/forget TEXT — remove the lines of MEMORY.md that contain TEXT\n"
         "/help — this list\nAnything else goes to the assistant.")
 
 
@@ -88,29 +86,34 @@ class Agent:
         channel, chat_id, text = msg["channel"], msg["chat_id"], msg["text"]
         media, msg_id = msg.get("media") or (), msg.get("id")
         session = session or Session(self.config.home, channel, chat_id)
-        command = text.strip().lower()
+        d, command = self.config.agents.defaults, text.strip().lower()
+        group = (msg.get("metadata") or {}).get("is_group") is True or any(
+            m.get("group") for m in session.messages)       # cron, heartbeat: where it goes
+        show = not group or d.memory_in_groups          # MEMORY.md in this chat (SPEC §13)
         if command == "/help":
             return HELP
+        if command.split(None, 1)[:1] == ["/forget"]:
+            return self.memory.forget(text.strip()[7:], show)
         if command == "/new":
             session.retry_consolidation_at = 0.0       # asked for now: no back-off
-            saved = self._consolidate(session, keep=0)
+            saved = self.memory.consolidate(session, self.provider, d)
             session.archive()
             return "New conversation started." + (
                 " I saved a summary of the last one to memory." if saved else
                 " (The model could not summarise the last one; it is kept in sessions/archive/.)")
-        d = self.config.agents.defaults
-        done = self._resume(session, msg_id) if resume else None
+        mine = [m for m in session.messages if resume and msg_id and m.get("id") == msg_id]
+        done = self._resume(session, mine) if mine else None
         if done is not None:
             return done
-        user = {"role": "user", "content": _with_media_note(text, media)}
-        first = [] if resume and any(m.get("id") == msg_id for m in session.messages if msg_id) \
-            else [dict(user, media=list(media)) if media else user]
-        messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)},
+        user = {"role": "user", "content": text + "".join(f"\n[attached: {p}]" for p in media)}
+        first = [] if mine else [dict(user, media=list(media) or None, group=group or None)]
+        ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
+                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg), ask=self.ask)
+        self.maintain(session, ctx.deadline)    # what would leave the prompt is saved first
+        messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id, show)},
                     *session.history(d.memory_window - len(first)), *[user][:len(first)]]
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
-        ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg), ask=self.ask)
 
         def save(m):        # the user's line is written with the first answer: a turn that never
             while first:    # started (no model, a missing package) leaves the session as it was
@@ -125,13 +128,10 @@ class Agent:
         session.sync()
         return _text(new[-1])
 
-    def _resume(self, session: Session, msg_id) -> str | None:
-        """After a crash the same message comes again. If its answer is already in the session,
-        that answer is the reply (the model is not asked twice); if a tool was cut off, the model
-        is told so and the turn goes on from there."""
-        mine = [m for m in session.messages if msg_id and m.get("id") == msg_id]
-        if not mine:
-            return None
+    def _resume(self, session: Session, mine: list) -> str | None:
+        """After a crash the same message comes again, and `mine` are its lines in the session. If
+        its answer is there, that is the reply (the model is not asked twice); if a tool was cut
+        off, the model is told so and the turn goes on from there."""
         last = mine[-1]
         if last["role"] == "assistant" and not last.get("tool_calls"):
             return _text(last)
@@ -139,23 +139,13 @@ class Agent:
         answered = {m.get("tool_call_id") for m in mine if m["role"] == "tool"}
         for call in calls:
             if call["id"] not in answered:
-                session.append(dict(interrupted(call, "by a restart "), id=msg_id))
+                session.append(dict(interrupted(call, "by a restart "), id=last["id"]))
         return None
 
-    def maintain(self, session: Session):
-        """Fold old messages into memory once the conversation outgrows the window."""
-        window = self.config.agents.defaults.memory_window
-        if len(session.messages) - session.consolidated > window:
-            self._consolidate(session, keep=window // 2, rounds=1)
-
-    def _consolidate(self, session: Session, keep: int, rounds: int = 1000) -> bool:
-        """Batches of agents.defaults.consolidate_batch messages, within one turn's time."""
+    def maintain(self, session: Session, deadline: float | None = None):
+        """Memory upkeep, by `deadline`: nothing leaves the prompt's window unconsolidated."""
         d = self.config.agents.defaults
-        deadline, ok, before = time.monotonic() + d.turn_timeout_s, True, None
-        while ok and rounds and session.consolidated != before:
-            before, rounds = session.consolidated, rounds - 1
-            ok = self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline)
-        return ok
+        self.memory.consolidate(session, self.provider, d, d.memory_window, deadline)
 
 
 def _source(msg: dict) -> str:
@@ -168,10 +158,6 @@ def _source(msg: dict) -> str:
 
 def _text(msg: dict) -> str:
     return (msg.get("content") or "").strip() or "(The model gave an empty answer.)"
-
-
-def _with_media_note(text: str, media) -> str:
-    return text + "".join(f"\n[attached: {p}]" for p in media)
 
 
 def _parts(text: str, media) -> list | str:

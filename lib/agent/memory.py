@@ -1,10 +1,7 @@
-"""Long-term memory: memory/MEMORY.md (facts, always in the prompt) and memory/HISTORY.md
-(append-only, dated summaries of older conversation). The model writes both by consolidating.
-
-Nothing is lost by accident: session lines are never touched (a marker records how far
-consolidation got), each rewrite of MEMORY.md keeps the previous version in memory/versions/,
-a MEMORY.md that is not valid UTF-8 is never rewritten, and a failing model is asked again only
-after a back-off (60 s, doubling, at most a day), not after every message."""
+"""Long-term memory (SPEC §13): memory/MEMORY.md (facts, in the prompt) and memory/HISTORY.md
+(append-only, dated summaries), written by the model as it consolidates a session. Nothing is lost
+by accident: session lines stay as they are, each MEMORY.md is kept in memory/versions/ when it
+is replaced, and one that is not valid UTF-8 is never replaced."""
 import json
 import logging
 import os
@@ -52,39 +49,46 @@ class Memory:
         except OSError:
             return ""
 
-    def consolidate(self, session, provider, keep: int, batch: int = 100,
-                    deadline: float | None = None) -> bool:
-        """Fold the oldest unconsolidated messages (at most `batch`; the last `keep` stay) into
-        memory. False when the model fails: nothing is lost, and the next try waits a back-off."""
-        end = min(max(session.consolidated, len(session.messages) - keep), session.consolidated + batch)
-        part = session.messages[session.consolidated:end]
-        if not part:
+    def consolidate(self, session, provider, d, window: int = 0, deadline: float | None = None) -> bool:
+        """Before one more message would push one out of the last `window` (0: all), fold the old
+        part into memory: up to the first turn in the last half window, or the last one it holds
+        whole; d.consolidate_batch messages per call at most. False while the model fails."""
+        msgs, deadline = session.messages, deadline or time.monotonic() + d.turn_timeout_s
+        if len(msgs) - session.consolidated < window:
             return True
-        if time.time() < session.retry_consolidation_at:
-            return False
-        prompt = _PROMPT.format(memory=self.read() or "(empty)", transcript=_transcript(part))
-        try:
-            reply = provider.complete([{"role": "user", "content": prompt}], [_SAVE], deadline=deadline,
-                                      source="consolidation", session=session.key)
-        except ProviderError as e:
-            return self._failed(session, str(e))
-        saved = _arguments(reply)
-        if not saved:
-            return self._failed(session, "the model did not call save_memory")
+        turns = [i for i in range(max(session.consolidated, len(msgs) - window + 1), len(msgs))
+                 if msgs[i]["role"] == "user"]
+        upto = next((i for i in turns if i >= len(msgs) - window // 2), turns[-1] if turns else len(msgs))
+        while session.consolidated < upto and time.time() >= session.retry_consolidation_at:
+            start = session.consolidated
+            end = min(upto, start + d.consolidate_batch)
+            end = next((i for i in range(end, start, -1) if i == upto or msgs[i]["role"] == "user"), end)
+            prompt = _PROMPT.format(memory=self.read() or "(empty)", transcript=_transcript(msgs[start:end]))
+            try:
+                saved = _arguments(provider.complete([{"role": "user", "content": prompt}], [_SAVE],
+                                   deadline=deadline, source="consolidation", session=session.key))
+            except ProviderError as e:
+                return self._failed(session, str(e))
+            if not saved:
+                return self._failed(session, "the model did not call save_memory")
+            self._store(session.key, saved)
+            session.mark("consolidated", upto=end)
+        return session.consolidated >= upto         # False: a back-off is not over yet
+
+    def _store(self, key: str, saved: dict):
+        """A consolidation's result: its entry appended to HISTORY.md, its MEMORY.md written."""
         entry = " ".join(str(saved.get("history_entry", "")).split())
         if entry:
             self.dir.mkdir(parents=True, exist_ok=True)
             try:
                 fd = open_inside(self.history_file, self.workspace, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 with open(fd, "a", encoding="utf-8") as f:
-                    f.write(f"[{datetime.now():%Y-%m-%d %H:%M}] ({session.key}) {entry}\n\n")
+                    f.write(f"[{datetime.now():%Y-%m-%d %H:%M}] ({key}) {entry}\n\n")
             except OSError as e:
                 log.warning("%s not written: %s", self.history_file, e)
         update = saved.get("memory_update")
         if isinstance(update, str) and update.strip() and update.strip() != self.read():
             self.write(update.strip() + "\n")
-        session.mark_consolidated(end)
-        return True
 
     def write(self, text: str) -> bool:
         """Replace MEMORY.md, the old one kept in versions/; not when it cannot be read whole."""
@@ -102,15 +106,26 @@ class Memory:
         except FileNotFoundError:
             pass                # the first MEMORY.md: nothing to keep
         except (OSError, UnicodeDecodeError) as e:
-            log.warning("%s is left as it is (%s); the summary went to HISTORY.md only",
-                        self.memory_file, e)
+            log.warning("%s is left as it is (%s)", self.memory_file, e)
             return False
         atomic_write(self.memory_file, text)
         return True
 
+    def forget(self, text: str, show: bool = True) -> str:
+        """/forget TEXT: the lines with TEXT (any case) go; the answer quotes them, or counts them."""
+        needle, lines = text.strip().casefold(), self.read().splitlines()
+        gone = [line for line in lines if needle and needle in line.casefold()]
+        if not gone:
+            return f'Nothing in MEMORY.md contains "{text.strip()}"; nothing was removed.' if needle \
+                else "Usage: /forget TEXT removes the lines of MEMORY.md that contain TEXT."
+        if not self.write("".join(line + "\n" for line in lines if line not in gone)):
+            return "MEMORY.md cannot be read as text, so it was left as it is (see the log)."
+        return (f"Removed {len(gone)} line{'s' * (len(gone) > 1)} from MEMORY.md (the previous "
+                "version is kept in memory/versions/)" + (":\n" + "\n".join(gone) if show else "."))
+
     def _failed(self, session, why: str) -> bool:
         wait = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** session.consolidation_failures)
-        session.mark_consolidation_failed(time.time() + wait)
+        session.mark("consolidation_failed", retry_at=time.time() + wait)
         log.warning("memory consolidation of %s postponed for %d s: %s", session.key, wait, why)
         return False
 
@@ -118,27 +133,25 @@ class Memory:
 def _transcript(messages) -> str:
     lines = []
     for m in messages:
-        text = m.get("content") or ""
-        if not isinstance(text, str):
-            text = json.dumps(text, ensure_ascii=False)
-        if len(text) > MAX_CHARS_PER_MESSAGE:
-            text = text[:MAX_CHARS_PER_MESSAGE] + f" [… {len(text) - MAX_CHARS_PER_MESSAGE} characters cut]"
+        text, cut = m.get("content") or "", 300 if m["role"] == "tool" else MAX_CHARS_PER_MESSAGE
+        text = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
+        if len(text) > cut:
+            text = text[:cut] + f" [… {len(text) - cut} characters cut]"
         if m.get("tool_calls"):
             text += " [used tools: " + ", ".join(c["function"]["name"] for c in m["tool_calls"]) + "]"
-        if m.get("role") == "tool":
-            text = f"[{m.get('name', 'tool')} result] {text[:300]}"
+        if m["role"] == "tool":
+            text = f"[{m.get('name', 'tool')} result] {text}"
         lines.append(f"[{str(m.get('timestamp', ''))[:16]}] {m['role'].upper()}: {text}")
     return "\n".join(lines)
 
 
 def _arguments(reply) -> dict | None:
     candidates = [c["arguments"] for c in reply.tool_calls if c["name"] == "save_memory"]
-    if reply.content:       # some models answer with the JSON as text instead of calling
-        start, end = reply.content.find("{"), reply.content.rfind("}")
-        candidates.append(reply.content[start:end + 1] if start >= 0 else "")
+    text = reply.content or ""      # some models answer with the JSON as text instead of calling
+    candidates.append(text[text.find("{"):text.rfind("}") + 1])
     for raw in candidates:
         try:
-            data = json.loads(raw) if isinstance(raw, str) else raw
+            data = json.loads(raw)
         except ValueError:
             continue
         if isinstance(data, dict) and ("history_entry" in data or "memory_update" in data):
