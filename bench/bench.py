@@ -9,6 +9,7 @@ this process. Each command runs once untimed (byte-code caches, first-run files)
 one at a time. Time: median wall time. Memory: the highest ru_maxrss that os.wait4 reports.
 Targets are reported, never asserted: the exit code is 1 only when nanoclaw itself fails.
 The exec tool runs `true` EXEC_RUNS times with tools.exec.sandbox off, then bwrap: median time.
+A consolidation pass over a 10,000-line session: its time and peak memory.
 """
 import argparse
 import json
@@ -231,6 +232,59 @@ def ledger_cost(calls: int = 2000) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def consolidation_cost(lines: int = 10_000) -> dict:
+    """One consolidation pass (SPEC §13) over a session of `lines` messages, as the worker makes it
+    after a turn (agents.defaults: window 50, batches of 100), with a scripted model that answers
+    at once and changes MEMORY.md each time (a version kept per call): seconds to load the
+    session, seconds to consolidate, model calls, and the peak of Python's allocations (MB,
+    tracemalloc, in a second run: it slows what it measures)."""
+    import dataclasses
+    import tracemalloc
+    from lib.agent.memory import Memory
+    from lib.config import load_config
+    from lib.sessions import Session
+    from tests.fakes.scripted import ScriptedProvider
+    facts = iter(range(10**9))
+
+    def save(messages):
+        return {"tool_calls": [{"name": "save_memory", "arguments": {
+            "history_entry": "They talked.", "memory_update": f"# Memory\n- fact {next(facts)}\n"}}]}
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="nanoclaw-memory-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(f"agents: {{defaults: {{workspace: '{tmp}/ws'}}}}\n")
+        cfg = dataclasses.replace(load_config(str(path)), home=Path(tmp))
+        for run in ("timed", "traced"):
+            s = Session(cfg.home, "cli", run)
+            for i in range(lines // 2):
+                s.append({"role": "user", "content": f"question {i}: " + "some words " * 20})
+                s.append({"role": "assistant", "content": f"answer {i}: " + "other words " * 40})
+            model = ScriptedProvider(*[save] * lines)
+            if run == "traced":
+                tracemalloc.start()
+            start = time.perf_counter()
+            s = Session(cfg.home, "cli", run)
+            loaded = time.perf_counter()
+            Memory(cfg.workspace).consolidate(s, model, cfg.agents.defaults, cfg.agents.defaults.memory_window)
+            done = time.perf_counter()
+            if run == "timed":
+                out.update(load=loaded - start, consolidate=done - loaded, calls=model.calls,
+                           left=len(s.messages) - s.consolidated)
+            else:
+                out["peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+                tracemalloc.stop()
+    return out
+
+
+def report_consolidation(r: dict):
+    print(f"\nmemory consolidation of a 10,000-line session (scripted model that answers at once)\n"
+          f"  load the session   {r['load'] * 1000:6.0f} ms\n"
+          f"  consolidate        {r['consolidate'] * 1000:6.0f} ms  ({r['calls']} model calls, "
+          f"{r['consolidate'] / max(1, r['calls']) * 1000:.1f} ms each; {r['left']} messages left "
+          f"in the window)\n  peak memory        {r['peak_mb']:6.1f} MB  (Python allocations, "
+          "load and consolidation)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
@@ -258,6 +312,7 @@ def main() -> int:
     plain, limited = ledger_cost()
     print(f"\nusage ledger, added to each model call (target: well under 1 ms)\n"
           f"  no limits        {plain:6.0f} us\n  a daily limit    {limited:6.0f} us")
+    report_consolidation(consolidation_cost())
     if note:
         print(f"\nnote: {note}")
     return 0
