@@ -186,7 +186,8 @@ def exec_cost(runs: int) -> dict:
         for mode in ("off", "bwrap"):
             path = Path(tmp) / f"{mode}.yaml"
             path.write_text(f"agents: {{defaults: {{workspace: '{tmp}/ws'}}}}\ntools: "
-                            f"{{restrict_to_workspace: false, exec: {{sandbox: {mode}}}}}\n")
+                            f"{{restrict_to_workspace: false, exec: {{sandbox: {mode}}}, "
+                            "approval: {mode: off}}\n")      # `true` needs nobody's yes
             cfg = dataclasses.replace(load_config(str(path)), home=Path(tmp))
             cfg.workspace.mkdir(exist_ok=True)
             ctx, times = Context(cfg, cfg.workspace), []

@@ -84,7 +84,8 @@ class Channel(Part, Network):
         A stranger is logged and told their id, at most once a day; the model never sees them.
         With the platform's message `key` and time `at` (epoch seconds) the inbox name is fixed,
         so the same message received again (after a crash, a redelivery) is dropped.
-        `metadata["sender_aliases"]` lists the sender's other names, which allow_from may hold."""
+        `metadata["sender_aliases"]` lists the sender's other names, which allow_from may hold;
+        `metadata["is_group"]` says whether the chat is a group (there, no MEMORY.md: SPEC §13)."""
         if not self.admits(sender_id, metadata):
             self._refuse(str(chat_id), str(sender_id), metadata)
             return False
