@@ -458,16 +458,17 @@ def cmd_memory(args):
         for n, path in enumerate(versions, 1):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
             print(f"{n:>3}  {when}  {path.stat().st_size:>8,} bytes  {path}")
-        print("(replaced at that time; restore one with: memory restore N)" if versions else
-              f"no versions yet: each rewrite of MEMORY.md keeps the one before in {mem.dir / 'versions'}")
+        print("(each was MEMORY.md until the time shown; `memory restore N` brings one back)"
+              if versions else f"no versions yet: each rewrite of MEMORY.md keeps the one before "
+              f"in {mem.dir / 'versions'}")
     elif not args.number or not 0 < args.number <= len(versions):
-        raise UserError(f"memory restore N: N is one of 1 to {len(versions)} (memory versions lists them)"
-                        if versions else "there are no versions of MEMORY.md to restore")
+        raise UserError(f"memory restore N: N is one of 1 to {len(versions)} (memory versions "
+                        "lists them)" if versions else "there are no versions of MEMORY.md to restore")
     else:
         try:
             text = read_inside(versions[args.number - 1], mem.workspace).decode("utf-8")
         except UnicodeDecodeError:
-            raise UserError(f"version {args.number} is not valid UTF-8 text; nothing was changed")
+            raise UserError(f"version {args.number} is not valid UTF-8; nothing was changed") from None
         if not mem.write(text):
             raise UserError(f"{mem.memory_file} cannot be read as text, so it is left as it is: "
                             "move it aside, then restore again")
