@@ -152,25 +152,26 @@ def recover(box: Path, requeue: bool = True) -> list[str]:
     for name in left if requeue else ():
         os.replace(box / "cur" / name, box / "new" / name)
     cutoff = time.time() - STALE_TMP_S
-    for folder in ("tmp", "cur"):           # cur/.NAME…tmp: an atomic_write cut off
-        for entry in os.scandir(box / folder) if (box / folder).is_dir() else ():
-            with suppress(OSError):         # gone already, or a folder someone put there
-                if (folder == "tmp" or entry.name.startswith(".")) and \
-                        entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
+    _sweep(box / "tmp", cutoff)
+    _sweep(box / "cur", cutoff, lambda name: name.startswith("."))  # cur/.NAME…tmp: atomic_write cut off
     return left
 
 
 def prune(box: Path, days: float, finals=("done", "sent")) -> int:
     """Delete messages older than `days` from the final folders; failed/ is kept for a person."""
-    cutoff, removed = time.time() - days * 86400, 0
-    for final in finals:
-        folder = Path(box) / final
-        for entry in os.scandir(folder) if folder.is_dir() else ():
-            with suppress(FileNotFoundError):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
+    return sum(_sweep(Path(box) / final, time.time() - days * 86400) for final in finals)
+
+
+def _sweep(folder: Path, cutoff: float, match=lambda name: True) -> int:
+    """Unlink the files in `folder` (never a folder: one may be someone's) last changed before
+    `cutoff` whose names match; how many went."""
+    removed = 0
+    for entry in os.scandir(folder) if folder.is_dir() else ():
+        with suppress(OSError):         # gone already
+            if match(entry.name) and not entry.is_dir(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
     return removed
 
 
