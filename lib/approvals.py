@@ -147,7 +147,21 @@ class Approvals:
     def expired(self) -> list[dict]:
         """Pending approvals past their time, claimed: each is answered "did not answer"."""
         now = time.time()
-        return [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
+        gone = [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
+        for record in gone:
+            log.info("approval %s expired unanswered", record["code"])
+        return gone
+
+    def settle(self, record: dict, verdict: str, agent, session, channel: str, chat_id: str):
+        """The parked call's result into the session: its output when the owner said yes, else
+        why it did not run. After a crash half-way (`again`) nothing is added: the turn's resume
+        says the call was cut off, so it never runs twice."""
+        if record.get("again"):
+            return
+        msg, call = record["msg"], record["call"]
+        content = run(agent, record, channel, chat_id) if verdict == "yes" else result(verdict)
+        session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                        "content": content, "id": msg["id"]})
 
     def next_expiry(self) -> float | None:
         times = [r.get("expires_at", 0) for r in self.pending()]

@@ -193,29 +193,19 @@ class Worker(Part):
         return session
 
     def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
-        """A parked turn goes on: the call's result (run now, or why not), then the model.
-        After a crash half-way (`again`), the call counts as cut off: it never runs twice."""
-        from lib import approvals
-        msg, call = record["msg"], record["call"]
-        session = self._session(*self._target(msg))
-        if not record.get("again"):
-            content = approvals.run(self.agent, record, *self._target(msg)) if verdict == "yes" \
-                else approvals.result(verdict)
-            session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
-                            "content": content, "id": msg["id"]})
-        return self._turn(msg, key, since, resume=True)
+        """A parked turn goes on from its call's result (approvals.settle), then the model."""
+        target = self._target(record["msg"])
+        self.approvals.settle(record, verdict, self.agent, self._session(*target), *target)
+        return self._turn(record["msg"], key, since, resume=True)
 
     def _expire(self):
-        """Approvals nobody answered in tools.approval.timeout_s: the turn goes on without."""
-        for record in self.approvals.expired():
-            log.info("approval %s expired unanswered", record["code"])
+        for record in self.approvals.expired():     # nobody answered in time: the turn goes on
             self.busy_since = time.monotonic()
             try:
                 self._continue(record, "timeout", f"approval-{record['code']}", record["asked_at"])
             except Exception:
                 log.exception("the turn parked as approval %s could not go on", record["code"])
-            finally:
-                self.busy_since = None
+        self.busy_since = None
 
     def _tell_waiting(self, msg, channel, chat_id, key, proactive, e):
         """Once per message, in its chat: the model is down, the message waits."""
