@@ -212,11 +212,7 @@ def load_config(explicit: str | None = None) -> Config:
     if lines.get("ignored"):
         log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
                     "ignored: %s", path, len(lines["ignored"]), ", ".join(lines["ignored"]))
-    email = cfg.channels.email          # mail addresses are compared lower-cased (SPEC §8)
-    channels = dataclasses.replace(cfg.channels, email=dataclasses.replace(
-        email, allow_from=[a.lower() for a in email.allow_from]))
-    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), channels=channels,
-                               path=path, home=home_dir())
+    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
 
 
 def _read(path: Path):
