@@ -17,6 +17,7 @@ from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, snake
 from lib.legacy import LEGACY_IGNORED, migrate
+from lib.mcp import McpServer
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Tools:
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
+    mcp_servers: dict[str, McpServer] = setting({})    # name -> server (SPEC §12, lib/mcp.py)
 
 
 @dataclass(frozen=True)
@@ -288,9 +290,11 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
-            fail(f"must be a mapping of names to strings, got {_show(value)}", at)
-        return {str(k): _expand(str(v)) for k, v in value.items()}
+        item = typing.get_args(typ)[1]      # str, or the settings of a named thing (McpServer)
+        if not isinstance(value, dict):
+            fail(f"must be a mapping of names to {'strings' if item is str else 'settings'}, "
+                 f"got {_show(value)}", at)
+        return {str(k): _value(item, fld, v, at + (str(k),), lines, file, fail) for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

@@ -1,0 +1,416 @@
+"""MCP servers as tools (SPEC §12): the tools of each server in tools.mcp_servers reach the model
+as mcp_<server>_<tool>, with the server's own input schema.
+
+The official SDK (`mcp`) is asyncio. Its clients live on one event loop in this part's thread; a
+tool call from the worker is handed across and waited for, never longer than the server's
+tool_timeout or the turn's deadline. A server is connected once (by the gateway, or in the CLI
+by the first turn), and its tools are listed only after it answered `initialize`; a
+notifications/tools/list_changed lists them again. One that fails to start or dies is logged
+with its last lines on stderr and started again after 5 s, then 10, 20 … up to 5 minutes; its
+tools are gone meanwhile and a call to one says why. The gateway keeps state/mcp.json for
+`status`. Nothing imports the SDK unless a server is configured and a turn or gateway needs it.
+"""
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from lib.errors import ConfigError, ToolError
+from lib.fields import setting
+from lib.part import Part
+
+log = logging.getLogger(__name__)
+FIRST_RETRY, MAX_RETRY = 5.0, 300.0     # seconds between restarts: doubling from the first
+START_TIMEOUT = 60.0    # to connect and initialize, and for list or ping (npx may download first)
+PING_S = 60.0           # an idle server is pinged this often, so that a dead one is noticed
+STDERR_LINES = 20       # the last lines of a server's stderr, logged when it fails
+MAX_TOOLS, MAX_PAGES = 100, 10          # per server
+MAX_SCHEMA, MAX_RESULT = 20000, 50000   # characters of one tool's schema, of one result
+
+
+@dataclass(frozen=True)
+class McpServer:
+    """tools.mcp_servers.NAME: a command (stdio), or a url (Streamable HTTP, else HTTP+SSE)."""
+    command: str = ""
+    args: list[str] = setting([])
+    env: dict[str, str] = setting({})   # its environment, besides PATH HOME USER LOGNAME SHELL TERM
+    cwd: str = ""                       # empty: the workspace
+    url: str = ""
+    headers: dict[str, str] = setting({})
+    type: str = setting("", "", "stdio", "sse", "streamableHttp")  # the original project's; sse: only SSE
+    tool_timeout: int = setting(30, low=1)
+    enabled_tools: list[str] = setting(["*"])   # its own tool names, or mcp_<server>_<tool>
+    sandbox: bool = False               # true: run it in the exec sandbox (bubblewrap)
+
+
+def _problem(s: McpServer) -> str:
+    if bool(s.command) == bool(s.url):
+        return "needs either command (a program speaking MCP on stdio) or url (an MCP server over " \
+               "HTTP)" + (", not both" if s.command else "")
+    return ""
+
+
+def _safe(name: str) -> str:
+    """What model APIs accept in a tool name: letters, digits, _ and -."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+class _Down(Exception):
+    """Why a connection ended or could not be made, said in one line."""
+
+
+def _reason(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:   # anyio's task groups wrap it
+        e = e.exceptions[0]
+    text = str(e) if isinstance(e, _Down) else f"{type(e).__name__}: {e}".rstrip(": ")
+    return " ".join(text.split())[:300]
+
+
+class _Server:
+    """One configured server: its settings, how it is, and (while it is up) its tools."""
+
+    def __init__(self, name: str, settings: McpServer):
+        self.name, self.settings, self.prefix = name, settings, f"mcp_{_safe(name)}_"
+        self.conn, self.tools, self.schemas = None, {}, []     # tools: exposed name -> its own
+        self.state, self.why, self.since, self.retry_at = "starting", "", time.time(), 0.0
+        self.stderr = collections.deque(maxlen=STDERR_LINES)
+        self.settled = threading.Event()    # its first start has succeeded or failed
+
+
+class _Conn:
+    """One connection to a server, and what its owner task is woken for."""
+
+    def __init__(self):
+        import asyncio
+        self.wake, self.ended = asyncio.Event(), asyncio.Event()
+        self.client, self.lost, self.stale, self.busy = None, "", False, 0
+
+    def end(self, why: str):
+        self.lost = self.lost or why
+        self.ended.set()
+        self.wake.set()
+
+    async def on_message(self, message):        # the SDK's message_handler
+        if getattr(message, "method", "") == "notifications/tools/list_changed":
+            self.stale = True
+            self.wake.set()
+
+
+class Servers(Part):
+    """The configured servers: a gateway part, and the tool registry's tools that come and go."""
+    name = "mcp"
+
+    def __init__(self, config):
+        super().__init__()
+        for name, s in config.tools.mcp_servers.items():
+            if _problem(s):
+                raise ConfigError(f"{config.path}: tools.mcp_servers.{name} {_problem(s)}")
+        self.config, self.loop, self._main, self.state_file = config, None, None, None
+        self.servers = [_Server(name, s) for name, s in config.tools.mcp_servers.items()]
+        self._lock = threading.Lock()
+
+    # --- the registry's side (the worker's thread) ---
+
+    def schemas(self) -> list:
+        """The tools of the servers that are up. The first call starts them (in the CLI) and
+        waits, a while, until each one has answered or failed."""
+        self.start(publish=False)
+        until = time.monotonic() + START_TIMEOUT
+        for srv in self.servers:
+            srv.settled.wait(max(0.0, until - time.monotonic()))
+        return [schema for srv in self.servers for schema in srv.schemas]
+
+    def call(self, ctx, name: str, arguments: dict) -> str:
+        import asyncio
+        srv = max((s for s in self.servers if name.startswith(s.prefix)),
+                  key=lambda s: len(s.prefix), default=None)
+        conn, tool = (srv.conn, srv.tools.get(name)) if srv else (None, None)
+        if conn is None or tool is None:
+            raise ToolError(self._missing(srv, name))
+        limit = srv.settings.tool_timeout
+        timeout = ctx.time_left(limit)
+        future = asyncio.run_coroutine_threadsafe(self._call(conn, tool, arguments), self.loop)
+        try:
+            result = future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            why = f"tools.mcp_servers.{srv.name}.tool_timeout" if timeout == limit else \
+                "the turn ran out of time, agents.defaults.turn_timeout_s"
+            raise ToolError(f"{name} gave no answer within {timeout:.0f} s ({why})") from None
+        except Exception as e:
+            raise ToolError(f"{name} failed: {_reason(e)}") from None
+        if result.is_error:
+            raise ToolError(_text(result) or f"{name} failed and did not say why")
+        return _text(result)
+
+    def _missing(self, srv, name: str) -> str:
+        if srv is None:
+            return f"there is no tool named {name!r}: no MCP server in tools.mcp_servers has it"
+        if srv.state == "starting":
+            return f"MCP server {srv.name} is still starting; try again in a moment"
+        if srv.conn is None:
+            return (f"MCP server {srv.name} is down ({srv.why}); it is started again at "
+                    f"{_clock(srv.retry_at)} and its tools are back once it answers")
+        return f"MCP server {srv.name} has no tool {name!r}; its tools: {', '.join(srv.tools) or 'none'}"
+
+    # --- the part: one thread running the event loop ---
+
+    def start(self, publish: bool = True):
+        """Connect every server (once). `publish`: the gateway's, which writes state/mcp.json."""
+        with self._lock:
+            if self._threads:
+                return
+            import asyncio
+            self.loop = asyncio.new_event_loop()
+            self.state_file = self.config.home / "state" / "mcp.json" if publish else None
+            super().start()
+            if not publish:
+                import atexit
+                atexit.register(self.stop)      # the CLI: servers end with it, cleanly
+
+    def stop(self, timeout: float = 10.0):
+        self.stopping.set()
+        if self.loop:
+            with contextlib.suppress(RuntimeError):     # the loop has closed already
+                self.loop.call_soon_threadsafe(lambda: self._main and self._main.cancel())
+        super().stop(timeout)
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
+
+    def _run(self):
+        import asyncio
+        try:
+            with contextlib.suppress(asyncio.CancelledError):   # stop()
+                self.loop.run_until_complete(self._serve_all())
+        finally:
+            rest = asyncio.all_tasks(self.loop)
+            for task in rest:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            self.loop.close()
+
+    async def _serve_all(self):
+        import asyncio
+        import warnings
+        from mcp import MCPDeprecationWarning
+        warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # ping, on old servers
+        if not log.isEnabledFor(logging.DEBUG):     # its tracebacks; we log one line a failure
+            logging.getLogger("mcp").setLevel(logging.CRITICAL)
+        self._main = asyncio.current_task()
+        if not self.stopping.is_set():
+            await asyncio.gather(*(self._serve(srv) for srv in self.servers))
+
+    async def _serve(self, srv: _Server):
+        """Keep one server connected: start it, and again after each failure, with back-off."""
+        import asyncio
+        delay = FIRST_RETRY
+        while True:
+            conn = _Conn()
+            try:
+                await self._session(srv, conn)
+            except Exception as e:
+                why = _reason(e)
+            if srv.settings.command:    # its last words on stderr, before they are logged
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.ended.wait(), 1.0)
+                why = conn.lost if conn.lost and why.endswith("Connection closed") else why
+            if srv.state == "up" and time.time() - srv.since > delay:
+                delay = FIRST_RETRY     # it ran a good while: a new failure, not a crash loop
+            srv.conn, srv.tools, srv.schemas = None, {}, []
+            srv.state, srv.why, srv.since, srv.retry_at = "down", why, time.time(), time.time() + delay
+            said = "\n    ".join(srv.stderr)
+            log.warning("MCP server %s is down: %s; starting it again in %g s%s", srv.name, why,
+                        delay, f". Its last lines on stderr:\n    {said}" if said else "")
+            self._publish()
+            srv.settled.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY)
+
+    async def _session(self, srv: _Server, conn: _Conn):
+        """One connection, from initialize until it fails (raises) or the part stops."""
+        import asyncio
+        async with contextlib.AsyncExitStack() as stack:
+            conn.client = await self._connect(srv, conn, stack)
+            await self._list(srv, conn)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.wake.wait(), PING_S)
+                conn.wake.clear()
+                if conn.lost:
+                    raise _Down(conn.lost)
+                if conn.stale:
+                    conn.stale = False
+                    await self._list(srv, conn)
+                elif not conn.busy:
+                    await conn.client.send_ping()
+
+    async def _connect(self, srv: _Server, conn: _Conn, stack):
+        """The SDK's client, initialized, over the first transport that works."""
+        from mcp import Client
+        s, errors = srv.settings, []
+        kinds = ["stdio"] if s.command else ["sse"] if s.type == "sse" else ["http", "sse"]
+        for kind in kinds:
+            attempt = contextlib.AsyncExitStack()
+            try:
+                with self._errlog(srv, conn) if kind == "stdio" else contextlib.nullcontext() as err:
+                    transport = await self._transport(srv, kind, attempt, err)
+                    client = await attempt.enter_async_context(Client(
+                        transport, mode="legacy", cache=None, read_timeout_seconds=START_TIMEOUT,
+                        message_handler=conn.on_message))
+            except Exception as e:
+                await attempt.aclose()
+                errors.append(_reason(e) if len(kinds) == 1 else f"{kind}: {_reason(e)}")
+                continue
+            await stack.enter_async_context(attempt)
+            return client
+        raise _Down("; ".join(errors))
+
+    async def _transport(self, srv: _Server, kind: str, stack, errlog):
+        s = srv.settings
+        if kind == "sse":
+            from mcp.client.sse import sse_client
+            return sse_client(s.url, headers=dict(s.headers), timeout=30)
+        if kind == "http":
+            from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+            http = await stack.enter_async_context(create_mcp_http_client(headers=dict(s.headers)))
+            return streamable_http_client(s.url, http_client=http)
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+        cwd = Path(os.path.expanduser(s.cwd or self.config.workspace))
+        cwd.mkdir(parents=True, exist_ok=True)      # the workspace, before onboard made it
+        argv = [os.path.expanduser(s.command), *s.args]
+        if s.sandbox:
+            from lib import sandbox
+            if sandbox.problem():
+                raise _Down(f"tools.mcp_servers.{srv.name}.sandbox is true, but "
+                            f"{sandbox.problem()}: {sandbox.FIX}")
+            argv = sandbox.bwrap_argv(self.config, self.config.workspace.resolve(), cwd,
+                                      "exec " + shlex.join(argv))
+        srv.stderr.clear()
+        # The SDK adds PATH, HOME, USER, LOGNAME, SHELL and TERM from ours; nothing else.
+        return stdio_client(StdioServerParameters(command=argv[0], args=argv[1:], env=dict(s.env),
+                                                  cwd=str(cwd)), errlog=errlog)
+
+    def _errlog(self, srv: _Server, conn: _Conn):
+        """A pipe for the server's stderr, read by a thread into srv.stderr; its end (the server
+        has exited) ends the connection. The file returned is our copy of the writing end."""
+        read, write = os.pipe()
+
+        def reader():
+            with open(read, "rb") as f:
+                for line in iter(lambda: f.readline(1000), b""):
+                    srv.stderr.append(line.decode(errors="replace").rstrip())
+                    log.debug("MCP server %s: %s", srv.name, srv.stderr[-1])
+            with contextlib.suppress(RuntimeError):     # the loop has closed
+                self.loop.call_soon_threadsafe(conn.end, "the server exited")
+        threading.Thread(target=reader, daemon=True, name=f"mcp-{srv.name}-stderr").start()
+        return open(write, "w")
+
+    async def _list(self, srv: _Server, conn: _Conn):
+        tools, cursor = [], None
+        for _ in range(MAX_PAGES):
+            page = await conn.client.list_tools(cursor=cursor)
+            tools, cursor = tools + page.tools, page.next_cursor
+            if not cursor:
+                break
+        enabled, names, schemas = srv.settings.enabled_tools, {}, []
+        for tool in tools:
+            exposed = f"{srv.prefix}{_safe(tool.name)}"[:64]
+            if not {"*", tool.name, exposed} & set(enabled):
+                continue
+            schema = _schema(exposed, tool)
+            if exposed in names or len(names) >= MAX_TOOLS or len(json.dumps(schema)) > MAX_SCHEMA:
+                log.warning("MCP server %s: tool %r left out (its name is taken, its schema is over "
+                            "%d characters, or the server has over %d tools)", srv.name, tool.name,
+                            MAX_SCHEMA, MAX_TOOLS)
+                continue
+            names[exposed] = tool.name
+            schemas.append(schema)
+        srv.conn, srv.tools, srv.schemas = conn, names, schemas
+        srv.state, srv.why, srv.since = "up", "", time.time()
+        log.info("MCP server %s is up with %d tool(s): %s", srv.name, len(names), ", ".join(names))
+        self._publish()
+        srv.settled.set()
+
+    async def _call(self, conn: _Conn, tool: str, arguments: dict):
+        conn.busy += 1
+        try:
+            return await conn.client.call_tool(tool, arguments)
+        except Exception:
+            conn.wake.set()     # a ping tells whether the server is still there
+            raise
+        finally:
+            conn.busy -= 1
+
+    def _publish(self):
+        """How each server is, for `status` (only the gateway's part keeps this file)."""
+        if not self.state_file:
+            return
+        from lib.maildir import atomic_write
+        servers = {s.name: {"state": s.state, "why": s.why, "tools": len(s.tools), "since": s.since,
+                            "retry_at": s.retry_at} for s in self.servers}
+        try:
+            atomic_write(self.state_file, json.dumps({"pid": os.getpid(), "servers": servers}))
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.state_file, e)
+
+
+def _schema(name: str, tool) -> dict:
+    params = {k: v for k, v in (tool.input_schema or {}).items() if k != "$schema"}
+    params.setdefault("type", "object")
+    params.setdefault("properties", {})
+    return {"type": "function", "function": {
+        "name": name, "description": " ".join((tool.description or tool.name).split())[:1000],
+        "parameters": params}}
+
+
+def _text(result) -> str:
+    """A tool result's text; other content is named, not shown."""
+    parts = []
+    for block in result.content:
+        text = getattr(block, "text", None)
+        text = getattr(getattr(block, "resource", None), "text", None) if text is None else text
+        parts.append(text if text is not None else f"[{block.type} "
+                     f"{getattr(block, 'mime_type', '') or getattr(block, 'uri', '')}, not shown]")
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    text = "\n".join(parts)
+    cut = len(text) - MAX_RESULT
+    return text if cut <= 0 else f"{text[:MAX_RESULT]}\n[... {cut} more characters cut]"
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def describe(config) -> list:
+    """For `status`: (up: True, False or None when unknown, line) for each configured server;
+    how it is comes from the running gateway's state/mcp.json."""
+    try:
+        state = json.loads((config.home / "state" / "mcp.json").read_text())
+        os.kill(state["pid"], 0)        # the gateway that wrote it still runs
+        state = state["servers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        state = {}
+    rows = []
+    for name, s in config.tools.mcp_servers.items():
+        st, how = state.get(name) or {}, s.url.split("?")[0] or s.command
+        if _problem(s):
+            up, text = False, _problem(s)
+        elif not st:
+            up, text = None, "not running (the gateway starts it)"
+        elif st.get("state") == "up":
+            up, text = True, f"up since {_clock(st['since'])}, {st['tools']} tool(s)"
+        elif st.get("state") == "down":
+            up, text = False, f"down: {st['why']}; next try at {_clock(st['retry_at'])}"
+        else:
+            up, text = None, "starting"
+        rows.append((up, f"{name:<11}{text}  [{how}{' in the sandbox' if s.sandbox else ''}]"))
+    return rows
