@@ -1,14 +1,10 @@
-"""MCP servers as tools (SPEC §12): the tools of each server in tools.mcp_servers reach the model
-as mcp_<server>_<tool>, with the server's own input schema.
+"""MCP servers as tools (SPEC §12): each server's tools reach the model as mcp_<server>_<tool>.
 
-The official SDK (`mcp`) is asyncio. Its clients live on one event loop in this part's thread; a
-tool call from the worker is handed across and waited for, never longer than the server's
-tool_timeout or the turn's deadline. A server is connected once (by the gateway, or in the CLI
-by the first turn), and its tools are listed only after it answered `initialize`; a
-notifications/tools/list_changed lists them again. One that fails to start or dies is logged
-with its last lines on stderr and started again after 5 s, then 10, 20 … up to 5 minutes; its
-tools are gone meanwhile and a call to one says why. The gateway keeps state/mcp.json for
-`status`. Nothing imports the SDK unless a server is configured and a turn or gateway needs it.
+The official SDK (`mcp`) is asyncio: its clients run on one event loop in this part's thread, and a
+tool call is handed across and waited for, never past tool_timeout or the turn's deadline. Tools
+are listed once a server answered `initialize`, and again on notifications/tools/list_changed. A
+server that fails is logged with its last stderr lines and started again after 5 s, 10 s, … up
+to 5 min; a call meanwhile says why. The SDK is imported only when a server is started.
 """
 import collections
 import contextlib
@@ -20,7 +16,7 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from lib.errors import ConfigError, ToolError
@@ -31,8 +27,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY, MAX_RETRY = 5.0, 300.0     # seconds between restarts: doubling from the first
 START_TIMEOUT = 60.0    # to connect and initialize, and for list or ping (npx may download first)
 PING_S = 60.0           # an idle server is pinged this often, so that a dead one is noticed
-STDERR_LINES = 20       # the last lines of a server's stderr, logged when it fails
-MAX_TOOLS, MAX_PAGES = 100, 10          # per server
+MAX_TOOLS, MAX_PAGES, STDERR_LINES = 100, 10, 20        # per server
 MAX_SCHEMA, MAX_RESULT = 20000, 50000   # characters of one tool's schema, of one result
 
 
@@ -80,7 +75,7 @@ class _Server:
     def __init__(self, name: str, settings: McpServer):
         self.name, self.settings, self.prefix = name, settings, f"mcp_{_safe(name)}_"
         self.conn, self.tools, self.schemas = None, {}, []     # tools: exposed name -> its own
-        self.state, self.why, self.since, self.retry_at = "starting", "", time.time(), 0.0
+        self.up, self.status, self.since = None, "starting", time.time()    # for status and calls
         self.stderr = collections.deque(maxlen=STDERR_LINES)
         self.settled = threading.Event()    # its first start has succeeded or failed
 
@@ -91,7 +86,7 @@ class _Conn:
     def __init__(self):
         import asyncio
         self.wake, self.ended = asyncio.Event(), asyncio.Event()
-        self.client, self.lost, self.stale, self.busy = None, "", False, 0
+        self.client, self.lost, self.stale, self.calls = None, "", False, set()   # calls: tasks
 
     def end(self, why: str):
         self.lost = self.lost or why
@@ -99,7 +94,7 @@ class _Conn:
         self.wake.set()
 
     async def on_message(self, message):        # the SDK's message_handler
-        if getattr(message, "method", "") == "notifications/tools/list_changed":
+        if getattr(getattr(message, "root", None), "method", "") == "notifications/tools/list_changed":
             self.stale = True
             self.wake.set()
 
@@ -130,6 +125,7 @@ class Servers(Part):
 
     def call(self, ctx, name: str, arguments: dict) -> str:
         import asyncio
+        self.schemas()      # started, and each server's first answer waited for
         srv = max((s for s in self.servers if name.startswith(s.prefix)),
                   key=lambda s: len(s.prefix), default=None)
         conn, tool = (srv.conn, srv.tools.get(name)) if srv else (None, None)
@@ -145,20 +141,18 @@ class Servers(Part):
             why = f"tools.mcp_servers.{srv.name}.tool_timeout" if timeout == limit else \
                 "the turn ran out of time, agents.defaults.turn_timeout_s"
             raise ToolError(f"{name} gave no answer within {timeout:.0f} s ({why})") from None
-        except Exception as e:
-            raise ToolError(f"{name} failed: {_reason(e)}") from None
-        if result.is_error:
+        except Exception as e:      # cancelled: the server went down during the call
+            why = f"MCP server {srv.name} is {srv.status}" if future.cancelled() else _reason(e)
+            raise ToolError(f"{name} failed: {why}") from None
+        if result.isError:
             raise ToolError(_text(result) or f"{name} failed and did not say why")
         return _text(result)
 
     def _missing(self, srv, name: str) -> str:
         if srv is None:
             return f"there is no tool named {name!r}: no MCP server in tools.mcp_servers has it"
-        if srv.state == "starting":
-            return f"MCP server {srv.name} is still starting; try again in a moment"
-        if srv.conn is None:
-            return (f"MCP server {srv.name} is down ({srv.why}); it is started again at "
-                    f"{_clock(srv.retry_at)} and its tools are back once it answers")
+        if not srv.up:
+            return f"MCP server {srv.name} is {srv.status}; its tools come when it answers"
         return f"MCP server {srv.name} has no tool {name!r}; its tools: {', '.join(srv.tools) or 'none'}"
 
     # --- the part: one thread running the event loop ---
@@ -168,9 +162,8 @@ class Servers(Part):
         with self._lock:
             if self._threads:
                 return
-            import asyncio
-            self.loop = asyncio.new_event_loop()
             self.state_file = self.config.home / "state" / "mcp.json" if publish else None
+            self._publish()
             super().start()
             if not publish:
                 import atexit
@@ -178,35 +171,22 @@ class Servers(Part):
 
     def stop(self, timeout: float = 10.0):
         self.stopping.set()
-        if self.loop:
-            with contextlib.suppress(RuntimeError):     # the loop has closed already
-                self.loop.call_soon_threadsafe(lambda: self._main and self._main.cancel())
+        with contextlib.suppress(AttributeError, RuntimeError):    # not started, or over already
+            self.loop.call_soon_threadsafe(self._main.cancel)
         super().stop(timeout)
-        if self.state_file:
-            self.state_file.unlink(missing_ok=True)
 
     def _run(self):
         import asyncio
-        try:
-            with contextlib.suppress(asyncio.CancelledError):   # stop()
-                self.loop.run_until_complete(self._serve_all())
-        finally:
-            rest = asyncio.all_tasks(self.loop)
-            for task in rest:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
-            self.loop.close()
+        with contextlib.suppress(asyncio.CancelledError):   # stop()
+            asyncio.run(self._serve_all())
 
     async def _serve_all(self):
         import asyncio
-        import warnings
-        from mcp import MCPDeprecationWarning
-        warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # ping, on old servers
         if not log.isEnabledFor(logging.DEBUG):     # its tracebacks; we log one line a failure
             logging.getLogger("mcp").setLevel(logging.CRITICAL)
-        self._main = asyncio.current_task()
-        if not self.stopping.is_set():
-            await asyncio.gather(*(self._serve(srv) for srv in self.servers))
+        self.loop, self._main = asyncio.get_running_loop(), asyncio.current_task()
+        if not self.stopping.is_set():          # (stop() came before the loop)
+            await asyncio.gather(*(self._serve(srv) for srv in self.servers), return_exceptions=True)
 
     async def _serve(self, srv: _Server):
         """Keep one server connected: start it, and again after each failure, with back-off."""
@@ -222,15 +202,14 @@ class Servers(Part):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(conn.ended.wait(), 1.0)
                 why = conn.lost if conn.lost and why.endswith("Connection closed") else why
-            if srv.state == "up" and time.time() - srv.since > delay:
+            if srv.up and time.time() - srv.since > delay:
                 delay = FIRST_RETRY     # it ran a good while: a new failure, not a crash loop
-            srv.conn, srv.tools, srv.schemas = None, {}, []
-            srv.state, srv.why, srv.since, srv.retry_at = "down", why, time.time(), time.time() + delay
             said = "\n    ".join(srv.stderr)
             log.warning("MCP server %s is down: %s; starting it again in %g s%s", srv.name, why,
                         delay, f". Its last lines on stderr:\n    {said}" if said else "")
-            self._publish()
-            srv.settled.set()
+            self._set(srv, None, False, f"down: {why}; next try at {_clock(time.time() + delay)}")
+            for task in conn.calls:     # no answer can come now
+                task.cancel()
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY)
 
@@ -249,28 +228,27 @@ class Servers(Part):
                 if conn.stale:
                     conn.stale = False
                     await self._list(srv, conn)
-                elif not conn.busy:
+                elif not conn.calls:
                     await conn.client.send_ping()
 
     async def _connect(self, srv: _Server, conn: _Conn, stack):
-        """The SDK's client, initialized, over the first transport that works."""
-        from mcp import Client
+        """The SDK's session, initialized, over the first transport that works."""
+        from mcp import ClientSession
         s, errors = srv.settings, []
         kinds = ["stdio"] if s.command else ["sse"] if s.type == "sse" else ["http", "sse"]
         for kind in kinds:
-            attempt = contextlib.AsyncExitStack()
-            try:
-                with self._errlog(srv, conn) if kind == "stdio" else contextlib.nullcontext() as err:
-                    transport = await self._transport(srv, kind, attempt, err)
-                    client = await attempt.enter_async_context(Client(
-                        transport, mode="legacy", cache=None, read_timeout_seconds=START_TIMEOUT,
-                        message_handler=conn.on_message))
+            try:    # a failing transport cancels this task; leaving its `async with` says why
+                async with contextlib.AsyncExitStack() as attempt:
+                    with self._errlog(srv, conn) if kind == "stdio" else contextlib.nullcontext() as err:
+                        streams = await attempt.enter_async_context(
+                            await self._transport(srv, kind, attempt, err))
+                        client = await attempt.enter_async_context(ClientSession(
+                            *streams[:2], timedelta(seconds=START_TIMEOUT), message_handler=conn.on_message))
+                        await client.initialize()
+                    await stack.enter_async_context(attempt.pop_all())
+                    return client
             except Exception as e:
-                await attempt.aclose()
                 errors.append(_reason(e) if len(kinds) == 1 else f"{kind}: {_reason(e)}")
-                continue
-            await stack.enter_async_context(attempt)
-            return client
         raise _Down("; ".join(errors))
 
     async def _transport(self, srv: _Server, kind: str, stack, errlog):
@@ -282,7 +260,7 @@ class Servers(Part):
             from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
             http = await stack.enter_async_context(create_mcp_http_client(headers=dict(s.headers)))
             return streamable_http_client(s.url, http_client=http)
-        from mcp.client.stdio import StdioServerParameters, stdio_client
+        from mcp import StdioServerParameters, stdio_client
         cwd = Path(os.path.expanduser(s.cwd or self.config.workspace))
         cwd.mkdir(parents=True, exist_ok=True)      # the workspace, before onboard made it
         argv = [os.path.expanduser(s.command), *s.args]
@@ -314,10 +292,11 @@ class Servers(Part):
         return open(write, "w")
 
     async def _list(self, srv: _Server, conn: _Conn):
+        from mcp.types import PaginatedRequestParams
         tools, cursor = [], None
         for _ in range(MAX_PAGES):
-            page = await conn.client.list_tools(cursor=cursor)
-            tools, cursor = tools + page.tools, page.next_cursor
+            page = await conn.client.list_tools(params=cursor and PaginatedRequestParams(cursor=cursor))
+            tools, cursor = tools + page.tools, page.nextCursor
             if not cursor:
                 break
         enabled, names, schemas = srv.settings.enabled_tools, {}, []
@@ -333,37 +312,45 @@ class Servers(Part):
                 continue
             names[exposed] = tool.name
             schemas.append(schema)
-        srv.conn, srv.tools, srv.schemas = conn, names, schemas
-        srv.state, srv.why, srv.since = "up", "", time.time()
+        srv.tools, srv.schemas = names, schemas
         log.info("MCP server %s is up with %d tool(s): %s", srv.name, len(names), ", ".join(names))
-        self._publish()
-        srv.settled.set()
+        self._set(srv, conn, True, f"up since {_clock(srv.since if srv.up else time.time())}, "
+                  f"{len(names)} tool(s)")
 
     async def _call(self, conn: _Conn, tool: str, arguments: dict):
-        conn.busy += 1
+        import asyncio
+        conn.calls.add(asyncio.current_task())
         try:
             return await conn.client.call_tool(tool, arguments)
         except Exception:
             conn.wake.set()     # a ping tells whether the server is still there
             raise
         finally:
-            conn.busy -= 1
+            conn.calls.discard(asyncio.current_task())
+
+    def _set(self, srv: _Server, conn, up: bool, status: str):
+        """A server is up (on `conn`) or down: for calls, for the first turn (which waits for
+        this) and for `status` (state/mcp.json, which only the gateway's part keeps)."""
+        if up is not srv.up:
+            srv.since = time.time()
+        srv.conn, srv.up, srv.status = conn, up, status
+        if not up:
+            srv.tools, srv.schemas = {}, []
+        srv.settled.set()
+        self._publish()
 
     def _publish(self):
-        """How each server is, for `status` (only the gateway's part keeps this file)."""
-        if not self.state_file:
-            return
-        from lib.maildir import atomic_write
-        servers = {s.name: {"state": s.state, "why": s.why, "tools": len(s.tools), "since": s.since,
-                            "retry_at": s.retry_at} for s in self.servers}
-        try:
-            atomic_write(self.state_file, json.dumps({"pid": os.getpid(), "servers": servers}))
-        except OSError as e:
-            log.warning("cannot write %s: %s", self.state_file, e)
+        if self.state_file:
+            from lib.maildir import atomic_write
+            state = {s.name: [s.up, s.status] for s in self.servers}
+            try:
+                atomic_write(self.state_file, json.dumps({"pid": os.getpid(), "servers": state}))
+            except OSError as e:
+                log.warning("cannot write %s: %s", self.state_file, e)
 
 
 def _schema(name: str, tool) -> dict:
-    params = {k: v for k, v in (tool.input_schema or {}).items() if k != "$schema"}
+    params = {k: v for k, v in (tool.inputSchema or {}).items() if k != "$schema"}
     params.setdefault("type", "object")
     params.setdefault("properties", {})
     return {"type": "function", "function": {
@@ -378,9 +365,9 @@ def _text(result) -> str:
         text = getattr(block, "text", None)
         text = getattr(getattr(block, "resource", None), "text", None) if text is None else text
         parts.append(text if text is not None else f"[{block.type} "
-                     f"{getattr(block, 'mime_type', '') or getattr(block, 'uri', '')}, not shown]")
-    if not parts and result.structured_content is not None:
-        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+                     f"{getattr(block, 'mimeType', '') or getattr(block, 'uri', '')}, not shown]")
+    if not parts and result.structuredContent is not None:
+        parts.append(json.dumps(result.structuredContent, ensure_ascii=False))
     text = "\n".join(parts)
     cut = len(text) - MAX_RESULT
     return text if cut <= 0 else f"{text[:MAX_RESULT]}\n[... {cut} more characters cut]"
@@ -391,8 +378,8 @@ def _clock(ts: float) -> str:
 
 
 def describe(config) -> list:
-    """For `status`: (up: True, False or None when unknown, line) for each configured server;
-    how it is comes from the running gateway's state/mcp.json."""
+    """For `status`: (up: True, False or None when not known, line) for each configured server,
+    as the running gateway's state/mcp.json says."""
     try:
         state = json.loads((config.home / "state" / "mcp.json").read_text())
         os.kill(state["pid"], 0)        # the gateway that wrote it still runs
@@ -401,16 +388,8 @@ def describe(config) -> list:
         state = {}
     rows = []
     for name, s in config.tools.mcp_servers.items():
-        st, how = state.get(name) or {}, s.url.split("?")[0] or s.command
-        if _problem(s):
-            up, text = False, _problem(s)
-        elif not st:
-            up, text = None, "not running (the gateway starts it)"
-        elif st.get("state") == "up":
-            up, text = True, f"up since {_clock(st['since'])}, {st['tools']} tool(s)"
-        elif st.get("state") == "down":
-            up, text = False, f"down: {st['why']}; next try at {_clock(st['retry_at'])}"
-        else:
-            up, text = None, "starting"
-        rows.append((up, f"{name:<11}{text}  [{how}{' in the sandbox' if s.sandbox else ''}]"))
+        up, text = [False, _problem(s)] if _problem(s) else \
+            state.get(name) or [None, "not running (the gateway starts it)"]
+        how = (s.url.split("?")[0] or s.command) + (" in the sandbox" if s.sandbox else "")
+        rows.append((up, f"{name:<11}{text}  [{how}]"))
     return rows

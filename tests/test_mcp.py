@@ -49,13 +49,14 @@ def tools(home):
 
 @pytest.fixture
 def http_server():
-    """http_server(mode) starts the fake server over HTTP (streamable-http or sse); its port."""
+    """http_server(mode[, port]) starts the fake server over HTTP (streamable-http or sse) and
+    returns (port, process)."""
     procs = []
 
-    def start(mode):
+    def start(mode, port=0):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port = port or s.getsockname()[1]
         procs.append(subprocess.Popen([sys.executable, str(FAKE), mode, str(port)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
@@ -63,7 +64,7 @@ def http_server():
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
         wait_for(listening, what=f"the MCP server on port {port}")
-        return port
+        return port, procs[-1]
     yield start
     for p in procs:
         p.kill()
@@ -143,8 +144,8 @@ def test_a_server_that_exits_at_once_is_logged_and_restarted_with_back_off(tools
         assert "mcp_fake_echo" in mcp_names(registry)
         assert not any(n.startswith("mcp_dead_") for n in mcp_names(registry))
         out = registry.call("mcp_dead_echo", {"text": "x"}, ctx)
-        assert out.startswith("Error: MCP server dead is down (the server exited); it is started "
-                              "again at ") and out.endswith("and its tools are back once it answers")
+        assert out.startswith("Error: MCP server dead is down: the server exited; next try at ")
+        assert out.endswith("; its tools come when it answers")
 
         def downs():
             said = [r.getMessage() for r in caplog.records if "MCP server dead is down" in r.getMessage()]
@@ -211,19 +212,36 @@ def test_a_sandboxed_server_without_bubblewrap_is_down_and_says_why(tools, monke
     registry, ctx = tools({"boxed": stdio(sandbox=True)})
     assert mcp_names(registry) == set()
     assert registry.call("mcp_boxed_echo", {"text": "x"}, ctx).startswith(
-        f"Error: MCP server boxed is down (tools.mcp_servers.boxed.sandbox is true, but "
+        f"Error: MCP server boxed is down: tools.mcp_servers.boxed.sandbox is true, but "
         f"{tmp_path / 'no' / 'bwrap'} is not installed: install bubblewrap")
 
 
 @pytest.mark.parametrize("mode, path", [("streamable-http", "/mcp"), ("sse", "/sse")])
 def test_http_servers_get_the_configured_headers_and_old_sse_ones_the_fallback(
         tools, http_server, mode, path):
-    port = http_server(mode)
+    port, _ = http_server(mode)
     registry, ctx = tools({"web": {"url": f"http://127.0.0.1:{port}{path}",
                                    "headers": {"X-Token": "t0k"}}})
     assert "mcp_web_echo" in mcp_names(registry)
     assert registry.call("mcp_web_echo", {"text": mode}, ctx) == f"echo: {mode}"
     assert registry.call("mcp_web_header", {"name": "x-token"}, ctx) == "t0k"
+
+
+def test_an_http_server_that_dies_fails_the_call_at_once_and_is_reached_again(
+        tools, http_server, fast_retry, caplog):
+    port, proc = http_server("streamable-http")
+    registry, ctx = tools({"web": {"url": f"http://127.0.0.1:{port}/mcp"}})
+    assert registry.call("mcp_web_echo", {"text": "a"}, ctx) == "echo: a"
+    with caplog.at_level(logging.WARNING, logger="lib.mcp"):
+        proc.kill()
+        proc.wait()
+        out = registry.call("mcp_web_echo", {"text": "b"}, ctx)      # tool_timeout: 30 s
+        assert out.startswith("Error: ") and "gave no answer" not in out
+        wait_for(lambda: any("MCP server web is down: " in r.getMessage() for r in caplog.records),
+                 what="the death noticed")
+    http_server("streamable-http", port)
+    wait_for(lambda: registry.call("mcp_web_echo", {"text": "c"}, ctx) == "echo: c",
+             what="the server reached again")
 
 
 def test_an_http_server_that_is_not_there_is_down(tools):
@@ -233,7 +251,7 @@ def test_an_http_server_that_is_not_there_is_down(tools):
     registry, ctx = tools({"gone": {"url": f"http://127.0.0.1:{port}/mcp"}})
     assert mcp_names(registry) == set()
     out = registry.call("mcp_gone_echo", {}, ctx)
-    assert out.startswith("Error: MCP server gone is down (http: ConnectError: ") and "; sse: " in out
+    assert out.startswith("Error: MCP server gone is down: http: ConnectError: ") and "; sse: " in out
 
 
 def test_a_server_needs_a_command_or_a_url(home):

@@ -1,5 +1,5 @@
-"""A real MCP server built with the official SDK's high-level server (FastMCP, called MCPServer
-since mcp 2), for the tests of lib/mcp.py. Run it as a program:
+"""A real MCP server built with the official SDK's FastMCP, for the tests of lib/mcp.py and the
+bench. Run it as a program:
 
     python tests/fakes/mcp_server.py stdio
     python tests/fakes/mcp_server.py streamable-http PORT
@@ -14,10 +14,10 @@ import asyncio
 import os
 import sys
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
 
-server = MCPServer("fake")
+server = FastMCP("fake", log_level="WARNING")
 
 
 @server.tool()
@@ -81,4 +81,5 @@ if __name__ == "__main__":
     if mode == "stdio":
         server.run("stdio")
     else:
-        server.run(mode, host="127.0.0.1", port=int(sys.argv[2]))
+        server.settings.port = int(sys.argv[2])
+        server.run(mode)
