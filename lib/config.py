@@ -292,8 +292,7 @@ def _value(typ, fld, value, at, lines, file, fail):
             return {}
         item = typing.get_args(typ)[1]      # str, or the settings of a named thing (McpServer)
         if not isinstance(value, dict):
-            fail(f"must be a mapping of names to {'strings' if item is str else 'settings'}, "
-                 f"got {_show(value)}", at)
+            fail(f"must be a mapping of names to {'strings' if item is str else 'settings'}, got {_show(value)}", at)
         return {str(k): _value(item, fld, v, at + (str(k),), lines, file, fail) for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value

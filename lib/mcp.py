@@ -126,8 +126,8 @@ class Servers(Part):
     def call(self, ctx, name: str, arguments: dict) -> str:
         import asyncio
         self.schemas()      # started, and each server's first answer waited for
-        srv = max((s for s in self.servers if name.startswith(s.prefix)),
-                  key=lambda s: len(s.prefix), default=None)
+        srv = next((s for s in self.servers if name in s.tools), None) or max(
+            (s for s in self.servers if name.startswith(s.prefix)), key=lambda s: len(s.prefix), default=None)
         conn, tool = (srv.conn, srv.tools.get(name)) if srv else (None, None)
         if conn is None or tool is None:
             raise ToolError(self._missing(srv, name))
@@ -198,6 +198,8 @@ class Servers(Part):
                 await self._session(srv, conn)
             except Exception as e:
                 why = _reason(e)
+            if self.stopping.is_set():      # the SDK's clean-up may have turned stop()'s cancel
+                return                      # into an error of its own
             if srv.settings.command:    # its last words on stderr, before they are logged
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(conn.ended.wait(), 1.0)
@@ -300,16 +302,18 @@ class Servers(Part):
             if not cursor:
                 break
         enabled, names, schemas = srv.settings.enabled_tools, {}, []
+        taken = {name for other in self.servers if other is not srv for name in other.tools}
         for tool in tools:
             exposed = f"{srv.prefix}{_safe(tool.name)}"[:64]
             if not {"*", tool.name, exposed} & set(enabled):
                 continue
             schema = _schema(exposed, tool)
-            if exposed in names or len(names) >= MAX_TOOLS or len(json.dumps(schema)) > MAX_SCHEMA:
+            if exposed in taken or len(names) >= MAX_TOOLS or len(json.dumps(schema)) > MAX_SCHEMA:
                 log.warning("MCP server %s: tool %r left out (its name is taken, its schema is over "
                             "%d characters, or the server has over %d tools)", srv.name, tool.name,
                             MAX_SCHEMA, MAX_TOOLS)
                 continue
+            taken.add(exposed)
             names[exposed] = tool.name
             schemas.append(schema)
         srv.tools, srv.schemas = names, schemas

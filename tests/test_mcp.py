@@ -124,11 +124,30 @@ def test_the_turns_deadline_bounds_a_call_too(tools):
     assert "ran out of time" in registry.call("mcp_fake_echo", {"text": "x"}, ctx)
 
 
+def test_a_server_that_never_answers_initialize_is_down_not_waited_for(tools, monkeypatch):
+    monkeypatch.setattr(mcp, "START_TIMEOUT", 1)
+    registry, ctx = tools({"mute": {"command": "sleep", "args": ["60"]}})
+
+    def failed():
+        out = registry.call("mcp_mute_echo", {}, ctx)
+        return None if "is starting" in out else out
+    out = wait_for(failed, what="the first start to fail")
+    assert out.startswith("Error: MCP server mute is down: ") and "Timed out" in out, out
+
+
 def test_enabled_tools_takes_the_servers_names_or_ours(tools):
     registry, ctx = tools({"fake": stdio(enabled_tools=["echo", "mcp_fake_env"])})
     assert mcp_names(registry) == {"mcp_fake_echo", "mcp_fake_env"}
     assert registry.call("mcp_fake_fail", {"why": "x"}, ctx) == \
         "Error: MCP server fake has no tool 'mcp_fake_fail'; its tools: mcp_fake_echo, mcp_fake_env"
+
+
+def test_two_servers_never_offer_the_model_one_name_twice(tools, caplog):
+    registry, ctx = tools({"x.y": stdio(), "x_y": stdio()})        # both are mcp_x_y_*
+    names = [s["function"]["name"] for s in registry.schemas()]
+    assert len(names) == len(set(names)) and "mcp_x_y_echo" in names
+    assert "left out (its name is taken" in caplog.text
+    assert registry.call("mcp_x_y_echo", {"text": "once"}, ctx) == "echo: once"
 
 
 def test_a_name_no_server_has_says_so(tools):

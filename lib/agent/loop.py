@@ -58,8 +58,7 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
 
 
 def agent_tools(config) -> Registry:
-    """The tools a conversation gets: all of them, less exec when tools.exec.enable is false, and
-    those of the MCP servers in tools.mcp_servers."""
+    """The tools a conversation gets: all (exec if tools.exec.enable), and the MCP servers'."""
     tools = default_registry(exclude=() if config.tools.exec.enable else ("exec",))
     tools.more = Servers(config) if config.tools.mcp_servers else None
     return tools

@@ -89,8 +89,8 @@ class Registry:
         if fn is None and more is None:
             return f"Error: there is no tool named {name!r}. Available: {', '.join(self.tools)}"
         try:
-            result = more.call(ctx, name, json_arguments(name, arguments)) if more else \
-                fn(ctx, **_parse_args(fn, arguments))
+            args = json_arguments(name, arguments)
+            result = more.call(ctx, name, args) if more else fn(ctx, **_parse_args(fn, args))
         except ToolError as e:
             return f"Error: {e}"
         except Exception as e:     # a tool bug must not end the turn either
@@ -110,8 +110,7 @@ def json_arguments(tool: str, arguments) -> dict:
     return arguments
 
 
-def _parse_args(fn, arguments) -> dict:
-    arguments = json_arguments(fn.__name__, arguments)
+def _parse_args(fn, arguments: dict) -> dict:
     params = list(inspect.signature(fn).parameters.values())[1:]
     names = {p.name: p for p in params}
     unknown = [k for k in arguments if k not in names]
