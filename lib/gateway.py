@@ -113,8 +113,8 @@ class Gateway:
         self._config_mtime = _mtime(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        mcp = [self.agent.tools.more] if self.agent.tools.more else []     # up before a turn asks
-        self.parts = [*mcp, self.worker, *self.channels, *self._optional_parts(), *self._web(),
+        mcp = getattr(getattr(self.agent, "tools", None), "more", None)  # MCP servers: up first
+        self.parts = [*filter(None, [mcp]), self.worker, *self.channels, *self._optional_parts(), *self._web(),
                       self.watcher]     # started last, stopped first: nothing wakes a stopped part
 
     def _optional_parts(self):

@@ -12,11 +12,9 @@ import json
 import logging
 import os
 import re
-import shlex
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from lib.errors import ConfigError, ToolError
@@ -47,10 +45,8 @@ class McpServer:
 
 
 def _problem(s: McpServer) -> str:
-    if bool(s.command) == bool(s.url):
-        return "needs either command (a program speaking MCP on stdio) or url (an MCP server over " \
-               "HTTP)" + (", not both" if s.command else "")
-    return ""
+    return "" if bool(s.command) != bool(s.url) else "needs either command (a program speaking " \
+        "MCP on stdio) or url (an MCP server over HTTP)" + (", not both" if s.command else "")
 
 
 def _safe(name: str) -> str:
@@ -235,6 +231,8 @@ class Servers(Part):
 
     async def _connect(self, srv: _Server, conn: _Conn, stack):
         """The SDK's session, initialized, over the first transport that works."""
+        from datetime import timedelta
+
         from mcp import ClientSession
         s, errors = srv.settings, []
         kinds = ["stdio"] if s.command else ["sse"] if s.type == "sse" else ["http", "sse"]
@@ -262,6 +260,8 @@ class Servers(Part):
             from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
             http = await stack.enter_async_context(create_mcp_http_client(headers=dict(s.headers)))
             return streamable_http_client(s.url, http_client=http)
+        import shlex
+
         from mcp import StdioServerParameters, stdio_client
         cwd = Path(os.path.expanduser(s.cwd or self.config.workspace))
         cwd.mkdir(parents=True, exist_ok=True)      # the workspace, before onboard made it
@@ -363,22 +363,20 @@ def _schema(name: str, tool) -> dict:
 
 
 def _text(result) -> str:
-    """A tool result's text; other content is named, not shown."""
-    parts = []
-    for block in result.content:
-        text = getattr(block, "text", None)
-        text = getattr(getattr(block, "resource", None), "text", None) if text is None else text
-        parts.append(text if text is not None else f"[{block.type} "
-                     f"{getattr(block, 'mimeType', '') or getattr(block, 'uri', '')}, not shown]")
-    if not parts and result.structuredContent is not None:
-        parts.append(json.dumps(result.structuredContent, ensure_ascii=False))
-    text = "\n".join(parts)
+    """A tool result's text; other content (an image, a file) is named, not shown."""
+    def one(b):
+        text = b.text if b.type == "text" else getattr(getattr(b, "resource", None), "text", None)
+        return text if text is not None else \
+            f"[{b.type} {getattr(b, 'mimeType', '') or getattr(b, 'uri', '')}, not shown]"
+    text = "\n".join(map(one, result.content))
+    if not text and result.structuredContent is not None:
+        text = json.dumps(result.structuredContent, ensure_ascii=False)
     cut = len(text) - MAX_RESULT
     return text if cut <= 0 else f"{text[:MAX_RESULT]}\n[... {cut} more characters cut]"
 
 
 def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+    return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
 def describe(config) -> list:

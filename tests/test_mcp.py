@@ -95,6 +95,13 @@ def test_an_is_error_result_comes_back_as_an_error(tools):
     assert out.startswith("Error: ") and "it broke: the disk is full" in out
 
 
+def test_text_is_returned_other_content_named_and_the_size_bounded(tools):
+    registry, ctx = tools({"fake": stdio()})
+    assert registry.call("mcp_fake_picture", {}, ctx) == "here it is\n[image image/png, not shown]"
+    out = registry.call("mcp_fake_big", {"size": mcp.MAX_RESULT + 1234}, ctx)
+    assert out == "x" * mcp.MAX_RESULT + "\n[... 1234 more characters cut]"
+
+
 def test_bad_arguments_are_an_error_the_model_can_read(tools):
     registry, ctx = tools({"fake": stdio()})
     registry.schemas()
@@ -302,7 +309,7 @@ def test_a_gateway_turn_calls_an_mcp_tool_and_status_names_a_down_server(gateway
                                       "name": "mcp_fake_echo", "content": "echo: from the model"}
 
     servers = run_cli("status").stdout.split("\nmcp servers\n")[1].splitlines()
-    assert servers[0].startswith("  ✓ fake       up since ") and " 8 tool(s)  [" in servers[0]
+    assert servers[0].startswith("  ✓ fake       up since ") and " 10 tool(s)  [" in servers[0]
     assert servers[1].startswith("  ✗ dead       down: the server exited; next try at ")
     assert "fatal: the fake server was told to exit at once" in gateway.logs()
     assert gateway.term() == 0

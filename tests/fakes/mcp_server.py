@@ -7,14 +7,14 @@ bench. Run it as a program:
     python tests/fakes/mcp_server.py exit          # says why on stderr and exits at once
 
 Tools: echo, fail (an isError result), slow (sleeps), env (its environment's names), where (the
-files it sees), pid, header (an HTTP request header), grow (adds the tool `extra` and says so
-with notifications/tools/list_changed).
+files it sees), picture (text and an image), big (a long text), pid, header (an HTTP request
+header), grow (adds the tool `extra` and says so with notifications/tools/list_changed).
 """
 import asyncio
 import os
 import sys
 
-from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp import Context, FastMCP, Image
 from mcp.server.fastmcp.exceptions import ToolError
 
 server = FastMCP("fake", log_level="WARNING")
@@ -49,6 +49,18 @@ def env() -> str:
 def where(path: str) -> str:
     """Whether `path` exists for this server, and its working folder."""
     return f"{'exists' if os.path.exists(path) else 'missing'} in {os.getcwd()}"
+
+
+@server.tool()
+def picture() -> list:
+    """A text and an image."""
+    return ["here it is", Image(data=b"\x89PNG\r\n\x1a\n", format="png")]
+
+
+@server.tool()
+def big(size: int) -> str:
+    """`size` characters."""
+    return "x" * size
 
 
 @server.tool()
