@@ -89,7 +89,7 @@ class Registry:
         if fn is None and more is None:
             return f"Error: there is no tool named {name!r}. Available: {', '.join(self.tools)}"
         try:
-            args = json_arguments(name, arguments)
+            args = _json_object(name, arguments)
             result = more.call(ctx, name, args) if more else fn(ctx, **_parse_args(fn, args))
         except ToolError as e:
             return f"Error: {e}"
@@ -99,7 +99,7 @@ class Registry:
         return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
 
 
-def json_arguments(tool: str, arguments) -> dict:
+def _json_object(tool: str, arguments) -> dict:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments or "{}")
