@@ -70,7 +70,7 @@ class _Server:
 
     def __init__(self, name: str, settings: McpServer):
         self.name, self.settings, self.prefix = name, settings, f"mcp_{_safe(name)}_"
-        self.conn, self.tools, self.schemas = None, {}, []     # tools: exposed name -> its own
+        self.conn, self.tools = None, {}    # tools: exposed name -> (its own name, our schema)
         self.up, self.status, self.since = None, "starting", time.time()    # for status and calls
         self.stderr = collections.deque(maxlen=STDERR_LINES)
         self.settled = threading.Event()    # its first start has succeeded or failed
@@ -117,15 +117,15 @@ class Servers(Part):
         until = time.monotonic() + START_TIMEOUT
         for srv in self.servers:
             srv.settled.wait(max(0.0, until - time.monotonic()))
-        return [schema for srv in self.servers for schema in srv.schemas]
+        return [schema for srv in self.servers for _, schema in srv.tools.values()]
 
     def call(self, ctx, name: str, arguments: dict) -> str:
         import asyncio
         self.schemas()      # started, and each server's first answer waited for
         srv = next((s for s in self.servers if name in s.tools), None) or max(
             (s for s in self.servers if name.startswith(s.prefix)), key=lambda s: len(s.prefix), default=None)
-        conn, tool = (srv.conn, srv.tools.get(name)) if srv else (None, None)
-        if conn is None or tool is None:
+        conn, tool = (srv.conn, srv.tools.get(name, ("",))[0]) if srv else (None, "")
+        if conn is None or not tool:
             raise ToolError(self._missing(srv, name))
         limit = srv.settings.tool_timeout
         timeout = ctx.time_left(limit)
@@ -301,7 +301,7 @@ class Servers(Part):
             tools, cursor = tools + page.tools, page.nextCursor
             if not cursor:
                 break
-        enabled, names, schemas = srv.settings.enabled_tools, {}, []
+        enabled, names = srv.settings.enabled_tools, {}
         taken = {name for other in self.servers if other is not srv for name in other.tools}
         for tool in tools:
             exposed = f"{srv.prefix}{_safe(tool.name)}"[:64]
@@ -309,14 +309,12 @@ class Servers(Part):
                 continue
             schema = _schema(exposed, tool)
             if exposed in taken or len(names) >= MAX_TOOLS or len(json.dumps(schema)) > MAX_SCHEMA:
-                log.warning("MCP server %s: tool %r left out (its name is taken, its schema is over "
-                            "%d characters, or the server has over %d tools)", srv.name, tool.name,
-                            MAX_SCHEMA, MAX_TOOLS)
+                log.warning("MCP server %s: tool %r left out (name taken, schema too long, or over "
+                            "%d tools)", srv.name, tool.name, MAX_TOOLS)
                 continue
             taken.add(exposed)
-            names[exposed] = tool.name
-            schemas.append(schema)
-        srv.tools, srv.schemas = names, schemas
+            names[exposed] = (tool.name, schema)
+        srv.tools = names
         log.info("MCP server %s is up with %d tool(s): %s", srv.name, len(names), ", ".join(names))
         self._set(srv, conn, True, f"up since {_clock(srv.since if srv.up else time.time())}, "
                   f"{len(names)} tool(s)")
@@ -339,7 +337,7 @@ class Servers(Part):
             srv.since = time.time()
         srv.conn, srv.up, srv.status = conn, up, status
         if not up:
-            srv.tools, srv.schemas = {}, []
+            srv.tools = {}
         srv.settled.set()
         self._publish()
 
