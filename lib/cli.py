@@ -198,6 +198,11 @@ def cmd_status(args):
         if name == "email" and ch.enabled and not ch.authserv_id:
             from lib.channels import EMAIL_FORGEABLE
             print(f"    {term.style('warning', 'yellow')}: {EMAIL_FORGEABLE}")
+    if cfg.tools.mcp_servers:
+        from lib.mcp import describe
+        print("\nmcp servers")
+        for up, line in describe(cfg):
+            print(f"  {yes if up else term.style('✗', 'red') if up is False else no} {line}")
 
 
 def _gateway_state(home: Path) -> str:

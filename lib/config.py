@@ -18,6 +18,7 @@ from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, settings, snake
 from lib.legacy import LEGACY_IGNORED, migrate
+from lib.mcp import McpServer
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Tools:
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
+    mcp_servers: dict[str, McpServer] = setting({})    # name -> server (SPEC §12, lib/mcp.py)
 
 
 @settings
@@ -308,10 +310,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
+        item = typing.get_args(typ)[1]      # str, or the settings of a named thing (McpServer)
         if not isinstance(value, dict):
             fail(f"must be a mapping (name: value), got {_show(value)}", at)
-        return {str(k): _value(typing.get_args(typ)[1], fld, v, at + (str(k),), lines, file, fail)
-                for k, v in value.items()}
+        return {str(k): _value(item, fld, v, at + (str(k),), lines, file, fail) for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

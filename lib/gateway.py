@@ -114,8 +114,9 @@ class Gateway:
         self._config_stamp = maildir.stamp(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web(),
-                      self.watcher]     # started last, stopped first: nothing wakes a stopped part
+        mcp = getattr(getattr(self.agent, "tools", None), "more", None)  # MCP servers: up first
+        self.parts = [*filter(None, [mcp]), self.worker, *self.channels, *self._optional_parts(),
+                      *self._web(), self.watcher]   # the watcher last: nothing wakes a stopped part
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
