@@ -118,8 +118,16 @@ class Approvals:
         log.info("approval %s asked in %s:%s: %s", code, *to, need.question)
         return record
 
-    def parked_for(self, msg_id: str) -> dict | None:
-        return next((r for r in self.pending() if r["msg"].get("id") == msg_id), None)
+    def park_task(self, need: ApprovalNeeded, job: dict) -> str:
+        """A background task's question, to the owner (else the chat that started it); its code."""
+        from lib.mail import post_outbox
+        from lib.usage import owner
+        to = owner(self.config) or (job["origin"]["channel"], job["origin"]["chat_id"])
+        msg = {"id": job["id"], "channel": "system", "chat_id": f"subagent:{job['id']}",
+               "text": job["task"], "metadata": {"kind": "subagent", "task_id": job["id"]}}
+        record = self.park(need, msg, to)
+        post_outbox(self.config.home, *to, f"Background task '{job['label']}': {record['question']}")
+        return record["code"]
 
     def answer(self, msg: dict, again: bool = False) -> tuple[dict | None, str]:
         """For "yes CODE" / "no CODE": (the claimed record, "yes" or "no"), or (None, why not);

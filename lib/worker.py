@@ -194,6 +194,8 @@ class Worker(Part):
 
     def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
         """A parked turn goes on from its call's result (approvals.settle), then the model."""
+        if record["msg"].get("metadata", {}).get("kind") == "subagent":   # a background task goes on
+            return self.agent.services.spawn.resume(record, verdict)  # in a thread of its own
         target = self._target(record["msg"])
         self.approvals.settle(record, verdict, self.agent, self._session(*target), *target)
         return self._turn(record["msg"], key, since, resume=True)
