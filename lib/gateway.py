@@ -172,16 +172,11 @@ class Gateway:
         return False
 
     def _web(self) -> list:
-        """The HTTP server on gateway.host:port, unless port is 0 or the port is taken."""
-        g = self.config.gateway
-        if not g.port:
+        """The web page and the API on gateway.host:port (SPEC §11), unless port is 0."""
+        if not self.config.gateway.port:
             return []
-        from lib.web.server import WebServer
-        try:
-            return [WebServer(g.host, g.port, lambda: self.healthy(say=False))]
-        except OSError as e:
-            log.warning("no HTTP server: cannot listen on %s:%d (%s)", g.host, g.port, e.strerror)
-            return []
+        from lib.web.server import serve
+        return serve(self)
 
     def _outbox_changed(self):
         for channel in self.channels:

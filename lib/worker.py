@@ -122,15 +122,15 @@ class Worker(Part):
         try:
             reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id), session,
                                        resume=recovered)
-        except ProviderError as e:
-            reply = str(e)
+        except ProviderError as e:        # said to the user; marked, so the API answers 502
+            reply, msg["metadata"] = str(e), dict(msg.get("metadata", {}), error="model")
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
             if not (isinstance(e, OSError) and e.errno in FULL):    # a full disk: it waits in cur/
                 self._sessions.pop(f"{channel}:{chat_id}", None)
                 post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
                             "while answering this. The message is kept in inbox/failed/ and the "
-                            "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
-                            key=path.stem)
+                            "error is in the log.", reply_to=msg["id"], key=path.stem,
+                            metadata=dict(msg.get("metadata", {}), error="internal"))
             raise
         meta = msg.get("metadata", {})
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
