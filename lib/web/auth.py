@@ -174,7 +174,7 @@ def write_token(path: Path, token: str) -> str:
     except yaml.YAMLError as e:
         return f"not valid YAML ({getattr(e, 'problem', e)})"
     if not done:
-        return "gateway.token is written in a way this cannot edit; set it by hand"
+        return "gateway.token is written in a way this cannot edit (a ${VAR} that is empty?); set it by hand"
     maildir.atomic_write(path, new, stat.S_IMODE(os.stat(path).st_mode))
     return ""
 

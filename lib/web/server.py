@@ -38,10 +38,10 @@ def serve(gateway) -> list:
     other machines can reach, with no token, stops start-up (UserError: exit 2)."""
     g = gateway.config.gateway
     token = ensure_token(gateway.config) if loopback(g.host) else g.token
-    if not token:
+    if not token and not loopback(g.host):
         raise UserError(f"gateway.host is {g.host}, which other machines can reach, and "
                         "gateway.token is empty: run `python nanoclaw.py onboard` to make one "
-                        "(or set gateway.host: 127.0.0.1)")
+                        "(or set gateway.host: 127.0.0.1 and use an SSH tunnel)")
     try:
         return [WebServer(gateway, token)]
     except OSError as e:
