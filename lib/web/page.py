@@ -23,8 +23,9 @@ def _overview(web, req):
     parts = [{"name": p.name, "alive": p.alive(), "connected": _connected(p)} for p in gw.parts]
     queues = {box: {f: _count(home / box / f) for f in folders} for box, folders in
               (("inbox", ("new", "cur", "failed")), ("outbox", ("new", "cur", "failed")))}
+    off = [n for n in gw.config.channels.__dataclass_fields__ if not getattr(gw.config.channels, n).enabled]
     req.send_json({"healthy": gw.healthy(say=False), "model": gw.config.agents.defaults.model,
-                   "parts": parts, "queues": queues})
+                   "parts": parts, "queues": queues, "channels_off": off})
 
 
 def _connected(part):

@@ -102,7 +102,8 @@ const LOAD = {
       el("strong", {}, p.name), " ",
       el("span", {class: p.alive ? "ok" : "bad"}, p.alive ? "running" : "stopped"),
       p.connected === null || p.connected === undefined ? "" :
-        el("span", {class: p.connected ? "ok" : "bad"}, p.connected ? ", connected" : ", not connected"))));
+        el("span", {class: p.connected ? "ok" : "bad"}, p.connected ? ", connected" : ", not connected"))),
+      el("li", {}, el("strong", {}, "chat apps not enabled: "), o.channels_off.join(", ") || "none"));
   },
   async queues() {
     const [o, failed] = await Promise.all([call("/ui/overview"), call("/ui/failed")]);
@@ -172,7 +173,7 @@ const LOAD = {
       limit(Number(u.cost_usd.toFixed(4)), u.limits.daily_usd, "USD"),
       el("h3", {}, "By source"),
       el("ul", {class: "cards"}, ...(sources.length ? sources.map(([name, s]) =>
-        el("li", {}, `${name}: ${s.calls} calls, ${s.tokens.toLocaleString()} tokens, $${s.cost_usd.toFixed(4)}`))
+        el("li", {}, `${name}: ${s.calls} call${s.calls === 1 ? "" : "s"}, ${s.tokens.toLocaleString()} tokens, $${s.cost_usd.toFixed(4)}`))
         : [el("li", {}, "none")])));
   },
   async approvals() {
