@@ -1,6 +1,7 @@
 """The OpenAI-compatible API and the token rules (SPEC §11), through the real gateway in a
 subprocess, with the official openai client and raw HTTP where the client hides the wire."""
 import http.client
+import os
 import json
 import socket
 import threading
@@ -264,3 +265,42 @@ def _refused(port) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
         return s.recv(100).startswith(b"HTTP/1.0 503")
+
+
+# --- the page's actions, hostile input included ---
+
+def test_failed_messages_are_retried_or_dropped_by_name_only(web, home):
+    auth = {"Authorization": f"Bearer {web.token}"}
+    failed = home / "outbox" / "failed"
+    failed.mkdir(parents=True, exist_ok=True)
+    (failed / "telegram.1.1.1.json").write_text(json.dumps(
+        {"id": "telegram.1.1.1", "channel": "telegram", "chat_id": "42", "text": "hi",
+         "error": "HTTP 502 from Telegram"}))
+    os.mkfifo(failed / "telegram.2.2.2.json")
+    listed = json.loads(web.raw("GET", "/ui/failed", headers=auth)[2])["outbox"]
+    assert [(f["name"], f["reason"]) for f in listed] == [
+        ("telegram.2.2.2.json", ""), ("telegram.1.1.1.json", "HTTP 502 from Telegram")]
+    for name in ("../../config.yaml", "telegram.1.1.1.json.error", "nope.json"):
+        assert web.raw("POST", "/ui/failed", {"box": "outbox", "name": name, "action": "drop"},
+                       auth)[0] == 404
+    assert (home / "config.yaml").exists()
+    # the FIFO is never opened: it cannot be retried, only dropped
+    assert web.raw("POST", "/ui/failed", {"box": "outbox", "name": "telegram.2.2.2.json",
+                                          "action": "retry"}, auth)[0] == 400
+    assert web.raw("POST", "/ui/failed", {"box": "outbox", "name": "telegram.2.2.2.json",
+                                          "action": "drop"}, auth)[0] == 200
+    # retried: back into outbox/new without its old error; telegram is not running here, so
+    # the gateway files it in failed/ again, with today's reason
+    assert web.raw("POST", "/ui/failed", {"box": "outbox", "name": "telegram.1.1.1.json",
+                                          "action": "retry"}, auth)[0] == 200
+    error = wait_for(lambda: (failed / "telegram.1.1.1.json.error").exists() and
+                     (failed / "telegram.1.1.1.json.error").read_text(), what="filed again")
+    assert "not running" in error and "error" not in json.loads((failed / "telegram.1.1.1.json").read_text())
+
+
+def test_a_transcript_is_read_only_from_the_sessions_folder(web, home):
+    auth = {"Authorization": f"Bearer {web.token}"}
+    for name in ("../config.yaml", "..%2Fconfig.yaml", "%00.jsonl", ".hidden.jsonl"):
+        status, _, body = web.raw("GET", f"/ui/session?name={name}", headers=auth)
+        assert status in (400, 200) and b"token" not in body, name
+        assert status == 400 or json.loads(body) == [], name

@@ -8,6 +8,7 @@ import stat
 from datetime import datetime
 
 from lib import maildir
+from lib.mail import MAX_BYTES
 from lib.sessions import session_path
 from lib.web.auth import HttpError
 
@@ -67,14 +68,14 @@ def _failed_entry(folder, name) -> dict:
     return entry
 
 
-def _peek(path) -> tuple[bytes, str]:
+def _peek(path, limit: int = PEEK) -> tuple[bytes, str]:
     """The start of a regular file, never following a link nor opening a FIFO; and its kind."""
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             return b"", "not a regular file"
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-            return f.read(PEEK), "file"
+            return f.read(limit), "file"
     except OSError:
         return b"", "missing"
 
@@ -94,8 +95,11 @@ def _failed_action(web, req):
         if _peek(path)[1] != "file":
             raise HttpError(400, "only a regular file can be tried again", "invalid_request_error")
         if box == "outbox":             # the channel sends it again, from the part it stopped at
-            msg = json.loads(_peek(path)[0] or b"{}")
-            msg.pop("error", None)
+            try:
+                msg = json.loads(_peek(path, MAX_BYTES)[0])
+                msg.pop("error", None)
+            except (ValueError, AttributeError):
+                raise HttpError(400, "not an outbox message (unreadable JSON)", "invalid_request_error") from None
             maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
         try:
             maildir.rename_new(path, web.gateway.home / box / "new" / name)
@@ -139,7 +143,7 @@ def _iso(epoch: float) -> str:
 def _session(web, req):
     name = req.query.get("name", "")
     folder = web.gateway.home / "sessions"
-    if "/" in name or name.startswith(".") or not name.endswith(".jsonl"):
+    if "/" in name or "\0" in name or name.startswith(".") or not name.endswith(".jsonl"):
         raise HttpError(400, "name a session file, e.g. web_page.jsonl", "invalid_request_error")
     req.send_json(transcript(folder / name))
 
@@ -171,8 +175,9 @@ def shown(msg: dict) -> dict:
     content = msg.get("content")
     if isinstance(content, list):
         content = " ".join(p.get("text", "[image]") for p in content if isinstance(p, dict))
-    calls = [f"{(c.get('function') or {}).get('name', '?')}({(c.get('function') or {}).get('arguments', '')[:300]})"
-             for c in msg.get("tool_calls") or () if isinstance(c, dict)]
+    calls = [f"{f.get('name', '?')}({str(f.get('arguments', ''))[:300]})" for f in
+             (c.get("function") or {} for c in msg.get("tool_calls") or () if isinstance(c, dict))
+             if isinstance(f, dict)]
     return {"role": str(msg.get("role")), "text": str(content or "")[:20000], "calls": calls,
             "name": str(msg.get("name") or ""), "time": str(msg.get("timestamp") or ""),
             "id": str(msg.get("id") or "")}

@@ -156,6 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error_json(e)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass                        # the client went away; nothing to tell it
+        except Exception as e:          # a bug: logged, and the client told so in one line
+            log.exception("web: %s %s failed", method, url.path)
+            try:
+                self.send_error_json(HttpError(500, f"internal error: {type(e).__name__}", "internal_error"))
+            except OSError:
+                pass
 
     def _login(self, login: bool):
         guard = self.web.guard
