@@ -37,7 +37,7 @@ def site(home, llm, gateway, tmp_path):
     failed = home / "inbox" / "failed"
     failed.mkdir(parents=True)
     (failed / "00000000000000000001.1.0001.json").write_text("{broken")
-    (failed / "00000000000000000001.1.0001.json.error").write_text("not valid JSON: Expecting property name\n")
+    (failed / "00000000000000000001.1.0001.json.error").write_text("not valid JSON: Expecting a name\n")
     (failed / "00000000000000000002.1.0001.json").write_text(
         json.dumps({"channel": "local", "chat_id": "t", "text": "retry me"}))
     (failed / "00000000000000000002.1.0001.json.error").write_text("internal error: boom\n")
@@ -116,7 +116,8 @@ def test_login_chat_and_every_section_on_a_phone(site, llm, home, shots):
     page.wait(f"{text('#chat-log')}.includes('Your folder holds the memory.')")
     log = page.js(text("#chat-log"))
     assert "what is in my folder?" in log and "list_dir" in log
-    done = [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")]
+    done = wait_for(lambda: [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")],
+                    what="the chat message done")
     assert [(m["channel"], m["chat_id"]) for m in done] == [("web", "page")]
     assert page.js(WIDE_ENOUGH)
     page.screenshot(shots / "01-chat.png")

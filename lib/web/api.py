@@ -11,7 +11,7 @@ import time
 
 from lib import maildir
 from lib.mail import post_inbox
-from lib.web.auth import HttpError
+from lib.web.auth import HttpError, bad_request
 
 MODEL = "nanoclaw"
 MAX_TEXT = 512 * 1024       # what one message may carry (an inbox file holds at most 1 MiB)
@@ -39,9 +39,9 @@ class Exchange:
              metadata=None) -> str:
         """The inbox message's key (its file name): its reply's file name carries it."""
         if not text.strip():
-            raise HttpError(400, "the message is empty", "invalid_request_error")
+            raise bad_request("the message is empty")
         if len(text.encode("utf-8", "replace")) > MAX_TEXT:
-            raise HttpError(413, f"the message is over {MAX_TEXT // 1024} KiB", "invalid_request_error")
+            raise bad_request(f"the message is over {MAX_TEXT // 1024} KiB", 413)
         msg = {"channel": channel, "chat_id": chat_id, "sender_id": channel, "text": text,
                "metadata": metadata or {}}
         path = post_inbox(self.home, msg, name)
@@ -94,8 +94,7 @@ def _completions(web, req):
     text = _last_user_text(body.get("messages"))
     user = body.get("user") or "default"
     if not isinstance(user, str) or len(user) > 128:
-        raise HttpError(400, "'user' names the session: a string of at most 128 characters",
-                        "invalid_request_error")
+        raise bad_request("'user' names the session: a string of at most 128 characters")
     model = body.get("model") if isinstance(body.get("model"), str) else MODEL
     again = req.headers.get("Idempotency-Key")
     name = "api-" + hashlib.sha256(f"{user}\0{again}".encode()).hexdigest()[:32] if again else None
@@ -151,7 +150,7 @@ def _answer(reply: dict | None, limit: int) -> str:
 def _last_user_text(messages) -> str:
     """SPEC §11: the last user message is the input; the session keeps the history."""
     if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "'messages' must be a non-empty list", "invalid_request_error")
+        raise bad_request("'messages' must be a non-empty list")
     for msg in reversed(messages):
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
@@ -160,8 +159,8 @@ def _last_user_text(messages) -> str:
                                     if isinstance(p, dict) and p.get("type") == "text")
             if isinstance(content, str) and content.strip():
                 return content
-            raise HttpError(400, "the last user message has no text", "invalid_request_error")
-    raise HttpError(400, "no message with role 'user' in 'messages'", "invalid_request_error")
+            raise bad_request("the last user message has no text")
+    raise bad_request("no message with role 'user' in 'messages'")
 
 
 ROUTES = {("GET", "/v1/models"): _models, ("POST", "/v1/chat/completions"): _completions}

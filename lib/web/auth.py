@@ -28,6 +28,10 @@ class HttpError(Exception):
         self.status, self.code, self.headers = status, code, headers or {}
 
 
+def bad_request(message: str, status: int = 400) -> HttpError:
+    return HttpError(status, message, "invalid_request_error")
+
+
 def loopback(host: str) -> bool:
     """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host.lower() in ("localhost", "localhost."):

@@ -10,7 +10,7 @@ from datetime import datetime
 from lib import maildir
 from lib.mail import MAX_BYTES
 from lib.sessions import session_path
-from lib.web.auth import HttpError
+from lib.web.auth import HttpError, bad_request
 
 CHAT = "page"
 LIST_MAX = 200              # entries a list shows (the newest)
@@ -84,22 +84,22 @@ def _failed_action(web, req):
     body = req.body()
     box, name, action = body.get("box"), body.get("name"), body.get("action")
     if box not in ("inbox", "outbox") or action not in ("retry", "drop"):
-        raise HttpError(400, "expected box inbox|outbox and action retry|drop", "invalid_request_error")
+        raise bad_request("expected box inbox|outbox and action retry|drop")
     folder = web.gateway.home / box / "failed"
     if name not in maildir.waiting(web.gateway.home / box, folder="failed") or name.endswith(".error"):
         raise HttpError(404, f"no failed message {str(name)[:100]!r} in {box}", "not_found")
     path = folder / name
     if stat.S_ISDIR(os.lstat(path).st_mode):
-        raise HttpError(400, f"{box}/failed/{name} is a folder; remove it by hand", "invalid_request_error")
+        raise bad_request(f"{box}/failed/{name} is a folder; remove it by hand")
     if action == "retry":
         if _peek(path)[1] != "file":
-            raise HttpError(400, "only a regular file can be tried again", "invalid_request_error")
+            raise bad_request("only a regular file can be tried again")
         if box == "outbox":             # the channel sends it again, from the part it stopped at
             try:
                 msg = json.loads(_peek(path, MAX_BYTES)[0])
                 msg.pop("error", None)
             except (ValueError, AttributeError):
-                raise HttpError(400, "not an outbox message (unreadable JSON)", "invalid_request_error") from None
+                raise bad_request("not an outbox message (unreadable JSON)") from None
             maildir.atomic_write(path, json.dumps(msg, ensure_ascii=False))
         try:
             maildir.rename_new(path, web.gateway.home / box / "new" / name)
@@ -144,7 +144,7 @@ def _session(web, req):
     name = req.query.get("name", "")
     folder = web.gateway.home / "sessions"
     if "/" in name or "\0" in name or name.startswith(".") or not name.endswith(".jsonl"):
-        raise HttpError(400, "name a session file, e.g. web_page.jsonl", "invalid_request_error")
+        raise bad_request("name a session file, e.g. web_page.jsonl")
     req.send_json(transcript(folder / name))
 
 
@@ -204,7 +204,8 @@ def _cron(web, req):
         jobs = service.jobs()
     except CronError as e:
         raise HttpError(500, str(e), "cron_error") from None
-    req.send_json([{"id": j["id"], "name": str(j.get("name", "")), "message": str(j.get("message", ""))[:2000],
+    req.send_json([{"id": j["id"], "name": str(j.get("name", "")),
+                    "message": str(j.get("message", ""))[:2000],
                     "schedule": describe(j.get("schedule") or {}), "enabled": bool(j.get("enabled")),
                     "next_run": service.local(j.get("next_run")) if j.get("enabled") else "",
                     "last_status": str(j.get("last_status") or "")} for j in jobs])
@@ -217,7 +218,7 @@ def _cron_action(web, req):
     do = {"enable": lambda: service.enable(job, True), "disable": lambda: service.enable(job, False),
           "run": lambda: service.run_now(job), "remove": lambda: service.remove(job)}.get(action)
     if do is None:
-        raise HttpError(400, "action must be enable, disable, run or remove", "invalid_request_error")
+        raise bad_request("action must be enable, disable, run or remove")
     try:
         do()
     except CronError as e:
@@ -289,7 +290,7 @@ def _approve(web, req):
     body = req.body()
     code, answer = str(body.get("code", "")), body.get("answer")
     if answer not in ("yes", "no"):
-        raise HttpError(400, "answer must be yes or no", "invalid_request_error")
+        raise bad_request("answer must be yes or no")
     park = next((a for a in pending_approvals(web.gateway.home) if a["code"] == code), None)
     if park is None:
         raise HttpError(404, f"no pending approval with code {code[:20]!r}", "not_found")
@@ -312,7 +313,7 @@ def _chat_history(web, req):
 def _chat(web, req):
     text = req.body().get("text")
     if not isinstance(text, str):
-        raise HttpError(400, "expected {\"text\": \"...\"}", "invalid_request_error")
+        raise bad_request("expected {\"text\": \"...\"}")
     key = web.exchange.post("web", CHAT, text)
     path = session_path(web.gateway.home, "web", CHAT)
     seen = [path.stat().st_size if path.exists() else 0, b""]

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lib.errors import UserError
 from lib.part import Part
-from lib.web.auth import Guard, HttpError, check_origin, ensure_token, loopback
+from lib.web.auth import Guard, HttpError, bad_request, check_origin, ensure_token, loopback
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 32
@@ -170,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_json({"ok": True}, headers={"Set-Cookie": guard.logout_cookie()})
         token = self.body().get("token")
         if not isinstance(token, str):
-            raise HttpError(400, "expected {\"token\": \"...\"}", "invalid_request_error")
+            raise bad_request("expected {\"token\": \"...\"}")
         cookie = guard.login_cookie(token.strip(), self.client_address[0])
         self.send_json({"ok": True}, headers={"Set-Cookie": cookie})
 
@@ -192,9 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             obj = json.loads(self.rfile.read(size) or b"{}")
         except (ValueError, RecursionError):
-            raise HttpError(400, "the body is not valid JSON", "invalid_request_error") from None
+            raise bad_request("the body is not valid JSON") from None
         if not isinstance(obj, dict):
-            raise HttpError(400, "the body must be a JSON object", "invalid_request_error")
+            raise bad_request("the body must be a JSON object")
         return obj
 
     def send_bytes(self, status: int, raw: bytes, ctype: str, headers=None):

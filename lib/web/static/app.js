@@ -235,7 +235,7 @@ async function send(text) {
       const obj = JSON.parse(data);
       if (name === "step") {
         const step = line(obj, "step");
-        log.insertBefore(step, waiting);
+        if (waiting.parentNode) log.insertBefore(step, waiting); else log.append(step);
         if (obj.role === "assistant" && !obj.calls.length) waiting.remove();
       } else if (name === "reply") {
         waiting.remove();
