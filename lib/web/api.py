@@ -95,10 +95,10 @@ def _completions(web, req):
     user = body.get("user") or "default"
     if not isinstance(user, str) or len(user) > 128:
         raise bad_request("'user' names the session: a string of at most 128 characters")
-    model = body.get("model") if isinstance(body.get("model"), str) else MODEL
+    model = body["model"][:100] if isinstance(body.get("model"), str) else MODEL
     again = req.headers.get("Idempotency-Key")
     name = "api-" + hashlib.sha256(f"{user}\0{again}".encode()).hexdigest()[:32] if again else None
-    key = web.exchange.post("api", user, text, name, {"api_model": model[:100]})
+    key = web.exchange.post("api", user, text, name, {"api_model": model})
     created, cid = int(time.time()), f"chatcmpl-{key}"
     limit = web.gateway.config.gateway.api_timeout_s
     if body.get("stream") is True:
