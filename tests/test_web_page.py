@@ -33,7 +33,7 @@ def site(home, llm, gateway, tmp_path):
     approval; and a browser tab the size of a phone, on the page, not logged in."""
     memory = home / "workspace" / "memory" / "MEMORY.md"
     memory.parent.mkdir(parents=True)
-    memory.write_text("# Facts\n- The owner's cat is called Miso.\n")
+    memory.write_text("# Facts\n- The owner's cat is called Miso.\n- " + "unbroken" * 40 + "\n")
     failed = home / "inbox" / "failed"
     failed.mkdir(parents=True)
     (failed / "00000000000000000001.1.0001.json").write_text("{broken")
@@ -50,7 +50,8 @@ def site(home, llm, gateway, tmp_path):
          "ok": True})))
     (home / "state" / "approvals").mkdir(parents=True)
     (home / "state" / "approvals" / "4821.json").write_text(json.dumps(
-        {"code": "4821", "command": "rm -rf build/", "cwd": "workspace/", "channel": "local",
+        {"code": "4821", "command": "rm -rf build/ /a/very/long/path/" + "x" * 200, "cwd": "workspace/",
+         "channel": "local",
          "chat_id": "owner", "sender_id": "me", "expires_at": "2099-01-01T00:00:00Z"}))
     w = Web(home, llm, "")
     w.gateway = gateway
@@ -154,6 +155,7 @@ def test_login_chat_and_every_section_on_a_phone(site, llm, home, shots):
 
     page.js("location.hash = '#memory'")
     page.wait(f"{text('#memory-text')}.includes('Miso')")
+    assert page.js(WIDE_ENOUGH)             # a long unbroken line wraps, the page does not widen
     page.screenshot(shots / "05-memory.png")
 
     page.js("location.hash = '#cron'")
