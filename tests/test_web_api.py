@@ -304,3 +304,21 @@ def test_a_transcript_is_read_only_from_the_sessions_folder(web, home):
         status, _, body = web.raw("GET", f"/ui/session?name={name}", headers=auth)
         assert status in (400, 200) and b"token" not in body, name
         assert status == 400 or json.loads(body) == [], name
+
+
+def test_the_parts_say_whether_each_chat_app_is_connected(home, llm, gateway):
+    from tests.fakes.telegram_server import TOKEN, FakeTelegram
+    with FakeTelegram() as tg:
+        w = Web(home, llm, f"channels:\n  telegram: {{enabled: true, token: '{TOKEN}', "
+                           f"api_base: '{tg.api_base}', allow_from: [alice]}}\n")
+        w.gateway = gateway
+        w.start()
+        auth = {"Authorization": f"Bearer {w.token}"}
+
+        def telegram():
+            parts = json.loads(w.raw("GET", "/ui/overview", headers=auth)[2])["parts"]
+            return next(p for p in parts if p["name"] == "telegram")
+        assert wait_for(lambda: telegram()["connected"], what="telegram connected")
+        overview = json.loads(w.raw("GET", "/ui/overview", headers=auth)[2])
+        assert telegram()["alive"] and "telegram" not in overview["channels_off"]
+        assert "slack" in overview["channels_off"] and overview["healthy"]
