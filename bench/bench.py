@@ -75,10 +75,13 @@ def bench(prog, env, cwd, runs, server):
 
 
 def user_env(home: Path, **extra) -> dict:
-    """This environment with a private HOME, no API keys or settings, and no way off the machine."""
+    """This environment with a private HOME, no API keys or settings, and no way off the machine.
+    Byte-code caches are written as on a user's machine (a PYTHONDONTWRITEBYTECODE=1 here would
+    make every run compile every module from source)."""
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_API_KEY") and not k.startswith(("NANOCLAW_", "NANOBOT_"))}
+           if not k.endswith("_API_KEY") and not k.startswith(("NANOCLAW_", "NANOBOT_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[var] = DEAD_PROXY
     return {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
@@ -202,6 +205,32 @@ def report_exec(results: dict):
           if out == "[exit code 0]" else f"  bubblewrap   n/a: {out}")
 
 
+def ledger_cost(calls: int = 2000) -> tuple[float, float]:
+    """Microseconds per model call that usage.Metered adds (ledger line, totals, limit check) to
+    a scripted model that answers at once: (without limits, with a daily token limit)."""
+    import dataclasses
+    from lib.config import load_config
+    from lib.usage import Metered
+    from tests.fakes.scripted import ScriptedProvider
+    out = []
+    with tempfile.TemporaryDirectory(prefix="nanoclaw-usage-") as tmp:
+        for limits in ("", "limits: {daily_tokens: 1000000000}\n"):
+            path = Path(tmp) / "config.yaml"
+            path.write_text(limits)
+            cfg = dataclasses.replace(load_config(str(path)), home=Path(tmp) / (limits and "l" or "n"))
+            bare = ScriptedProvider(*["ok"] * (2 * calls + 2))
+            metered = Metered(cfg, [("m", "scripted", bare)])
+            msgs = [{"role": "user", "content": "hello " * 50}]
+            costs = []
+            for provider in (bare, metered):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    provider.complete(msgs)
+                costs.append((time.perf_counter() - start) / calls)
+            out.append((costs[1] - costs[0]) * 1e6)
+    return out[0], out[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
@@ -226,6 +255,9 @@ def main() -> int:
                     note = f"nanobot failed: {e}"
     report(opts.runs, nc, nc_warning, nb, nb_warning)
     report_exec(exec_cost(EXEC_RUNS))
+    plain, limited = ledger_cost()
+    print(f"\nusage ledger, added to each model call (target: well under 1 ms)\n"
+          f"  no limits        {plain:6.0f} us\n  a daily limit    {limited:6.0f} us")
     if note:
         print(f"\nnote: {note}")
     return 0

@@ -31,6 +31,12 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:    # run with a Python that lacks the requirements
+        if (e.name or "lib").split(".")[0] == "lib":
+            raise
+        term.print_error(f"the Python package {e.name!r} is not installed for {sys.executable}: "
+                         f"run `make install`, then use {_command()}")
+        return 2
     except BrokenPipeError:             # `status | head`: the reader has gone; say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -56,6 +62,10 @@ def _parser():
     s.set_defaults(run=cmd_agent)
     s = sub.add_parser("status", parents=[common], help="config, model, providers and channels")
     s.set_defaults(run=cmd_status)
+    s = sub.add_parser("usage", parents=[common], help="model calls, tokens and cost by source and model")
+    s.add_argument("--days", type=int, default=7, metavar="N", help="how many days back (default 7)")
+    s.add_argument("--json", action="store_true", help="the figures as JSON")
+    s.set_defaults(run=cmd_usage)
     s = sub.add_parser("gateway", parents=[common], help="the 24/7 service: channels, worker, cron")
     s.add_argument("--logs", nargs="?", const="debug", choices=["debug", "info", "warning", "error"],
                    metavar="LEVEL", help="log level for this run (default: gateway.log_level; "
@@ -114,9 +124,26 @@ def cmd_onboard(args):
     (cfg.workspace / "skills").mkdir(parents=True, exist_ok=True)
     for line in made:
         print(f"created {line}")
-    print(f"{'Nothing to do: everything exists' if not made else 'Done'}. Next: put an API key in "
-          f"{path} (providers.openrouter.api_key, or any provider) or export OPENROUTER_API_KEY, "
-          "then: python nanoclaw.py agent -m 'Hello'")
+    from lib.providers.registry import resolve
+    try:
+        r = resolve(cfg)
+        step = f"The provider is {r.spec.display_name} (model {r.model}). Next:"
+    except ConfigError:
+        step = (f"Next: put an API key in {path} (providers.openrouter.api_key, or any provider), "
+                "or export OPENROUTER_API_KEY. Then:")
+    run = _command()
+    print(f"{'Nothing to do: everything exists' if not made else 'Done'}.\n{step}\n"
+          f"  chat here:         {run} agent\n  send one message:  {run} agent -m 'Hello'\n"
+          f"  run the service:   {run} gateway   (chat apps, cron jobs, heartbeat)")
+
+
+def _command() -> str:
+    """How to run nanoclaw from the current folder: with the checkout's .venv when it has one."""
+    from shlex import quote
+    here, venv = Path.cwd() == ROOT, ROOT / ".venv" / "bin" / "python"
+    python = (".venv/bin/python" if here else quote(str(venv))) if venv.exists() else \
+        Path(sys.executable).name
+    return f"{python} {'nanoclaw.py' if here else quote(str(ROOT / 'nanoclaw.py'))}"
 
 
 def _copy_missing(src: Path, dest: Path, skip=()) -> list:
@@ -142,9 +169,10 @@ def cmd_status(args):
     print(f"config     {cfg.path}{'' if cfg.path.exists() else '  (missing: run onboard)'}")
     print(f"home       {cfg.home}")
     print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
-    print(f"model      {cfg.agents.defaults.model}")
+    print(f"model      {_model_state(cfg)}")
     print(f"shell      {_shell_state(cfg)}")
     print(f"gateway    {_gateway_state(cfg.home)}")
+    print(f"usage      {_usage_today(cfg)}")
     print(f"web page   {_page_state(cfg)}")
     try:
         r = resolve(cfg)
@@ -182,7 +210,7 @@ def _gateway_state(home: Path) -> str:
     except FileNotFoundError:
         pass
     if not running:
-        return "not running (python nanoclaw.py gateway, or systemctl start nanoclaw)"
+        return f"not running ({_command()} gateway, or systemctl start nanoclaw)"
     since = datetime.fromtimestamp(lock.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
 
     def count(box, folder):
@@ -202,8 +230,76 @@ def _page_state(cfg) -> str:
     host = f"[{g.host}]" if ":" in g.host else g.host
     where = f"http://{'127.0.0.1' if g.host in ('0.0.0.0', '::', '') else host}:{g.port}/"
     if not g.token:
-        return f"{where} {term.style('needs a token', 'red')}: run `python nanoclaw.py onboard`"
+        return f"{where} {term.style('needs a token', 'red')}: run `{_command()} onboard`"
     return f"{where} (log in with gateway.token from {cfg.path}; the API is at {where}v1)"
+
+
+def _model_state(cfg) -> str:
+    """The model, its fallbacks, which of them are skipped, and whether the model answers."""
+    import time
+    from lib import usage
+    d, line = cfg.agents.defaults, cfg.agents.defaults.model
+    if d.fallback_models:
+        line += f" (then {', '.join(d.fallback_models)})"
+    for model, until in usage.skipped_models(cfg.home).items():
+        line += f"; {model} skipped for {until - time.time():.0f} s more (it failed 3 times)"
+    down = usage._load(cfg.home / "state" / "model_down.json")
+    if down.get("since"):
+        line += term.style(f"; not answering since {str(down['since'])[:16].replace('T', ' ')} "
+                           f"UTC ({down.get('error')}): messages wait in the inbox", "red")
+    return line
+
+
+def _usage_today(cfg) -> str:
+    """Today's tokens and cost against limits.daily_tokens and limits.daily_usd."""
+    from lib import usage
+    lim, (used, usd) = cfg.limits, usage.Ledger(cfg).totals()
+    line = f"today {used:,} tokens" + (f", ${usd:,.2f}" if usd else "")
+    caps = [f"{used / lim.daily_tokens:.0%} of {lim.daily_tokens:,} tokens" if lim.daily_tokens else "",
+            f"{usd / lim.daily_usd:.0%} of ${lim.daily_usd:,.2f}" if lim.daily_usd else ""]
+    caps = [c for c in caps if c]
+    return line + (f" ({'; '.join(caps)} a day)" if caps else " (no daily limit: limits.*)")
+
+
+def cmd_usage(args):
+    import json
+    from lib import usage
+    cfg = _config(args)
+    report = usage.summary(cfg, max(1, args.days))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    days = report["days"]
+    _usage_table(f"today, {days[0]['day']} ({report['timezone']})", days[0]["rows"])
+    print(f"  {_usage_today(cfg)}")
+    if len(days) > 1:
+        merged: dict = {}
+        for day in days:
+            for row in day["rows"]:
+                into = merged.setdefault((row["source"], row["model"]), dict.fromkeys(row, 0))
+                for k, v in row.items():
+                    into[k] = v if k in ("source", "model") else into[k] + v
+        print()
+        _usage_table(f"the last {len(days)} days, {days[-1]['day']} to {days[0]['day']}",
+                     [merged[k] for k in sorted(merged)])
+
+
+def _usage_table(title: str, rows: list):
+    print(term.style(title, "bold"))
+    if not rows:
+        print("  no model calls")
+        return
+    print(f"  {'source':<14}{'model':<34}{'calls':>6}{'failed':>7}{'in':>12}{'out':>10}{'cost':>10}")
+    total = {"calls": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+             "unpriced": 0, "source": "total", "model": ""}
+    for row in rows + [total]:
+        if row is not total:
+            for k in ("calls", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced"):
+                total[k] += row[k]
+        cost = f"${row['cost_usd']:,.2f}" + ("+?" if row["unpriced"] and row["cost_usd"] else "") \
+            if row["cost_usd"] or not row["unpriced"] else "no price"
+        print(f"  {row['source']:<14}{row['model'][:33]:<34}{row['calls']:>6}{row['failed']:>7}"
+              f"{row['prompt_tokens']:>12,}{row['completion_tokens']:>10,}{cost:>10}")
 
 
 def _shell_state(cfg) -> str:
@@ -226,7 +322,6 @@ def _shell_state(cfg) -> str:
 
 def cmd_agent(args):
     from lib.agent.loop import Agent, agent_tools
-    from lib.providers.client import make_provider
     from lib.sessions import Session
     cfg = _config(args)
     channel, _, chat_id = args.session.partition(":")
@@ -249,7 +344,8 @@ def cmd_agent(args):
             post_outbox(cfg.home, ch, chat, text, media=media or ())
             print(term.style(f"(queued for {ch}:{chat})", "dim", stream=sys.stderr), file=sys.stderr)
 
-    agent = Agent(cfg, make_provider(cfg), agent_tools(cfg), send=send)
+    from lib.usage import Metered
+    agent = Agent(cfg, Metered(cfg), agent_tools(cfg), send=send)
 
     def turn(text):
         session = Session(cfg.home, channel, chat_id)
@@ -365,6 +461,11 @@ def cmd_cron(args):
                           args.to or "")
         print(f"added job {job['id']} ({job['name']}): {describe(schedule)}, next run "
               f"{service.local(job['next_run'])}")
+        chat_app = getattr(cfg.channels, args.channel or "", None)    # None: local, system, …
+        if chat_app is not None and not chat_app.enabled:
+            print(f"{term.style('warning:', 'yellow', stream=sys.stderr)} channel {args.channel} "
+                  f"is not enabled (channels.{args.channel}.enabled is false): until it is, this "
+                  "job's answers go to outbox/failed/", file=sys.stderr)
     elif args.action == "list":
         jobs = service.jobs()
         rows = [("id", "name", "schedule", "enabled", "next run", "last status")] + [
@@ -376,7 +477,7 @@ def cmd_cron(args):
         for row in rows if jobs else ():
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if not jobs:
-            print(f"no jobs in {service.path}; add one with: nanoclaw cron add --name N "
+            print(f"no jobs in {service.path}; add one with: {_command()} cron add --name N "
                   "--message M --every 3600")
     elif args.action == "remove":
         job = service.remove(args.id)

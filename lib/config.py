@@ -10,18 +10,18 @@ import logging
 import os
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from lib.channels import CHANNELS
 from lib.errors import ConfigError
-from lib.fields import setting, snake
+from lib.fields import setting, settings, snake
 from lib.legacy import LEGACY_IGNORED, migrate
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
+@settings
 class ProviderConfig:
     api_key: str = ""
     api_base: str = ""
@@ -30,10 +30,10 @@ class ProviderConfig:
 
 Providers = dataclasses.make_dataclass(
     "Providers", [(p.name, ProviderConfig, field(default_factory=ProviderConfig)) for p in PROVIDERS],
-    frozen=True)
+    frozen=True, eq=False)
 
 
-@dataclass(frozen=True)
+@settings
 class AgentDefaults:
     model: str = "anthropic/claude-opus-4-5"
     provider: str = setting("auto", "auto", *[p.name for p in PROVIDERS])
@@ -45,18 +45,21 @@ class AgentDefaults:
     turn_timeout_s: int = setting(600, low=1)      # one turn, model calls and tools (SPEC §8)
     model_timeout_s: int = setting(90, low=1)      # one model call (retried within the turn)
     retry_backoff_s: float = setting(1.0, low=0.0)  # first wait before a retry; doubles each time
+    fallback_models: list[str] = setting([])   # tried in order when the model is down (SPEC §10)
+    fallback_cooldown_s: int = setting(60, low=0)  # a model that failed 3 times is skipped this long
+    prices: dict[str, list[float]] = setting({})   # MODEL: [USD per million input, per million output]
     workspace: str = ""          # empty: $NANOCLAW_HOME/workspace
     timezone: str = field(default="", metadata={"timezone": True})   # empty: the system's
 
 
-@dataclass(frozen=True)
+@settings
 class Agents:
     defaults: AgentDefaults = setting(AgentDefaults())
 
 
 Channels = dataclasses.make_dataclass(
     "Channels", [(name, c.settings, field(default_factory=c.settings)) for name, c in CHANNELS.items()],
-    frozen=True)
+    frozen=True, eq=False)
 
 
 # --- tools, gateway, heartbeat ---
@@ -80,7 +83,7 @@ DENY_PATTERNS = [
 ]
 
 
-@dataclass(frozen=True)
+@settings
 class Exec:
     enable: bool = True          # false: no shell tool at all
     timeout: int = setting(60, low=1)
@@ -93,40 +96,46 @@ class Exec:
     max_output: int = setting(10000, low=100)
 
 
-@dataclass(frozen=True)
+@settings
 class Search:
     api_key: str = ""
     api_base: str = "https://api.search.brave.com/res/v1/web/search"
     max_results: int = setting(5, low=1)
 
 
-@dataclass(frozen=True)
+@settings
 class Fetch:
     max_chars: int = setting(50000, low=1)
     timeout: int = setting(30, low=1)     # seconds for a whole fetch, however slowly the page drips
 
 
-@dataclass(frozen=True)
+@settings
 class Web:
     search: Search = setting(Search())
     fetch: Fetch = setting(Fetch())
     allow_hosts: list[str] = setting([])  # hosts, host:port or CIDRs on the owner's network web_fetch may reach
 
 
-@dataclass(frozen=True)
+@settings
 class CronTools:
     min_interval_s: int = setting(300, low=0)   # the shortest schedule the model may ask for
 
 
-@dataclass(frozen=True)
+@settings
+class Approval:
+    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
+
+
+@settings
 class Tools:
     restrict_to_workspace: bool = True
+    approval: Approval = setting(Approval())
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
 
 
-@dataclass(frozen=True)
+@settings
 class Gateway:
     host: str = "127.0.0.1"
     port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
@@ -139,13 +148,20 @@ class Gateway:
     log_backups: int = setting(3, low=1)        # rotated files kept: log_file.1 … .N
 
 
-@dataclass(frozen=True)
+@settings
 class Heartbeat:
     enabled: bool = True
     interval_s: int = setting(1800, low=1)
+    quiet_hours: str = ""        # e.g. 23:00-07:00: heartbeat and cron wait until the hours end
 
 
-@dataclass(frozen=True)
+@settings
+class Limits:
+    daily_tokens: int = setting(0, low=0)      # 0: no limit
+    daily_usd: float = setting(0.0, low=0.0)
+
+
+@settings
 class Config:
     providers: Providers = setting(Providers())
     agents: Agents = setting(Agents())
@@ -153,6 +169,7 @@ class Config:
     tools: Tools = setting(Tools())
     gateway: Gateway = setting(Gateway())
     heartbeat: Heartbeat = setting(Heartbeat())
+    limits: Limits = setting(Limits())
     # not keys: where this config came from
     path: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     home: Path = field(default=Path("."), metadata={"internal": True})
@@ -209,9 +226,12 @@ def _read(path: Path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        context = getattr(e, "context", None) or ""     # "while scanning a quoted scalar": the
+        mark = "block" not in context and getattr(e, "context_mark", None)  # line it starts on
+        mark = mark or getattr(e, "problem_mark", None)  # (the problem is found lines later)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)} {context}"
+                          .rstrip()) from None
     lines = {}
     if node is None:
         return {}, lines
@@ -290,9 +310,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
-            fail(f"must be a mapping of names to strings, got {_show(value)}", at)
-        return {str(k): _expand(str(v)) for k, v in value.items()}
+        if not isinstance(value, dict):
+            fail(f"must be a mapping (name: value), got {_show(value)}", at)
+        return {str(k): _value(typing.get_args(typ)[1], fld, v, at + (str(k),), lines, file, fail)
+                for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

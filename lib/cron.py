@@ -331,12 +331,14 @@ class CronService(Part):
 
     def tick(self) -> float:
         """Reload jobs.json if it changed, post what is due; the seconds until the next job."""
+        from lib.usage import quiet_until
         now, stamp, retry = _now(), self._file_stamp(), False
-        if stamp != self._stamp or any(_due(job, now) for job in self._jobs):
+        quiet = quiet_until(self.config, now)       # due jobs wait for the end of quiet hours
+        if stamp != self._stamp or not quiet and any(_due(job, now) for job in self._jobs):
             try:
                 with self._edit() as jobs:
                     self._reconcile(jobs, now)
-                    retry = self._fire(jobs, now)
+                    retry = not quiet and self._fire(jobs, now)
             except CronError as e:
                 if stamp != self._bad:
                     log.error("cron: %s", e)
@@ -344,6 +346,7 @@ class CronService(Part):
                 return MAX_SLEEP_S
             self._jobs, self._stamp = jobs, self._saved
         times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
+        times = [max(t, quiet) for t in times] if quiet else times
         wait = min([(t - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
         return MAX_SLEEP_S if retry else max(wait, 0.0)
 
@@ -362,20 +365,24 @@ class CronService(Part):
         self._seen = seen
 
     def _fire(self, jobs, now) -> bool:
-        """Post every due job, then move it on; True when the inbox could not be written."""
-        retry = False
+        """Post every due job, then move it on; True when the inbox could not be written. At a
+        daily limit (SPEC §10) a due job is skipped: no post, and it moves on."""
+        from lib.usage import over_limit
+        retry, capped = False, over_limit(self.config)
         for job in list(jobs):
             if not (due := _due(job, now)):
                 continue
             name = f"cron-{job['id']}-{int(due.timestamp())}"
             try:
-                if self.post(self._message(job, due), name) is None:
+                if capped:
+                    log.info("cron job %s skipped: a daily limit is reached", job["id"])
+                elif self.post(self._message(job, due), name) is None:
                     log.info("cron job %s: %s was posted before a restart", job["id"], name)
             except OSError as e:
                 log.error("cron job %s: cannot post to the inbox (%s); retrying", job["id"], e)
                 job["last_status"], retry = f"error: {e}", True
                 continue
-            job["last_run"], job["last_status"] = iso(now), "posted"
+            job["last_run"], job["last_status"] = iso(now), "skipped (daily limit)" if capped else "posted"
             try:
                 if job["schedule"]["kind"] == "at":
                     jobs.remove(job)

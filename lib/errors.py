@@ -23,3 +23,11 @@ class ProviderError(NanoclawError):
 
 class TurnTimeout(ProviderError):
     """The turn's deadline (agents.defaults.turn_timeout_s) passed before the model answered."""
+
+
+class ProviderDown(ProviderError):
+    """The model could not be reached (a timeout, 408/429, 5xx, no connection): worth a retry."""
+
+
+class LimitReached(ProviderError):
+    """A daily limit of SPEC §10 is reached: no model call is made until midnight."""

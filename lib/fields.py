@@ -1,7 +1,11 @@
 """Settings fields: a default and, optionally, the values a key may take (checked at load); and
 the snake_case spelling of a key written in camelCase."""
 import re
-from dataclasses import field
+from dataclasses import dataclass, field
+
+# A settings section: read-only once loaded. No generated __eq__/__hash__ (nothing compares
+# sections), which saves a third of the cost of defining the ~25 classes at every start.
+settings = dataclass(frozen=True, eq=False)
 
 
 def setting(default, *choices, low=None, high=None):

@@ -85,12 +85,12 @@ class Watcher(Part):
 class Gateway:
     def __init__(self, config, agent=None):
         from lib.agent.loop import Agent, agent_tools
-        from lib.providers.client import make_provider
         from lib.tools import Services
+        from lib.usage import Metered
         self.config = config
         self.home = config.home
         self.services = Services()          # filled by build()
-        self.agent = agent or Agent(config, make_provider(config), agent_tools(config),
+        self.agent = agent or Agent(config, Metered(config), agent_tools(config),
                                     send=partial(post_outbox, self.home), services=self.services)
         self.worker = Worker(config, self.agent)
         self.parts = []                 # started in order, stopped in reverse
@@ -206,9 +206,10 @@ class Gateway:
         except ConfigError as e:
             log.error("config not reloaded, the running one stays: %s", e)
             return
-        self.config = self.agent.config = config
+        self.config = self.agent.config = self.agent.provider.config = config   # limits, prices
         for part in self.parts:
             part.config = config
+            part.wake()                 # a new heartbeat interval counts at once
         log.info("config reloaded from %s", config.path)
 
     def _prune(self):

@@ -5,6 +5,7 @@ items costs nothing: no message, no model call. A beat is skipped while the last
 import json
 import logging
 import re
+from datetime import datetime, timezone
 
 from lib import maildir
 from lib.part import Part
@@ -30,23 +31,34 @@ def standing_tasks(text: str) -> str:
 class Heartbeat(Part):
     name = "heartbeat"
 
-    def __init__(self, config, post):
+    def __init__(self, config, post, clock=None):
         super().__init__()
         self.config, self.post = config, post         # post(msg, name) -> path
         self.inbox = config.home / "inbox"
-        self._first = True
+        self.clock = clock or (lambda: datetime.now(timezone.utc))   # tests pass a day in a second
+        self._last = self.clock()           # the first beat comes one interval after start
 
     def start(self):
         if self.config.heartbeat.enabled:   # not started is alive (no thread), even after a
             super().start()                 # reload enables it
 
     def step(self) -> float:
-        """The first beat comes one interval after start (a restart loop must not beat)."""
-        if not self._first and self.config.heartbeat.enabled:     # a reload may turn it off
-            self.beat()
-        self._first = False
-        interval = self.config.heartbeat.interval_s
-        return interval if interval > 0 else 1800      # 0 must not spin
+        """Beat when an interval has passed since the last one (the gateway wakes this after a
+        reload, so a new interval_s counts at once). In heartbeat.quiet_hours it waits, and
+        beats when they end."""
+        from lib.usage import quiet_until
+        now = self.clock()
+        until = quiet_until(self.config, now)
+        if until:
+            return max(1.0, (until - now).total_seconds())
+        settings = self.config.heartbeat
+        interval = settings.interval_s if settings.interval_s > 0 else 1800     # 0 must not spin
+        self._last = min(self._last, now)       # the clock was set back (NTP on a Pi)
+        if (now - self._last).total_seconds() >= interval:
+            self._last = now
+            if settings.enabled:                # a reload may turn it off
+                self.beat()
+        return (self._last - now).total_seconds() + interval
 
     def beat(self) -> bool:
         """Post the tasks if there are any and the last beat is done. True when posted."""
@@ -59,6 +71,10 @@ class Heartbeat(Part):
             log.warning("heartbeat: cannot read %s: %s", path, e)
             return False
         if not tasks:
+            return False
+        from lib.usage import over_limit
+        if over_limit(self.config):
+            log.info("heartbeat skipped: a daily limit is reached (limits.*)")
             return False
         if self._waiting():
             log.info("heartbeat skipped: the last one is still in the inbox")

@@ -10,7 +10,6 @@ CODES = {
     "red": (31, 39), "green": (32, 39), "yellow": (33, 39), "blue": (34, 39),
     "magenta": (35, 39), "cyan": (36, 39),
 }
-_windows_ready = False
 
 
 def use_color(stream) -> bool:
@@ -19,25 +18,9 @@ def use_color(stream) -> bool:
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     try:
-        if not stream.isatty():
-            return False
+        return stream.isatty()
     except (AttributeError, ValueError, OSError):  # no isatty, or the stream is closed
         return False
-    _enable_windows_ansi()
-    return True
-
-
-def _enable_windows_ansi():
-    """Older Windows consoles need colorama to understand ANSI codes."""
-    global _windows_ready
-    if os.name != "nt" or _windows_ready:
-        return
-    _windows_ready = True
-    try:
-        import colorama
-        colorama.just_fix_windows_console()
-    except (ImportError, AttributeError):
-        pass
 
 
 def _paint(text, codes, on=True):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import allowed
-from lib.errors import ProviderError
+from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
 from lib.part import Part
 from lib.sessions import Session
@@ -23,6 +23,7 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 RESCAN_S = 5.0          # a safety net under the file watcher
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
+GIVE_UP_S = 24 * 3600   # a message the model has not answered for this long is answered with regret
 
 
 class Worker(Part):
@@ -36,7 +37,7 @@ class Worker(Part):
         self._sessions: dict[str, Session] = {}
         self._last_chat = None
         self.busy_since: float | None = None    # monotonic start of the current step of work
-        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full
+        self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full or the model down
 
     def start(self):
         maildir.ensure(self.inbox)
@@ -73,19 +74,28 @@ class Worker(Part):
         return since is None or time.monotonic() - since < limit
 
     def _take(self, path: Path, recovered: bool) -> bool:
-        # handle() one message. False when the disk is full: it waits in cur/ for the back-off
-        # (1 s, doubling to a minute). Any other failure files it in failed/, not retried for ever.
+        # handle() one message. False when the disk is full (back-off 1 s, doubling to a minute)
+        # or the model is down (going on from the provider's own retries, doubling to 10 min):
+        # it waits in cur/, the messages after it in new/.
+        # Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
+            room = self._backoff and os.statvfs(self.home)    # after a full disk: no paid
+            if room and room.f_bavail * room.f_frsize < 1 << 16:    # model call until there is room
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
-            if isinstance(e, OSError) and e.errno in FULL:
-                self._backoff = min(60.0, self._backoff * 2 or 1.0)
+            full = isinstance(e, OSError) and e.errno in FULL
+            if full or isinstance(e, ProviderDown):
+                retries = 8 * self.config.agents.defaults.retry_backoff_s   # 1, 2, 4 s: then 8
+                first = 1.0 if full else max(0.1, retries)
+                self._backoff = min(60.0 if full else 600.0, self._backoff * 2 or first)
                 self._retry_at = time.monotonic() + self._backoff
-                if self._backoff == 1.0:
-                    log.error("the disk is full (%s): inbox/%s and the messages after it wait in "
-                              "inbox/; trying again until there is space", e.strerror, path.name)
-                self._sessions.clear()      # their files may lack what could not be written
+                if self._backoff == first:
+                    log.error("%s: inbox/%s and the messages after it wait in inbox/; trying "
+                              "again", f"the disk is full ({e.strerror})" if full else e, path.name)
+                if full:
+                    self._sessions.clear()      # their files may lack what could not be written
                 return False
             log.exception("inbox/%s failed; moved to inbox/failed/", path.name)
             if os.path.lexists(path):
@@ -119,11 +129,27 @@ class Worker(Part):
             return
         channel, chat_id = self._target(msg)
         session = self._session(channel, chat_id)
+        meta = msg.get("metadata", {})
+        proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         try:
             reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id), session,
                                        resume=recovered)
-        except ProviderError as e:        # said to the user; marked, so the API answers 502
-            reply, msg["metadata"] = str(e), dict(msg.get("metadata", {}), error="model")
+        except LimitReached as e:
+            if proactive:               # heartbeat and cron skip at the cap (SPEC §10)
+                log.info("inbox/%s skipped: %s", path.name, e)
+                maildir.finish(path)
+                return
+            reply = str(e)
+        except ProviderDown as e:       # the message waits in cur/ (_take), unless it waited a day
+            if time.time() - path.stat().st_mtime < GIVE_UP_S:
+                self._tell_waiting(msg, channel, chat_id, path.stem, proactive, e)
+                raise
+            log.error("inbox/%s: given up after %d hours without an answer from the model (%s)",
+                      path.name, GIVE_UP_S // 3600, e)
+            reply = (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({e}), so "
+                     "I gave up on this message. Send it again when you like.")
+        except ProviderError as e:      # said to the user; marked, so the API answers 502
+            reply, meta = str(e), dict(meta, error="model")
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
             if not (isinstance(e, OSError) and e.errno in FULL):    # a full disk: it waits in cur/
                 self._sessions.pop(f"{channel}:{chat_id}", None)
@@ -132,12 +158,10 @@ class Worker(Part):
                             "error is in the log.", reply_to=msg["id"], key=path.stem,
                             metadata=dict(msg.get("metadata", {}), error="internal"))
             raise
-        meta = msg.get("metadata", {})
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
         elif channel == "system":       # cron or heartbeat output with no chat to go to
             log.info("%s has no chat to go to; its reply: %s", msg["chat_id"], reply[:2000])
-        proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
                     metadata=meta, key=key)
         maildir.finish(path)
@@ -148,6 +172,14 @@ class Worker(Part):
             self.agent.maintain(session)
         except Exception:
             log.exception("memory upkeep failed; will try again after the next message")
+
+    def _tell_waiting(self, msg, channel, chat_id, key, proactive, e):
+        """Once per message, in its chat: the model is down, the message waits."""
+        if proactive or channel == "system" or self._reply_exists(key + "-wait"):
+            return
+        post_outbox(self.home, channel, chat_id, f"The model is not answering right now ({e}). "
+                    "Your message is kept, and I will answer it as soon as the model is back.",
+                    reply_to=msg["id"], metadata=msg.get("metadata"), key=key + "-wait")
 
     def _target(self, msg) -> tuple[str, str]:
         """Where the reply goes and whose conversation it belongs to. A system message (cron,

@@ -5,7 +5,7 @@ import pytest
 from lib.agent.context import system_prompt
 from lib.providers.client import make_provider
 from tests.conftest import ask, make_agent
-from lib.errors import ProviderError
+from lib.errors import ProviderDown
 from lib.sessions import Session
 
 
@@ -73,17 +73,23 @@ def test_every_message_is_saved_before_the_next_step(config, llm, home):
     assert not llm.errors
 
 
-def test_a_provider_failure_keeps_the_users_message(config, llm, home):
+def test_a_turn_that_could_not_start_leaves_the_session_as_it_was(config, llm, home):
+    """Issue 15: the user's line was written before the model answered, so after a failure the
+    same question, asked again, reached the model twice."""
     agent = make_agent(config)
     agent.provider.retries, agent.provider.backoff = 1, 0.01
+    llm.script("Hi.")
+    agent.respond(ask("hello"))
+    before = saved(home)
     llm.script({"status": 503}, {"status": 503})
-    with pytest.raises(ProviderError, match="message is saved"):
+    with pytest.raises(ProviderDown, match=r"not answering \(HTTP 503, 2 tries\)"):
         agent.respond(ask("are you there?"))
-    assert saved(home)[-1]["content"] == "are you there?"
+    assert saved(home) == before
     llm.script("Yes.")
-    assert agent.respond(ask("hello?")) == "Yes."
+    assert agent.respond(ask("are you there?")) == "Yes."
     contents = [m["content"] for m in llm.chat_requests[-1]["messages"][1:]]
-    assert contents == ["are you there?", "hello?"]
+    assert contents == ["hello", "Hi.", "are you there?"]
+    assert [r["content"] for r in saved(home)[1:]] == contents + ["Yes."]
 
 
 def test_reasoning_content_is_kept_in_the_session(config, llm, home):

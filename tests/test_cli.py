@@ -1,6 +1,7 @@
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -124,7 +125,68 @@ def test_model_failure_is_one_sentence_and_exit_1(home, llm):
     llm.script(*[{"status": 500}] * 4)
     r = run_cli("agent", "-m", "hi")
     assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
-    assert "not answering" in r.stderr.splitlines()[-1]
+    assert r.stderr.count("\n") == 1 and "not answering" in r.stderr     # retries only with --logs
+
+
+def test_retries_are_shown_with_logs_only(home, llm):
+    """Issue 15: the README says --logs shows retries; they were printed without it too."""
+    fake_config(home, llm)
+    llm.script({"status": 503}, "fine")
+    r = run_cli("agent", "-m", "hi")
+    assert r.stdout == "fine\n" and r.stderr == ""
+    llm.script({"status": 503}, "fine")
+    r = run_cli("agent", "--logs", "-m", "hi")
+    assert r.stdout == "fine\n" and "HTTP 503; retrying" in r.stderr
+
+
+def test_a_failed_turn_is_not_sent_again_with_the_next_one(home, llm):
+    """Issue 15: the line of a turn that failed stayed in the session, so asking again sent the
+    question twice."""
+    fake_config(home, llm)
+    llm.script(*[{"status": 500}] * 4)
+    assert run_cli("agent", "-m", "are you there?").returncode == 1
+    llm.script("yes")
+    assert run_cli("agent", "-m", "are you there?").stdout == "yes\n"
+    sent = [m["content"] for m in llm.chat_requests[-1]["messages"] if m["role"] == "user"]
+    assert sent == ["are you there?"]
+
+
+def test_a_missing_package_is_one_line_naming_make_install(home, llm):
+    """Issue 15: run with a Python that lacks the requirements (here: no site-packages at all),
+    a turn was a ModuleNotFoundError traceback."""
+    fake_config(home, llm)
+    r = subprocess.run([sys.executable, "-S", str(ROOT / "nanoclaw.py"), "agent", "-m", "hi"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "is not installed" in r.stderr and "make install" in r.stderr
+    assert ".venv/bin/python nanoclaw.py" in r.stderr
+    assert not (home / "sessions").exists() or not list((home / "sessions").iterdir())
+
+
+def test_onboard_names_the_command_that_works_and_knows_a_key_is_set(home, tmp_path):
+    """Issue 15: onboard suggested `python nanoclaw.py`, which outside the venv fails, and asked
+    for an API key when one was set."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("needs the checkout's .venv (make install)")
+    r = run_cli("onboard")
+    assert "put an API key in" in r.stdout
+    assert ".venv/bin/python nanoclaw.py agent -m 'Hello'" in r.stdout     # run from the checkout
+    assert "  python nanoclaw.py" not in r.stdout
+    r = run_cli("onboard", env={"OPENROUTER_API_KEY": "sk-or-v1-x"})
+    assert "API key" not in r.stdout and "The provider is OpenRouter" in r.stdout
+    elsewhere = subprocess.run([sys.executable, str(ROOT / "nanoclaw.py"), "onboard"],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert f"{ROOT}/.venv/bin/python {ROOT}/nanoclaw.py agent" in elsewhere.stdout
+
+
+def test_cron_add_warns_when_the_chat_app_to_deliver_to_is_off(home):
+    args = ("cron", "add", "--name", "n", "--message", "m", "--every", "60", "--deliver", "--to", "1")
+    r = run_cli(*args, "--channel", "telegram")
+    assert r.returncode == 0 and "added job" in r.stdout
+    assert "channel telegram is not enabled (channels.telegram.enabled is false)" in r.stderr
+    write_config(home, "channels: {telegram: {enabled: true, token: t}}\n")
+    assert run_cli(*args, "--channel", "telegram").stderr == ""
+    assert run_cli(*args, "--channel", "local").stderr == ""
 
 
 def test_usage_errors_exit_2(home):

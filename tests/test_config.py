@@ -270,7 +270,7 @@ def test_list_where_a_mapping_is_expected(home):
 
 def test_scalar_where_extra_headers_mapping_is_expected(home):
     msg = config_error(home, "providers:\n  custom:\n    extra_headers: [a, b]\n")
-    assert "providers.custom.extra_headers (line 3) must be a mapping of names to strings" in msg
+    assert "providers.custom.extra_headers (line 3) must be a mapping (name: value), got list" in msg
 
 
 def test_mapping_where_a_list_is_expected(home):
@@ -295,6 +295,17 @@ def test_invalid_yaml_names_the_line(home):
     assert "not valid YAML (line " in msg
     msg = config_error(home, "a: 1\nb: 2\n  c: 3\n")
     assert "not valid YAML (line 3)" in msg
+
+
+@pytest.mark.parametrize("text, line", [
+    ("agents:\n  defaults:\n    model: foo\n\n\n  bad\n\n\nheartbeat: {}\n", 6),   # no colon
+    ('providers:\n  openrouter:\n    api_key: "sk-or\n\n# note\nagents: {}\n', 3),  # no quote
+    ("agents:\n  defaults:\n    model: [a, b\n\n\nheartbeat: {}\n", 3),            # no ]
+    ("agents:\n  defaults:\n    model: foo\n  - x\nheartbeat: {}\n", 4),
+])
+def test_a_yaml_mistake_names_the_line_it_is_on_not_where_it_was_noticed(home, text, line):
+    """Issue 15: the line YAML noticed the mistake on was two lines late."""
+    assert f"not valid YAML (line {line})" in config_error(home, text)
 
 
 def test_unreadable_file(home):

@@ -142,13 +142,32 @@ def test_a_reply_for_a_channel_that_is_not_running_goes_to_failed(gateway, llm, 
     assert "channel telegram is not running" in failed[0].read_text()
 
 
-def test_a_provider_outage_is_answered_with_one_sentence(gateway, llm, home):
+def test_during_a_provider_outage_messages_wait_in_the_inbox_and_are_answered_after(
+        gateway, llm, home):
+    """Issue 15: the user is told once; the message waits (status counts it); the model's
+    return answers it and the one after it, in order; the log says when it came back."""
     gateway.start()
-    llm.script(*[{"status": 503}] * 4)
+    llm.script(*[{"status": 503}] * 12)         # three rounds of 1 + 3 tries
     drop(home, "o.json", {"channel": "local", "chat_id": "x", "text": "anyone?"})
-    reply = wait_for(lambda: replies(home), timeout=30, what="reply")[0]
-    assert "not answering" in reply["text"] and reply["reply_to"] == "o"
-    assert session_rows(home, "local_x")[-1]["content"] == "anyone?"     # the turn is not lost
+    notice = wait_for(lambda: replies(home), timeout=30, what="the notice")[0]
+    assert "not answering" in notice["text"] and "kept" in notice["text"]
+    assert notice["reply_to"] == "o"
+    drop(home, "p.json", {"channel": "local", "chat_id": "x", "text": "and this?"})
+    wait_for(lambda: len(llm.chat_requests) >= 8, timeout=30, what="a second round")
+    status = run_cli("status").stdout
+    assert "fake-model; not answering since" in status and "messages wait in the inbox" in status
+    assert "inbox: 1 waiting, 1 in work" in status
+    assert (home / "inbox" / "cur" / "o.json").exists()
+    llm.script("Here I am.", "This too.")
+    texts = wait_for(lambda: [r["text"] for r in replies(home)][1:] or None, timeout=60,
+                     what="the answers")
+    wait_for(lambda: len(replies(home)) == 3, timeout=30, what="the second answer")
+    assert [r["text"] for r in replies(home)][1:] == ["Here I am.", "This too."], texts
+    assert len([r for r in replies(home) if "not answering" in r["text"]]) == 1    # told once
+    assert [m["content"] for m in session_rows(home, "local_x") if m.get("role")] == [
+        "anyone?", "Here I am.", "and this?", "This too."]
+    assert not (home / "state" / "model_down.json").exists()
+    assert "the model answers again" in gateway.logs()
 
 
 def test_sigterm_stops_cleanly_and_unfinished_work_waits_in_cur(gateway, llm, home):
@@ -323,6 +342,25 @@ def test_heartbeat_tasks_reach_the_owners_last_chat(gateway_config, llm, home):
         time.sleep(0.5)
         assert [m["text"] for m in to_owner()] == ["Time to water the plants."]   # OK is not sent
         assert any(m["text"] == "HEARTBEAT_OK" and m["channel"] == "system" for m in replies(home))
+    finally:
+        g.kill()
+
+
+def test_a_new_heartbeat_interval_counts_at_once(gateway_config, llm, home):
+    """Issue 15: a changed heartbeat.interval_s used to wait for the end of the current wait."""
+    base = (home / "config.yaml").read_text()
+    write_config(home, base.replace("heartbeat: {enabled: false}",
+                                    "heartbeat: {enabled: true, interval_s: 3600}"))
+    (home / "workspace").mkdir(exist_ok=True)
+    (home / "workspace" / "HEARTBEAT.md").write_text("- water the plants\n")
+    llm.script(*["HEARTBEAT_OK"] * 20)
+    g = Gateway(home).start()
+    try:
+        write_config(home, base.replace("heartbeat: {enabled: false}",
+                                        "heartbeat: {enabled: true, interval_s: 1}"))
+        wait_for(lambda: "config reloaded" in g.logs(), what="reload")
+        wait_for(lambda: llm.chat_requests, what="a beat at the new interval")
+        assert "water the plants" in llm.chat_requests[0]["messages"][-1]["content"]
     finally:
         g.kill()
 

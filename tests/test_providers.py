@@ -4,7 +4,7 @@ import time
 import pytest
 
 from lib.config import load_config
-from lib.errors import ConfigError, ProviderError
+from lib.errors import ConfigError, ProviderDown, ProviderError
 from lib.channels.voice import transcribe
 from lib.providers.client import OpenAIProvider
 from lib.providers.registry import resolve
@@ -214,15 +214,13 @@ def test_dropped_connection_is_retried(home, llm):
     assert len(llm.requests) == 2
 
 
-def test_giving_up_is_one_sentence_saying_the_message_is_saved(home, llm):
+def test_giving_up_is_one_sentence_naming_the_endpoint(home, llm):
     llm.script(*[{"status": 502}] * 3)
     p = fake_provider(home, llm, retries=2)
-    with pytest.raises(ProviderError) as e:
+    with pytest.raises(ProviderDown) as e:
         p.complete(HI)
-    msg = str(e.value)
     assert len(llm.requests) == 3
-    assert p.name in msg and "saved" in msg and "HTTP 502" in msg
-    assert "\n" not in msg and msg.endswith(".") and ". " not in msg
+    assert str(e.value) == f"{p.name} at {p.r.api_base} is not answering (HTTP 502, 3 tries)"
 
 
 def test_401_fails_at_once_naming_the_key(home, llm):
@@ -238,7 +236,20 @@ def test_404_names_the_model(home, llm):
     with pytest.raises(ProviderError) as e:
         fake_provider(home, llm, model="nope-1").complete(HI)
     assert "'nope-1'" in str(e.value) and "404" in str(e.value)
+    assert "agents.defaults.model" in str(e.value)       # issue 15: the key to fix
     assert len(llm.requests) == 1
+
+
+def test_connection_refused_names_the_url(home, llm):
+    """Issue 15: a local server that is not running (ollama, vllm) was only 'ConnectionError'."""
+    import socket
+    with socket.socket() as s:              # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    cfg = cfg_with(home, "llama3.2", f"  ollama: {{api_base: '{url}'}}", ", provider: ollama")
+    with pytest.raises(ProviderError) as e:
+        OpenAIProvider(resolve(cfg), retries=1, backoff=0.01).complete(HI)
+    assert url in str(e.value) and "not answering" in str(e.value)
 
 
 def test_400_is_not_retried(home, llm):

@@ -185,18 +185,20 @@ def fill(folder):
 def test_a_full_disk_holds_messages_back_and_they_are_answered_once_space_is_free(
         small_disk, worker, llm, home, caplog):
     assert os.path.ismount(home) and (home / "config.yaml").exists()
-    llm.script("answer")
+    llm.script("lost answer", "answer")
     maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "hi"}, "m")
     filler = fill(home)
     worker.start()
     try:
         wait_for(lambda: "disk is full" in caplog.text)
         assert (home / "inbox" / "cur" / "m.json").exists() and not sent(home)
+        wait_for(lambda: worker._backoff >= 2)      # it tried again, without asking the model
+        assert len(llm.chat_requests) == 1          # (a call each time would cost money)
         filler.unlink()
         wait_for(lambda: sent(home))
     finally:
         worker.stop()
-    assert [r["text"] for r in sent(home)] == ["answer"]
+    assert [r["text"] for r in sent(home)] == ["answer"] and len(llm.chat_requests) == 2
     assert (home / "inbox" / "done" / "m.json").exists()
     assert len([line for line in caplog.text.splitlines() if "disk is full" in line]) == 1
     rows = (home / "sessions" / "local_x.jsonl").read_text().splitlines()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
-from lib.errors import TurnTimeout
+from lib.errors import LimitReached, TurnTimeout
 from lib.sessions import Session, interrupted, now_iso
 from lib.providers import Provider
 from lib.tools import Context, Registry, Services, default_registry
@@ -37,7 +37,8 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
         try:
             if time.monotonic() >= ctx.deadline:
                 raise TurnTimeout("no time left")
-            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline)
+            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline,
+                                      source=ctx.source, session=f"{ctx.channel}:{ctx.chat_id}")
         except TurnTimeout:
             limit = ctx.config.agents.defaults.turn_timeout_s
             add({"role": "assistant", "content": f"I ran out of time for this message (the limit "
@@ -92,17 +93,26 @@ class Agent:
         done = self._resume(session, msg_id) if resume else None
         if done is not None:
             return done
-        if not resume or not any(m.get("id") == msg_id for m in session.messages if msg_id):
-            user = {"role": "user", "content": _with_media_note(text, media), "id": msg_id}
-            session.append(dict(user, media=list(media)) if media else user)
-        messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)}]
-        messages += session.history(d.memory_window)
+        user = {"role": "user", "content": _with_media_note(text, media)}
+        first = [] if resume and any(m.get("id") == msg_id for m in session.messages if msg_id) \
+            else [dict(user, media=list(media)) if media else user]
+        messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id)},
+                    *session.history(d.memory_window - len(first)), *[user][:len(first)]]
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s)
-        new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations,
-                       lambda m: session.append(dict(m, id=msg_id)))
+                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg))
+
+        def save(m):        # the user's line is written with the first answer: a turn that never
+            while first:    # started (no model, a missing package) leaves the session as it was
+                session.append(dict(first.pop(), id=msg_id))
+            session.append(dict(m, id=msg_id))
+        try:
+            new = run_turn(messages, self.provider, self.tools, ctx, d.max_tool_iterations, save)
+        except LimitReached:
+            if first and ctx.source in ("chat", "api"):     # kept, to be taken up after the
+                session.append(dict(first.pop(), id=msg_id))    # reset or a raise (SPEC §10)
+            raise
         session.sync()
         return _text(new[-1])
 
@@ -137,6 +147,14 @@ class Agent:
             before, rounds = session.consolidated, rounds - 1
             ok = self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline)
         return ok
+
+
+def _source(msg: dict) -> str:
+    """Who a turn is for, as the usage ledger names it: heartbeat, cron, subagent, api, chat."""
+    kind = (msg.get("metadata") or {}).get("kind")
+    if msg["channel"] == "system" and kind in ("heartbeat", "cron", "subagent"):
+        return kind
+    return "api" if msg["channel"] == "api" else "chat"
 
 
 def _text(msg: dict) -> str:

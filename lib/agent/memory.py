@@ -65,7 +65,8 @@ class Memory:
             return False
         prompt = _PROMPT.format(memory=self.read() or "(empty)", transcript=_transcript(part))
         try:
-            reply = provider.complete([{"role": "user", "content": prompt}], [_SAVE], deadline=deadline)
+            reply = provider.complete([{"role": "user", "content": prompt}], [_SAVE], deadline=deadline,
+                                      source="consolidation", session=session.key)
         except ProviderError as e:
             return self._failed(session, str(e))
         saved = _arguments(reply)

@@ -33,10 +33,10 @@ class _Stoppable:
     def __init__(self, provider, stop: threading.Event):
         self.provider, self.stop = provider, stop
 
-    def complete(self, messages, tools=None, deadline=None):
+    def complete(self, messages, tools=None, deadline=None, **who):
         if self.stop.is_set():
             raise Stopped()
-        return self.provider.complete(messages, tools, deadline=deadline)
+        return self.provider.complete(messages, tools, deadline=deadline, **who)
 
 
 class Subagents(Part):
@@ -129,7 +129,8 @@ class Subagents(Part):
         task = {"role": "user", "content": job["task"]}
         session.append(dict(task))
         ctx = Context(self.config, ws, "subagent", job["id"],
-                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s)
+                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s,
+                      source="subagent")
         new = run_turn([{"role": "system", "content": prompt}, task], self.provider, self.tools,
                        ctx, self.config.agents.defaults.max_tool_iterations, session.append)
         session.sync()

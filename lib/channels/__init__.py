@@ -2,15 +2,14 @@
 in its own module, imported only when enabled (its SDK may be heavy)."""
 import importlib
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from lib.errors import ConfigError
-from lib.fields import setting
+from lib.fields import setting, settings
 
 # --- the settings of each channel: credentials as in the original README, plus where the traffic goes ---
 
-@dataclass(frozen=True)
+@settings
 class Telegram:
     enabled: bool = False
     token: str = ""
@@ -20,14 +19,14 @@ class Telegram:
     groups: bool = False         # answer in groups (when @mentioned or replied to)
 
 
-@dataclass(frozen=True)
+@settings
 class SlackDM:
     enabled: bool = True
     policy: str = setting("open", "open", "allowlist")
     allow_from: list[str] = setting([])
 
 
-@dataclass(frozen=True)
+@settings
 class Slack:
     enabled: bool = False
     bot_token: str = ""
@@ -41,7 +40,7 @@ class Slack:
     dm: SlackDM = setting(SlackDM())
 
 
-@dataclass(frozen=True)
+@settings
 class Discord:
     enabled: bool = False
     token: str = ""
@@ -51,7 +50,7 @@ class Discord:
     intents: int = 37377
 
 
-@dataclass(frozen=True)
+@settings
 class WhatsApp:
     enabled: bool = False
     bridge_url: str = "ws://127.0.0.1:3001"
@@ -60,7 +59,7 @@ class WhatsApp:
     start_bridge: bool = True      # the gateway runs bridge/index.js itself
 
 
-@dataclass(frozen=True)
+@settings
 class Feishu:
     enabled: bool = False
     app_id: str = ""
@@ -72,7 +71,7 @@ class Feishu:
     react_emoji: str = "OnIt"   # the "working on it" reaction (a Feishu emoji_type); "" for none
 
 
-@dataclass(frozen=True)
+@settings
 class DingTalk:
     enabled: bool = False
     client_id: str = ""
@@ -81,7 +80,7 @@ class DingTalk:
     api_base: str = "https://api.dingtalk.com"
 
 
-@dataclass(frozen=True)
+@settings
 class QQ:
     enabled: bool = False
     app_id: str = ""
@@ -91,7 +90,7 @@ class QQ:
     token_url: str = "https://bots.qq.com/app/getAppAccessToken"
 
 
-@dataclass(frozen=True)
+@settings
 class Mochat:
     enabled: bool = False
     base_url: str = "https://mochat.io"
@@ -107,7 +106,7 @@ class Mochat:
     reply_delay_ms: int = 120000
 
 
-@dataclass(frozen=True)
+@settings
 class Email:
     enabled: bool = False
     consent_granted: bool = False

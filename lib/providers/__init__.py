@@ -4,5 +4,7 @@ from typing import Protocol
 
 
 class Provider(Protocol):
-    def complete(self, messages: list, tools: list | None = None, deadline: float | None = None):
-        """The model's next message (a client.Reply), before `deadline` (time.monotonic())."""
+    def complete(self, messages: list, tools: list | None = None, deadline: float | None = None,
+                 source: str = "chat", session: str = ""):
+        """The model's next message (a client.Reply), before `deadline` (time.monotonic()).
+        `source` and `session` say who asks, for the usage ledger (lib/usage.py, SPEC §10)."""

@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from lib.errors import ProviderError, TurnTimeout
+from lib.errors import ProviderDown, ProviderError, TurnTimeout
 from lib.providers.registry import Resolved
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ class Reply:
         return msg
 
 
-def make_provider(config) -> "OpenAIProvider":
-    """The provider the config names, with its timeout and retry back-off."""
+def make_provider(config, model: str | None = None, provider: str | None = None,
+                  retries: int = 3) -> "OpenAIProvider":
+    """The provider for the configured model (or `model` at `provider`): timeout, back-off."""
     from lib.providers.registry import resolve
     d = config.agents.defaults
-    return OpenAIProvider(resolve(config), max_tokens=d.max_tokens, temperature=d.temperature,
-                          timeout=d.model_timeout_s, backoff=d.retry_backoff_s)
+    return OpenAIProvider(resolve(config, model, provider), max_tokens=d.max_tokens, retries=retries,
+                          temperature=d.temperature, timeout=d.model_timeout_s,
+                          backoff=d.retry_backoff_s)
 
 
 class OpenAIProvider:
@@ -68,8 +70,8 @@ class OpenAIProvider:
                                          timeout=self.timeout, max_retries=0)
         return self._client
 
-    def complete(self, messages: list, tools: list | None = None,
-                 deadline: float | None = None) -> Reply:
+    def complete(self, messages: list, tools: list | None = None, deadline: float | None = None,
+                 source: str = "chat", session: str = "") -> Reply:
         """One answer, retried on passing failures; never past `deadline` (time.monotonic())."""
         import openai
         kwargs = dict(self.params, model=self.r.model, messages=messages)
@@ -91,14 +93,13 @@ class OpenAIProvider:
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
                 self._time_left(deadline, 0)       # the turn's time is up: no more tries
                 if attempt == self.retries:
-                    raise ProviderError(
-                        f"{self.name} is not answering ({reason}, {attempt + 1} tries); your "
-                        "message is saved, so try again in a minute.") from None
+                    raise ProviderDown(f"{self.name} at {self.r.api_base} is not answering "
+                                       f"({reason}, {attempt + 1} {'try' if attempt == 0 else 'tries'})") from None
                 delay = _retry_after(e)
                 if delay is None:
                     delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
                 delay = self._time_left(deadline, min(delay, 60), need=min(delay, 60))
-                log.warning("%s: %s; retrying in %.1fs", self.name, reason, delay)
+                log.info("%s: %s; retrying in %.1fs", self.name, reason, delay)    # --logs shows it
                 time.sleep(delay)
 
     def _time_left(self, deadline, cap: float, need: float = 0.0) -> float:
@@ -116,7 +117,8 @@ class OpenAIProvider:
             return (f"{self.name} refused the API key (HTTP {status}): check providers."
                     f"{self.r.spec.name}.api_key. {detail}").strip()
         if status == 404:
-            return f"{self.name} does not know model {self.r.model!r} (HTTP 404). {detail}".strip()
+            return (f"{self.name} at {self.r.api_base} does not know model {self.r.model!r} (HTTP "
+                    f"404): check agents.defaults.model (and the provider's api_base). {detail}").strip()
         return f"{self.name} rejected the request (HTTP {status}): {detail}"
 
 

@@ -79,10 +79,10 @@ def usable(spec: ProviderSpec, pc) -> bool:
     return bool(pc.api_key) or (spec.is_local and bool(pc.api_base))
 
 
-def resolve(cfg, model: str | None = None) -> Resolved:
-    """Pick the provider for the configured model (or `model`) and say how to call it."""
+def resolve(cfg, model: str | None = None, provider: str | None = None) -> Resolved:
+    """Pick the provider for the configured model (or `model`, sent to `provider` if given)."""
     model = model or cfg.agents.defaults.model
-    chosen = cfg.agents.defaults.provider
+    chosen = provider or cfg.agents.defaults.provider
     if chosen != "auto":
         spec = BY_NAME[chosen]
         if not usable(spec, cfg.provider(chosen)) and not spec.is_local:

@@ -38,6 +38,7 @@ class Context:
     send: Callable | None = None        # send(channel, chat_id, text, media=None)
     services: Services = field(default_factory=Services)
     deadline: float = float("inf")      # time.monotonic() when the turn must end (SPEC §8)
+    source: str = "chat"                # who the turn is for, in the usage ledger (SPEC §10)
 
     @property
     def restrict(self) -> bool:

@@ -21,8 +21,9 @@ class ScriptedProvider:
     def __init__(self, *replies, gate: threading.Event | None = None):
         self.script, self.gate, self.requests = list(replies), gate, []
 
-    def complete(self, messages, tools=None, deadline=None):
-        self.requests.append({"messages": list(messages), "tools": tools, "deadline": deadline})
+    def complete(self, messages, tools=None, deadline=None, source="chat", session=""):
+        self.requests.append({"messages": list(messages), "tools": tools, "deadline": deadline,
+                              "source": source, "session": session})
         if self.gate is not None:
             assert self.gate.wait(10), "the test never opened the gate"
         reply = self.script.pop(0) if self.script else None
