@@ -60,9 +60,12 @@ def test_a_chat_completion_is_an_inbox_message_of_channel_api(web, llm, home):
                                     {"role": "user", "content": "hello there"}])
     assert reply.choices[0].message.content == "echo: hello there"
     assert reply.choices[0].message.role == "assistant" and reply.object == "chat.completion"
-    done = [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")]
+    done = wait_for(lambda: [json.loads(p.read_text()) for p in (home / "inbox" / "done").glob("*.json")],
+                    what="the message done")
     assert [(m["channel"], m["chat_id"], m["text"]) for m in done] == [("api", "default", "hello there")]
     assert (home / "sessions" / "api_default.jsonl").exists()
+    ledger = [json.loads(x) for p in (home / "usage").glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert [(x["source"], x["session"]) for x in ledger] == [("api", "api:default")]    # SPEC §10
     # the model saw the session's history, not the request's: the system message was ignored
     assert "ignored" not in json.dumps(llm.chat_requests[-1]["messages"])
 
@@ -322,3 +325,39 @@ def test_the_parts_say_whether_each_chat_app_is_connected(home, llm, gateway):
         overview = json.loads(w.raw("GET", "/ui/overview", headers=auth)[2])
         assert telegram()["alive"] and "telegram" not in overview["channels_off"]
         assert "slack" in overview["channels_off"] and overview["healthy"]
+
+
+def test_a_model_that_is_down_gives_502_and_the_kept_message_is_answered_later(web, llm, home):
+    llm.script(*[{"status": 503}] * 400)        # down, however often the worker tries
+    client = web.client(default_headers={"Idempotency-Key": "k1"})
+    ask = {"model": "nanoclaw", "messages": [{"role": "user", "content": "are you there?"}]}
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(**ask)
+    assert e.value.status_code == 502 and "same Idempotency-Key" in e.value.body["message"]
+    llm.reset()                                 # back
+    wait_for(lambda: list((home / "inbox" / "done").glob("*.json")), what="the message answered")
+    assert client.chat.completions.create(**ask).choices[0].message.content == "echo: are you there?"
+
+
+def test_the_page_chat_streams_the_steps_a_wait_notice_and_the_reply(web, llm):
+    llm.script(*[{"status": 503}] * 400)
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    conn.request("POST", "/ui/chat", body=json.dumps({"text": "hello page"}),
+                 headers={"Authorization": f"Bearer {web.token}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+
+    def next_event():
+        lines = []
+        while (line := r.fp.readline().decode()) != "\n":
+            lines.append(line.strip())
+        return lines[0].removeprefix("event: "), json.loads(lines[1].removeprefix("data: "))
+    name, data = next_event()
+    assert name == "notice" and "not answering" in data["text"]
+    llm.reset()
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, "all fine")
+    events = [next_event() for _ in range(4)]
+    assert [n for n, _ in events] == ["step", "step", "step", "reply"]
+    assert "list_dir" in events[0][1]["calls"][0] and events[1][1]["role"] == "tool"
+    assert events[3][1] == {"text": "all fine", "error": None}
+    conn.close()

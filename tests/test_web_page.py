@@ -53,7 +53,7 @@ def site(home, llm, gateway, tmp_path):
         {"code": "4821", "command": "rm -rf build/ /a/very/long/path/" + "x" * 200, "cwd": "workspace/",
          "channel": "local",
          "chat_id": "owner", "sender_id": "me", "expires_at": "2099-01-01T00:00:00Z"}))
-    w = Web(home, llm, "")
+    w = Web(home, llm, "limits: {daily_tokens: 100000}\n")
     w.gateway = gateway
     w.start()
     assert run_cli("cron", "add", "--name", "water the plants", "--message", "remind me",
@@ -174,9 +174,10 @@ def test_login_chat_and_every_section_on_a_phone(site, llm, home, shots):
     page.wait(f"{text('#job-list')} === 'none'")
 
     page.js("location.hash = '#usage'")
-    page.wait(f"{text('#usage-body')}.includes('2 model calls')")
-    usage = page.js(text("#usage-body"))
-    assert "1,500 tokens" in usage and "heartbeat" in usage and "no daily limit" in usage
+    page.wait(f"{text('#usage-body')}.includes('model calls')")
+    usage = page.js(text("#usage-body"))    # the ledger above, and the calls this test made
+    assert "heartbeat: 1 call, 300 tokens" in usage and "chat: " in usage
+    assert " of 100,000 tokens" in usage and "USD (no daily limit)" in usage
     page.screenshot(shots / "07-usage.png")
 
     page.js("location.hash = '#approvals'")

@@ -47,14 +47,17 @@ class Exchange:
         path = post_inbox(self.home, msg, name)
         return path.stem if path else name         # None: posted before (the same key again)
 
-    def wait(self, key: str, seconds: float, tick=None, every: float = 1.0) -> dict | None:
-        """The reply to `key` (an outbox message), or None after `seconds`. `tick()` is called
-        after each change and at least every `every` seconds (it may raise to give up)."""
+    def wait(self, key: str, seconds: float, tick=None, every: float = 1.0,
+             notice: bool = True) -> dict | None:
+        """The reply to `key` (an outbox message), or None after `seconds`. With `notice`, the
+        worker's word that the model is down and the message waits counts as a reply (its
+        metadata.error is "waiting"). `tick()` is called after each change and at least every
+        `every` seconds (it may raise to give up)."""
         deadline = time.monotonic() + seconds
         while True:
             with self._cond:
                 seen = self._changes
-            reply = self.reply(key)
+            reply = self.reply(key, notice)
             if reply is not None:
                 return reply
             if self.closed:
@@ -69,14 +72,21 @@ class Exchange:
                 if self._changes == seen:
                     self._cond.wait(min(left, every))
 
-    def reply(self, key: str) -> dict | None:
-        suffix = f".r{key}.json"
+    def reply(self, key: str, notice: bool = True) -> dict | None:
+        found = {}
         for name in maildir.waiting(self.home / "outbox", folder="sent"):
-            if name.endswith(suffix) and name[:-len(suffix)].count(".") == 3:
-                try:
-                    return json.loads((self.home / "outbox" / "sent" / name).read_bytes())
-                except (OSError, ValueError):
-                    return None         # pruned meanwhile, or torn: the next change tells
+            for suffix in (f".r{key}.json", f".r{key}-wait.json"):
+                if name.endswith(suffix) and name[:-len(suffix)].count(".") == 3:
+                    found[suffix] = name
+        name = found.get(f".r{key}.json") or notice and found.get(f".r{key}-wait.json")
+        if name:
+            try:
+                reply = json.loads((self.home / "outbox" / "sent" / name).read_bytes())
+            except (OSError, ValueError):
+                return None         # pruned meanwhile, or torn: the next change tells
+            if name.endswith("-wait.json"):
+                reply["metadata"] = dict(reply.get("metadata") or {}, error="waiting")
+            return reply
         failed = self.home / "inbox" / "failed" / f"{key}.json.error"
         if failed.exists():
             raise HttpError(500, "the message could not be handled: " +
@@ -140,8 +150,11 @@ def _answer(reply: dict | None, limit: int) -> str:
         raise HttpError(504, f"no reply within {limit} s (gateway.api_timeout_s); the message is "
                         "kept, and its answer will be in the session", "timeout")
     error = (reply.get("metadata") or {}).get("error")
-    if error == "model":
-        raise HttpError(502, reply.get("text") or "the model cannot be reached", "model_unreachable")
+    if error in ("model", "waiting"):
+        kept = " The message is kept and will be answered when the model is back: send it again " \
+               "with the same Idempotency-Key header to get that answer." if error == "waiting" else ""
+        raise HttpError(502, (reply.get("text") or "the model cannot be reached") + kept,
+                        "model_unreachable")
     if error:
         raise HttpError(500, reply.get("text") or "internal error", "internal_error")
     return reply.get("text") or ""

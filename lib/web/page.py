@@ -338,8 +338,12 @@ def _chat(web, req):
                 continue
             if isinstance(msg, dict) and msg.get("id") == key and msg.get("role") in ("assistant", "tool"):
                 req.event(shown(msg), "step")
+    limit = web.gateway.config.gateway.api_timeout_s
     try:
-        reply = web.exchange.wait(key, web.gateway.config.gateway.api_timeout_s, steps)
+        reply = web.exchange.wait(key, limit, steps)
+        if reply and (reply.get("metadata") or {}).get("error") == "waiting":     # model down
+            req.event({"role": "assistant", "text": reply.get("text", ""), "calls": []}, "notice")
+            reply = web.exchange.wait(key, limit, steps, notice=False)
     except HttpError as e:
         return req.event({"message": str(e)}, "failure")
     if reply is None:

@@ -237,6 +237,8 @@ async function send(text) {
         const step = line(obj, "step");
         if (waiting.parentNode) log.insertBefore(step, waiting); else log.append(step);
         if (obj.role === "assistant" && !obj.calls.length) waiting.remove();
+      } else if (name === "notice") {        // the model is down: the message waits
+        waiting.textContent = obj.text;
       } else if (name === "reply") {
         waiting.remove();
         for (const old of log.querySelectorAll("li.step.assistant")) {
