@@ -110,11 +110,11 @@ class Gateway:
         self.watcher = Watcher()
         self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
         self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)
-        self._config_mtime = _mtime(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
         self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web(),
                       self.watcher]     # started last, stopped first: nothing wakes a stopped part
+        self._config_mtime = _mtime(self.config.path)   # after _web(), which may add the token
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
