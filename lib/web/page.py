@@ -314,9 +314,9 @@ def _chat(web, req):
     text = req.body().get("text")
     if not isinstance(text, str):
         raise bad_request("expected {\"text\": \"...\"}")
-    key = web.exchange.post("web", CHAT, text)
     path = session_path(web.gateway.home, "web", CHAT)
-    seen = [path.stat().st_size if path.exists() else 0, b""]
+    seen = [path.stat().st_size if path.exists() else 0, b""]     # before the worker can write
+    key = web.exchange.post("web", CHAT, text)
     req.start_events()
 
     def steps():            # each session line of this turn, as soon as it is written
