@@ -145,6 +145,8 @@ class Tools:
 class Gateway:
     host: str = "127.0.0.1"
     port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
+    token: str = ""              # the web page's and the API's (SPEC §11); onboard makes one
+    api_timeout_s: int = setting(300, low=1)    # an API request waits this long for its reply
     retention_days: int = setting(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
     log_level: str = setting("info", "debug", "info", "warning", "error")   # `gateway --logs` wins

@@ -19,12 +19,12 @@ _counter = itertools.count()
 STALE_TMP_S = 3600
 
 
-def atomic_write(path: Path, data: str | bytes):
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600):
     """Replace `path` so that a reader (or a crash) sees the old content or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
-    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data, mode=mode)
     os.replace(tmp, path)
 
 
@@ -32,11 +32,11 @@ class Clash(FileExistsError):
     """A message of that name is there already: it is never replaced."""
 
 
-def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC):
+def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC, mode: int = 0o600):
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | new, 0o600), "wb", buffering=0) as f:
         f.write(raw)                # one write(2), as os.write would make
         os.fsync(f.fileno())
-    os.chmod(path, 0o600)         # private whatever the umask
+    os.chmod(path, mode)          # private whatever the umask, unless asked otherwise
 
 
 def stamp(path: Path) -> tuple | None:

@@ -174,15 +174,15 @@ class Worker(Part):
                       key, GIVE_UP_S // 3600, e)
             reply = (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({e}), so "
                      "I gave up on this message. Send it again when you like.")
-        except ProviderError as e:
-            reply = str(e)
+        except ProviderError as e:      # said to the user; marked, so the API answers 502
+            reply, meta = str(e), dict(meta, error="model")
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
             if not (isinstance(e, OSError) and e.errno in FULL):    # a full disk: it waits in cur/
                 self._sessions.pop(f"{channel}:{chat_id}", None)
                 post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
                             "while answering this. The message is kept in inbox/failed/ and the "
-                            "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
-                            key=key)
+                            "error is in the log.", reply_to=msg["id"], key=key,
+                            metadata=dict(msg.get("metadata", {}), error="internal"))
             raise
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
