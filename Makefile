@@ -41,6 +41,7 @@ bridge:
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/mcp_bench.py
 
 # Run 24/7 under systemd: renders deploy/nanoclaw.service for this checkout, this user and this
 # home folder, installs it as /etc/systemd/system/nanoclaw.service and starts it (now and at every

@@ -48,13 +48,47 @@ def idle(pid: int, seconds: float) -> tuple[float, float]:
     return rss_mb(pid), 100 * used / (time.monotonic() - start)
 
 
+def wakeups(pid: int) -> int:
+    """Context switches of every thread so far: each is a wake-up (or a preemption)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api_latency(gw: "NanoclawGateway", n: int) -> list[float]:
+    """One request at a time through POST /v1/chat/completions with the openai client."""
+    import openai
+    from lib.config import load_config
+    token = load_config(str(gw.home / "config.yaml")).gateway.token
+    client = openai.OpenAI(api_key=token, base_url=f"http://127.0.0.1:{gw.port}/v1", max_retries=0)
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        client.chat.completions.create(model="nanoclaw", messages=[{"role": "user", "content": f"api {i}"}])
+        out.append(time.perf_counter() - start)
+    return sorted(out)
+
+
 class NanoclawGateway:
-    def __init__(self, tmp: Path, url: str, extra_config: str = ""):
+    def __init__(self, tmp: Path, url: str, extra_config: str = "", port: int | None = None):
         self.home = tmp / "home"
         self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port() if port is None else port      # 0: no HTTP server
         (self.home / "config.yaml").write_text(
             f"providers:\n  custom: {{api_base: '{url}'}}\nagents:\n  defaults: {{model: fake-model}}\n"
-            f"heartbeat: {{enabled: false}}\n{extra_config}")
+            f"heartbeat: {{enabled: false}}\ngateway: {{port: {self.port}}}\n{extra_config}")
         self.env = user_env(tmp / "user", NANOCLAW_HOME=str(self.home))
 
     def start(self) -> float:
@@ -188,12 +222,21 @@ def main() -> int:
             ready.append(gw.start())
             gw.stop()
         gw.start()
+        woke = wakeups(gw.proc.pid)
         rss, cpu = idle(gw.proc.pid, opts.idle)
+        woke = wakeups(gw.proc.pid) - woke
         first = latency(gw, 1)[0]           # loads the model SDK: measured on its own
         lat = sorted(latency(gw, opts.messages))
+        api = api_latency(gw, min(opts.messages, 200))
         rate = throughput(gw, 500)
         busy_rss = rss_mb(gw.proc.pid)
         gw.stop()
+        off = NanoclawGateway(Path(tmp) / "web-off", server.url, port=0)
+        off.start()
+        off_woke = wakeups(off.proc.pid)
+        off_rss, off_cpu = idle(off.proc.pid, opts.idle)
+        off_woke = wakeups(off.proc.pid) - off_woke
+        off.stop()
         model = model_round_trip(server.url)
         ch_rss, ch_cpu, ch_note = channels_idle(Path(tmp) / "channels", server.url, opts.idle)
         nb, note = None, "nanobot skipped (--no-nanobot)"
@@ -210,11 +253,18 @@ def main() -> int:
              f"{nb[0]:.1f} MB" if nb else "-", "<= 30 MB"],
             [f"idle CPU over {opts.idle:.0f} s", f"{cpu:.3f} %", f"{nb[1]:.3f} %" if nb else "-",
              "<= 0.05 %"],
+            ["idle RSS and CPU, web page off (port 0)", f"{off_rss:.1f} MB, {off_cpu:.3f} %", "-",
+             "web on: within 3 MB"],
+            ["idle wake-ups (context switches) per 5 s", f"{woke * 5 / opts.idle:.1f}", "-", "<= 1"],
+            ["  the same with the web page off", f"{off_woke * 5 / opts.idle:.1f}", "-", "the same"],
             ["first message (loads the SDK)", f"{first * 1000:.0f} ms", "-", ""],
             [f"inbox -> outbox p50 ({opts.messages} msgs)", f"{p50 * 1000:.1f} ms", "-", ""],
             ["inbox -> outbox p99", f"{p99 * 1000:.1f} ms", "-", ""],
             ["  of which the fake model call", f"{model * 1000:.1f} ms", "-", ""],
             ["  gateway overhead p50", f"{(p50 - model) * 1000:.1f} ms", "-", "<= 15 ms"],
+            [f"API request p50 ({len(api)}, openai client)", f"{api[len(api) // 2] * 1000:.1f} ms", "-", ""],
+            ["  API added over inbox -> outbox p50", f"{(api[len(api) // 2] - p50) * 1000:.1f} ms", "-",
+             "<= 20 ms"],
             ["throughput (500 at once)", f"{rate:.0f} msg/s", "-", ">= 50 msg/s"],
             ["RSS after the burst", f"{busy_rss:.1f} MB", "-", ""],
             ["idle RSS, 4 channels on (fakes)", f"{ch_rss:.1f} MB", "-", "<= 80 MB"],

@@ -118,8 +118,16 @@ class Approvals:
         log.info("approval %s asked in %s:%s: %s", code, *to, need.question)
         return record
 
-    def parked_for(self, msg_id: str) -> dict | None:
-        return next((r for r in self.pending() if r["msg"].get("id") == msg_id), None)
+    def park_task(self, need: ApprovalNeeded, job: dict) -> str:
+        """A background task's question, to the owner (else the chat that started it); its code."""
+        from lib.mail import post_outbox
+        from lib.usage import owner
+        to = owner(self.config) or (job["origin"]["channel"], job["origin"]["chat_id"])
+        msg = {"id": job["id"], "channel": "system", "chat_id": f"subagent:{job['id']}",
+               "text": job["task"], "metadata": {"kind": "subagent", "task_id": job["id"]}}
+        record = self.park(need, msg, to)
+        post_outbox(self.config.home, *to, f"Background task '{job['label']}': {record['question']}")
+        return record["code"]
 
     def answer(self, msg: dict, again: bool = False) -> tuple[dict | None, str]:
         """For "yes CODE" / "no CODE": (the claimed record, "yes" or "no"), or (None, why not);
@@ -147,7 +155,21 @@ class Approvals:
     def expired(self) -> list[dict]:
         """Pending approvals past their time, claimed: each is answered "did not answer"."""
         now = time.time()
-        return [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
+        gone = [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
+        for record in gone:
+            log.info("approval %s expired unanswered", record["code"])
+        return gone
+
+    def settle(self, record: dict, verdict: str, agent, session, channel: str, chat_id: str):
+        """The parked call's result into the session: its output when the owner said yes, else
+        why it did not run. After a crash half-way (`again`) nothing is added: the turn's resume
+        says the call was cut off, so it never runs twice."""
+        if record.get("again"):
+            return
+        msg, call = record["msg"], record["call"]
+        content = run(agent, record, channel, chat_id) if verdict == "yes" else result(verdict)
+        session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                        "content": content, "id": msg["id"]})
 
     def next_expiry(self) -> float | None:
         times = [r.get("expires_at", 0) for r in self.pending()]

@@ -132,6 +132,9 @@ def cmd_onboard(args):
         made.append(str(path))
     cfg = _config(args)
     made += _copy_missing(ROOT / "workspace_template", cfg.workspace, skip={"skills"})
+    from lib.web.auth import ensure_token      # the web page's and the API's key (SPEC §11)
+    if not cfg.gateway.token and ensure_token(cfg):
+        made.append(f"gateway.token in {path} (the key to the web page and the API)")
     (cfg.workspace / "skills").mkdir(parents=True, exist_ok=True)
     for line in made:
         print(f"created {line}")
@@ -184,6 +187,7 @@ def cmd_status(args):
     print(f"shell      {_shell_state(cfg)}")
     print(f"gateway    {_gateway_state(cfg.home)}")
     print(f"usage      {_usage_today(cfg)}")
+    print(f"web page   {_page_state(cfg)}")
     try:
         r = resolve(cfg)
         print(f"provider   {r.spec.name} → {r.api_base} (model {r.model})")
@@ -204,6 +208,11 @@ def cmd_status(args):
         if name == "email" and ch.enabled and not ch.authserv_id:
             from lib.channels import EMAIL_FORGEABLE
             print(f"    {term.style('warning', 'yellow')}: {EMAIL_FORGEABLE}")
+    if cfg.tools.mcp_servers:
+        from lib.mcp import describe
+        print("\nmcp servers")
+        for up, line in describe(cfg):
+            print(f"  {yes if up else term.style('✗', 'red') if up is False else no} {line}")
 
 
 def _gateway_state(home: Path) -> str:
@@ -230,6 +239,18 @@ def _gateway_state(home: Path) -> str:
             f"{count('inbox', 'new')} waiting, {count('inbox', 'cur')} in work, "
             f"{count('inbox', 'failed')} failed; outbox: {count('outbox', 'new')} to send, "
             f"{count('outbox', 'failed')} failed")
+
+
+def _page_state(cfg) -> str:
+    """Where the web page and the API are, and whether they can be used (SPEC §11)."""
+    g = cfg.gateway
+    if not g.port:
+        return "off (gateway.port: 0)"
+    host = f"[{g.host}]" if ":" in g.host else g.host
+    where = f"http://{'127.0.0.1' if g.host in ('0.0.0.0', '::', '') else host}:{g.port}/"
+    if not g.token:
+        return f"{where} {term.style('needs a token', 'red')}: run `{_command()} onboard`"
+    return f"{where} (log in with gateway.token from {cfg.path}; the API is at {where}v1)"
 
 
 def _model_state(cfg) -> str:

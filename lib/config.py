@@ -18,6 +18,7 @@ from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, settings, snake
 from lib.legacy import LEGACY_IGNORED, migrate
+from lib.mcp import McpServer
 from lib.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -138,12 +139,15 @@ class Tools:
     exec: Exec = setting(Exec())
     web: Web = setting(Web())
     cron: CronTools = setting(CronTools())
+    mcp_servers: dict[str, McpServer] = setting({})    # name -> server (SPEC §12, lib/mcp.py)
 
 
 @settings
 class Gateway:
     host: str = "127.0.0.1"
     port: int = setting(18790, low=0, high=65535)   # 0: no HTTP server
+    token: str = ""              # the web page's and the API's (SPEC §11); onboard makes one
+    api_timeout_s: int = setting(300, low=1)    # an API request waits this long for its reply
     retention_days: int = setting(7, low=0)
     log_file: str = ""           # empty: stderr (the journal); a relative name: $NANOCLAW_HOME/logs/
     log_level: str = setting("info", "debug", "info", "warning", "error")   # `gateway --logs` wins
@@ -213,11 +217,7 @@ def load_config(explicit: str | None = None) -> Config:
     if lines.get("ignored"):
         log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
                     "ignored: %s", path, len(lines["ignored"]), ", ".join(lines["ignored"]))
-    email = cfg.channels.email          # mail addresses are compared lower-cased (SPEC §8)
-    channels = dataclasses.replace(cfg.channels, email=dataclasses.replace(
-        email, allow_from=[a.lower() for a in email.allow_from]))
-    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), channels=channels,
-                               path=path, home=home_dir())
+    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
 
 
 def _read(path: Path):
@@ -313,10 +313,10 @@ def _value(typ, fld, value, at, lines, file, fail):
     if origin is dict:
         if value is None:
             return {}
+        item = typing.get_args(typ)[1]      # str, or the settings of a named thing (McpServer)
         if not isinstance(value, dict):
             fail(f"must be a mapping (name: value), got {_show(value)}", at)
-        return {str(k): _value(typing.get_args(typ)[1], fld, v, at + (str(k),), lines, file, fail)
-                for k, v in value.items()}
+        return {str(k): _value(item, fld, v, at + (str(k),), lines, file, fail) for k, v in value.items()}
     if isinstance(value, _Number):
         value = str(value) if typ is str else value.value
     if value is None and fld.default is not dataclasses.MISSING:

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import secrets
 from contextlib import contextmanager
 from datetime import datetime, time as dtime, timedelta, timezone
 
@@ -254,7 +253,7 @@ class CronService(Part):
             raise CronError(f"{describe(schedule)} {why}")
         with self._edit() as jobs:
             ids = {j["id"] for j in jobs}
-            job = {"id": next(i for i in (secrets.token_hex(4) for _ in range(99)) if i not in ids),
+            job = {"id": next(i for i in (os.urandom(4).hex() for _ in range(99)) if i not in ids),
                    "name": name, "enabled": True, "schedule": schedule, "message": message,
                    "deliver": bool(deliver), "channel": channel, "to": str(to),
                    "next_run": iso(when), "last_run": None, "last_status": None,

@@ -111,11 +111,12 @@ class Gateway:
         self.watcher = Watcher()
         self.watcher.watch(self.home / "inbox" / "new", self.worker.wake)
         self.watcher.watch(self.home / "outbox" / "new", self._outbox_changed)
-        self._config_stamp = maildir.stamp(self.config.path)
         if self.config.path.parent.is_dir():
             self.watcher.watch(self.config.path.parent, self._config_changed)
-        self.parts = [self.worker, *self.channels, *self._optional_parts(), *self._web(),
-                      self.watcher]     # started last, stopped first: nothing wakes a stopped part
+        mcp = getattr(getattr(self.agent, "tools", None), "more", None)  # MCP servers: up first
+        self.parts = [*filter(None, [mcp]), self.worker, *self.channels, *self._optional_parts(),
+                      *self._web(), self.watcher]   # the watcher last: nothing wakes a stopped part
+        self._config_stamp = maildir.stamp(self.config.path)    # after _web(): it may add the token
 
     def _optional_parts(self):
         """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
@@ -170,16 +171,11 @@ class Gateway:
         return not dead and not stuck
 
     def _web(self) -> list:
-        """The HTTP server on gateway.host:port, unless port is 0 or the port is taken."""
-        g = self.config.gateway
-        if not g.port:
+        """The web page and the API on gateway.host:port (SPEC §11), unless port is 0."""
+        if not self.config.gateway.port:
             return []
-        from lib.web.server import WebServer
-        try:
-            return [WebServer(g.host, g.port, lambda: self.healthy(say=False))]
-        except OSError as e:
-            log.warning("no HTTP server: cannot listen on %s:%d (%s)", g.host, g.port, e.strerror)
-            return []
+        from lib.web.server import serve
+        return serve(self)
 
     def _outbox_changed(self):
         for channel in self.channels:

@@ -21,7 +21,7 @@ LEGACY_IGNORED = {
         "socket_reconnect_delay_ms", "socket_max_reconnect_delay_ms",
         "socket_connect_timeout_ms", "refresh_interval_ms", "watch_timeout_ms", "watch_limit",
         "retry_delay_ms", "max_retry_attempts", "mention", "groups")),
-    "tools.mcp_servers", "tools.ssrf_whitelist", "tools.web.proxy", "tools.web.search.provider",
+    "tools.ssrf_whitelist", "tools.web.proxy", "tools.web.search.provider",
     "tools.web.search.base_url", "tools.exec.path_append",
 }
 

@@ -10,8 +10,9 @@ from lib import maildir
 from lib.channels import CHANNELS as CHAT_APPS
 from lib.sessions import now_iso
 
-CHANNELS = (*CHAT_APPS, "cli", "system", "local")
-NO_REMOTE = ("local", "cli", "system")      # replies go straight to outbox/sent/
+CHANNELS = (*CHAT_APPS, "cli", "system", "local", "web", "api")
+# replies go straight to outbox/sent/: a script, the web page (web) or an API client (api) reads them there
+NO_REMOTE = ("local", "cli", "system", "web", "api")
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 100         # deeper JSON is refused: the decoder (and every encoder after) recurses
 KINDS = dict(p="a FIFO", l="a symbolic link", d="a folder", c="a device", b="a device", s="a socket")

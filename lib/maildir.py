@@ -19,12 +19,12 @@ _counter = itertools.count()
 STALE_TMP_S = 3600
 
 
-def atomic_write(path: Path, data: str | bytes):
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600):
     """Replace `path` so that a reader (or a crash) sees the old content or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
-    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data, mode=mode)
     os.replace(tmp, path)
 
 
@@ -32,11 +32,11 @@ class Clash(FileExistsError):
     """A message of that name is there already: it is never replaced."""
 
 
-def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC):
+def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC, mode: int = 0o600):
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | new, 0o600), "wb", buffering=0) as f:
         f.write(raw)                # one write(2), as os.write would make
         os.fsync(f.fileno())
-    os.chmod(path, 0o600)         # private whatever the umask
+    os.chmod(path, mode)          # private whatever the umask, unless asked otherwise
 
 
 def stamp(path: Path) -> tuple | None:
@@ -152,25 +152,26 @@ def recover(box: Path, requeue: bool = True) -> list[str]:
     for name in left if requeue else ():
         os.replace(box / "cur" / name, box / "new" / name)
     cutoff = time.time() - STALE_TMP_S
-    for folder in ("tmp", "cur"):           # cur/.NAME…tmp: an atomic_write cut off
-        for entry in os.scandir(box / folder) if (box / folder).is_dir() else ():
-            with suppress(OSError):         # gone already, or a folder someone put there
-                if (folder == "tmp" or entry.name.startswith(".")) and \
-                        entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
+    _sweep(box / "tmp", cutoff)
+    _sweep(box / "cur", cutoff, lambda name: name.startswith("."))  # cur/.NAME…tmp: atomic_write cut off
     return left
 
 
 def prune(box: Path, days: float, finals=("done", "sent")) -> int:
     """Delete messages older than `days` from the final folders; failed/ is kept for a person."""
-    cutoff, removed = time.time() - days * 86400, 0
-    for final in finals:
-        folder = Path(box) / final
-        for entry in os.scandir(folder) if folder.is_dir() else ():
-            with suppress(FileNotFoundError):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
+    return sum(_sweep(Path(box) / final, time.time() - days * 86400) for final in finals)
+
+
+def _sweep(folder: Path, cutoff: float, match=lambda name: True) -> int:
+    """Unlink the files in `folder` (never a folder: one may be someone's) last changed before
+    `cutoff` whose names match; how many went."""
+    removed = 0
+    for entry in os.scandir(folder) if folder.is_dir() else ():
+        with suppress(OSError):         # gone already
+            if match(entry.name) and not entry.is_dir(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
     return removed
 
 

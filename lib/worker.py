@@ -174,15 +174,15 @@ class Worker(Part):
                       key, GIVE_UP_S // 3600, e)
             reply = (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({e}), so "
                      "I gave up on this message. Send it again when you like.")
-        except ProviderError as e:
-            reply = str(e)
+        except ProviderError as e:      # said to the user; marked, so the API answers 502
+            reply, meta = str(e), dict(meta, error="model")
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/
             if not (isinstance(e, OSError) and e.errno in FULL):    # a full disk: it waits in cur/
                 self._sessions.pop(f"{channel}:{chat_id}", None)
                 post_outbox(self.home, channel, chat_id, "Sorry, something went wrong inside nanoclaw "
                             "while answering this. The message is kept in inbox/failed/ and the "
-                            "error is in the log.", reply_to=msg["id"], metadata=msg.get("metadata"),
-                            key=key)
+                            "error is in the log.", reply_to=msg["id"], key=key,
+                            metadata=dict(msg.get("metadata", {}), error="internal"))
             raise
         if meta.get("quiet_reply") and reply.strip().strip(".!").upper() == meta["quiet_reply"]:
             channel = "system"          # nothing worth saying (HEARTBEAT_OK): recorded, not sent
@@ -193,29 +193,21 @@ class Worker(Part):
         return session
 
     def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
-        """A parked turn goes on: the call's result (run now, or why not), then the model.
-        After a crash half-way (`again`), the call counts as cut off: it never runs twice."""
-        from lib import approvals
-        msg, call = record["msg"], record["call"]
-        session = self._session(*self._target(msg))
-        if not record.get("again"):
-            content = approvals.run(self.agent, record, *self._target(msg)) if verdict == "yes" \
-                else approvals.result(verdict)
-            session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
-                            "content": content, "id": msg["id"]})
-        return self._turn(msg, key, since, resume=True)
+        """A parked turn goes on from its call's result (approvals.settle), then the model."""
+        if record["msg"].get("metadata", {}).get("kind") == "subagent":   # a background task goes on
+            return self.agent.services.spawn.resume(record, verdict)  # in a thread of its own
+        target = self._target(record["msg"])
+        self.approvals.settle(record, verdict, self.agent, self._session(*target), *target)
+        return self._turn(record["msg"], key, since, resume=True)
 
     def _expire(self):
-        """Approvals nobody answered in tools.approval.timeout_s: the turn goes on without."""
-        for record in self.approvals.expired():
-            log.info("approval %s expired unanswered", record["code"])
+        for record in self.approvals.expired():     # nobody answered in time: the turn goes on
             self.busy_since = time.monotonic()
             try:
                 self._continue(record, "timeout", f"approval-{record['code']}", record["asked_at"])
             except Exception:
                 log.exception("the turn parked as approval %s could not go on", record["code"])
-            finally:
-                self.busy_since = None
+        self.busy_since = None
 
     def _tell_waiting(self, msg, channel, chat_id, key, proactive, e):
         """Once per message, in its chat: the model is down, the message waits."""

@@ -200,3 +200,35 @@ def test_the_answer_parser_and_the_state_files(home):
     (approvals.dir / "9999.json").write_text("{torn")
     assert approvals.pending() == []                    # unreadable: skipped, left alone
     assert (approvals.dir / "9999.json").read_text() == "{torn"
+
+
+def test_a_background_task_asks_the_owner_and_goes_on_after_the_yes(gateway, home, llm):
+    """SPEC §9: for sub-agents the question goes to the owner; the answer relaunches the task."""
+    config = home / "config.yaml"
+    config.write_text(config.read_text().replace("timeout_s: 600}", "timeout_s: 600, owner: 'local:me'}"))
+
+    def model(body):
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return f"after: {last['content'][:120]}"
+        text = last["content"] if isinstance(last["content"], str) else ""
+        if text == "do it in the background":
+            return {"tool_calls": [{"name": "spawn", "arguments": {"task": "clean up the build"}}]}
+        if text == "clean up the build":                # the sub-agent's task
+            return {"tool_calls": [{"name": "exec", "arguments": {"command": CLEAN}}]}
+        return f"echo: {text[:200]}"
+    llm.reset()
+    llm.script(*[model] * 30)
+    gateway.start()
+    drop(home, "bg.json", {"channel": "local", "chat_id": "x", "text": "do it in the background"})
+    question = wait_for(lambda: [r for r in replies(home) if "Background task" in r["text"]],
+                        what="the owner's question")[0]
+    assert question["chat_id"] == "me" and CLEAN in question["text"]
+    code = re.search(r'"yes (\d{4})"', question["text"])[1]
+    assert not (home / "workspace" / "ran.txt").exists()
+    drop(home, "yes.json", {"channel": "local", "chat_id": "me", "text": f"yes {code}"})
+    wait_for(lambda: (home / "workspace" / "ran.txt").exists(), what="the approved run")
+    report = wait_for(lambda: [r for r in replies(home) if r["chat_id"] == "x" and
+                               "Background task" in r["text"] and "finished" in r["text"]],
+                      what="the task's report")
+    assert "exit code 0" in report[0]["text"]

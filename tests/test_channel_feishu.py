@@ -145,7 +145,9 @@ def test_an_event_acked_before_a_crash_is_taken_up_at_the_next_start(gateway, ll
     feishu.downloads_open.set()
     gateway.start()
     assert answered(feishu, 1)[0].startswith("echo: Look\n[attached: ")
-    msg = json.loads(next((gateway.home / "inbox" / "done").glob("*.json")).read_text())
+    done = wait_for(lambda: list((gateway.home / "inbox" / "done").glob("*.json")),   # the reply
+                    what="the message done")        # is sent a moment before the file is moved
+    msg = json.loads(done[0].read_text())
     assert open(msg["media"][0], "rb").read() == b"\x89PNG a large picture"
     assert not list((gateway.home / "state" / "feishu" / "pending").glob("*.json"))
     assert len(feishu.acks) == 1 and len(llm.chat_requests) == 1

@@ -376,3 +376,23 @@ def test_rendered_parts_are_checked_again_after_rendering():
     parts = render(text)
     assert len(parts) >= 2 and all(len(h.encode("utf-16-le")) // 2 <= 4096 for _, h in parts)
     assert "".join(md for md, _ in parts) == text
+
+
+def test_a_risky_command_asks_in_the_chat_and_a_typed_yes_runs_it(home, llm, tg, gateway):
+    """SPEC §9 through Telegram: the question arrives in the chat, a stranger's yes is refused
+    before the worker, the allowed user's typed yes carries the turn on."""
+    import re
+    configure(home, llm, tg, extra="tools: {exec: {sandbox: 'off'}, restrict_to_workspace: false}\n")
+    (home / "workspace").mkdir(parents=True, exist_ok=True)
+    llm.script({"tool_calls": [{"name": "exec", "arguments": {"command": "rm -rf old; echo ran"}}]},
+               lambda body: "Done: " + body["messages"][-1]["content"])
+    gateway.start()
+    tg.message("clean up", user=ALICE)
+    question = wait_for(lambda: [s for s in tg.sent if "yes" in s["text"]], what="the question")[0]
+    code = re.search(r"yes (\d{4})", parse_html(question["text"]))[1]
+    assert "rm -rf old; echo ran" in parse_html(question["text"]) and question["chat_id"] == 42
+    tg.message(f"yes {code}", user=(666, "mallory"), chat=42, chat_type="group")   # not allowed
+    tg.message(f"yes {code}", user=ALICE)
+    done = wait_for(lambda: [s for s in tg.sent if "Done:" in s["text"]], what="the answer")[0]
+    assert "ran" in parse_html(done["text"]) and "exit code 0" in parse_html(done["text"])
+    assert len(llm.chat_requests) == 2

@@ -27,8 +27,12 @@ def test_onboard_creates_config_and_workspace_and_never_overwrites(home):
     (ws / "USER.md").unlink()
     r = run_cli("onboard")
     assert r.returncode == 0 and "created" in r.stdout and "USER.md" in r.stdout
-    assert cfg.read_text() == "agents: {defaults: {model: mine}}\n"
+    # the owner's config is kept as written; only the web page's token is added (SPEC §11)
+    kept, added = cfg.read_text().split("\n", 1)
+    assert kept == "agents: {defaults: {model: mine}}" and added.startswith("gateway:\n  token: ")
     assert (ws / "SOUL.md").read_text() == "my soul" and (ws / "USER.md").exists()
+    r = run_cli("onboard")
+    assert "token" not in r.stdout and cfg.read_text() == kept + "\n" + added
 
 
 def test_onboarded_config_is_the_example_and_loads(home):

@@ -234,7 +234,7 @@ def test_unknown_key_names_path_file_line_and_a_suggestion(home):
 def test_unknown_key_far_from_any_lists_the_expected_keys(home):
     msg = config_error(home, "gateway:\n  port: 1\n  zzz: 2\n")
     assert "unknown key gateway.zzz (line 3)" in msg
-    assert "expected one of: host, port, retention_days" in msg
+    assert "expected one of: host, port, token, api_timeout_s, retention_days" in msg
 
 
 def test_unknown_top_level_section(home):

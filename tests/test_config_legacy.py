@@ -72,7 +72,7 @@ FEB_IGNORED = {
     "channels.telegram.replyToMessage", "channels.slack.mode", "channels.slack.webhookPath",
     "channels.slack.userTokenReadOnly", "channels.mochat.mention", "channels.mochat.groups",
     "providers.siliconflow", "providers.volcengine", "providers.openaiCodex",
-    "providers.githubCopilot", "tools.mcpServers"} | {
+    "providers.githubCopilot"} | {
     f"channels.mochat.{k}" for k in (
         "socketReconnectDelayMs", "socketMaxReconnectDelayMs",
         "socketConnectTimeoutMs", "refreshIntervalMs", "watchTimeoutMs", "watchLimit",
@@ -96,7 +96,8 @@ LATER = {
         "volcengineCodingPlan", "byteplus", "byteplusCodingPlan")},
     "gateway": {"heartbeat": {"enabled": True, "intervalS": 1800, "keepRecentMessages": 8}},
     "tools": {"web": {"proxy": None, "search": {"provider": "brave", "baseUrl": ""}},
-              "exec": {"pathAppend": ""}, "ssrfWhitelist": []},
+              "exec": {"pathAppend": ""}, "ssrfWhitelist": [],
+              "mcpServers": {"fs": {"type": None, "toolTimeout": 45, "enabledTools": ["read"]}}},
     "audio": {"tts": {"provider": "edge_tts", "voice": "en-US-ChristopherNeural", "speed": 1.0}},
     "api": {"host": "127.0.0.1", "port": 8900, "timeout": 120.0},
     # luthebao/nanoclaw
@@ -149,6 +150,9 @@ def test_full_onboard_config_json_loads_and_values_are_applied(home, caplog):
     assert cfg.channels.mochat.socket_disable_msgpack is False      # read, not ignored
     assert cfg.channels.email.mark_seen is False
     assert cfg.channels.whatsapp.bridge_url == "ws://localhost:3001"
+    fs = cfg.tools.mcp_servers["fs"]                   # SPEC §12: tools.mcpServers loads as is
+    assert (fs.command, fs.args, fs.url, fs.tool_timeout, fs.enabled_tools) == \
+        ("npx", ["-y", "server-fs"], "", 30, ["*"])
 
 
 def test_each_ignored_key_is_one_warning_naming_it_and_its_line(home, caplog):
@@ -156,7 +160,7 @@ def test_each_ignored_key_is_one_warning_naming_it_and_its_line(home, caplog):
     with caplog.at_level(logging.WARNING, logger="lib.config"):
         load_config()
     warned = _ignored_warnings(caplog)
-    assert len(warned) == len(FEB_IGNORED)              # a section (mcpServers) is one warning
+    assert len(warned) == len(FEB_IGNORED)          # a section (providers.siliconflow) is one warning
     assert {w.split(" ")[0] for w in warned} == FEB_IGNORED
     assert any(r.getMessage().startswith(str(home / "config.json") + ": ") for r in caplog.records)
     text = (home / "config.json").read_text().splitlines()
@@ -172,6 +176,8 @@ def test_later_schema_and_the_fork_s_keys_load_too(home, caplog):
     assert cfg.agents.defaults.timezone == "Europe/Paris" and cfg.agents.defaults.provider == "auto"
     assert cfg.channels.slack.allow_from == ["U1"]
     assert cfg.heartbeat.interval_s == 300                 # the fork's top-level heartbeat is ours
+    fs = cfg.tools.mcp_servers["fs"]
+    assert (fs.type, fs.tool_timeout, fs.enabled_tools) == ("", 45, ["read"])
     warned = " ".join(_ignored_warnings(caplog))
     for key in ("channels.matrix ", "providers.kilo ", "audio ",
                 "tools.web.proxy ", "channels.sendProgress ", "agents.defaults.reasoningEffort "):
@@ -181,7 +187,7 @@ def test_later_schema_and_the_fork_s_keys_load_too(home, caplog):
 
 def test_ignored_keys_in_snake_case_yaml_too(home, caplog):
     (home / "config.yaml").write_text("channels:\n  slack:\n    webhook_path: /x\n"
-                                      "tools:\n  mcp_servers: {a: {command: x}}\n")
+                                      "tools:\n  ssrf_whitelist: [10.0.0.1]\n")
     with caplog.at_level(logging.WARNING, logger="lib.config"):
         load_config()
     assert len(_ignored_warnings(caplog)) == 2

@@ -414,17 +414,18 @@ def test_health_endpoint_says_alive_and_nothing_more(gateway_config, llm, home):
             body = json.loads(r.read())
         assert r.status == 200 and body == {"ok": True}
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing-here", timeout=5)
         assert e.value.code == 404
     finally:
         g.kill()
 
 
 def test_logs_go_to_a_file_only_when_log_file_is_set(gateway_config, llm, home):
+    before = (home / "config.yaml").read_text()    # the first start adds gateway.token to it
     g = Gateway(home).start()
     g.kill()
     assert not (home / "logs").exists()                    # SPEC §2: logs/ only when configured
-    write_config(home, (home / "config.yaml").read_text() + "gateway: {log_file: gateway.log}\n")
+    write_config(home, before + "gateway: {log_file: gateway.log}\n")
     g = Gateway(home).start()
     try:
         log = home / "logs" / "gateway.log"
@@ -580,13 +581,20 @@ def test_status_says_whether_a_gateway_runs_with_its_pid_and_queues(gateway_conf
     assert "gateway    not running" in run_cli("status").stdout
 
 
-def test_a_silent_connection_to_the_http_server_is_dropped(monkeypatch):
+def test_a_silent_connection_to_the_http_server_is_dropped(gateway_config, monkeypatch):
     """A client that connects and says nothing must not hold a server thread for ever."""
     import socket as _socket
+    from lib.config import load_config
+    from lib.gateway import Gateway as InProcess
     from lib.web import server
     assert 0 < (server._Handler.timeout or 0) <= 30         # bounded by default
     monkeypatch.setattr(server._Handler, "timeout", 0.5)    # shorter, for the test
-    web = server.WebServer("127.0.0.1", 0, lambda: True)
+    write_config(gateway_config, (gateway_config / "config.yaml").read_text() + "gateway: {port: 0}\n")
+    gw = InProcess(load_config())
+    gw.build()
+    gw.parts = [gw.worker]                  # healthy() asks the parts
+    gw.worker.start()
+    web = server.WebServer(gw, "a-token")   # on a port of its own
     web.start()
     try:
         with _socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
@@ -598,6 +606,8 @@ def test_a_silent_connection_to_the_http_server_is_dropped(monkeypatch):
             assert b'{"ok": true}' in reply
     finally:
         web.stop()
+        gw.worker.stop()
+        gw._lock.close()
 
 
 def test_port_0_opens_no_http_server(gateway_config, llm, home):

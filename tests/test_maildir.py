@@ -1,7 +1,9 @@
 """Delivery as Maildir does it: a fresh tmp/ file, a hard link into new/, never a replace."""
+import os
 import json
 import stat
 import threading
+import time
 
 import pytest
 
@@ -53,3 +55,22 @@ def test_a_name_in_a_later_folder_is_not_posted_again(home, later):
     path.rename(home / "inbox" / later / path.name)
     assert post_inbox(home, {"channel": "local", "chat_id": "x", "text": "twice"}, "job") is None
     assert not list((home / "inbox" / "new").iterdir())
+
+
+def test_prune_and_recover_leave_a_folder_alone_and_go_on(tmp_path):
+    """A folder someone put into done/ (or media/<kind>/) older than the retention made prune
+    raise IsADirectoryError at start-up, so the gateway died and systemd restarted it for ever."""
+    box = tmp_path / "inbox"
+    maildir.ensure(box)
+    old = time.time() - 30 * 86400
+    for name in ("a-folder", "old.json", "new.json"):
+        path = box / "done" / name
+        path.mkdir() if name == "a-folder" else path.write_text("{}")
+        if name != "new.json":
+            os.utime(path, (old, old))
+    (box / "tmp" / "stale-folder").mkdir()
+    os.utime(box / "tmp" / "stale-folder", (old, old))
+    assert maildir.prune(box, 7) == 1
+    assert sorted(p.name for p in (box / "done").iterdir()) == ["a-folder", "new.json"]
+    maildir.recover(box)
+    assert (box / "tmp" / "stale-folder").is_dir()

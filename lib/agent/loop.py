@@ -9,6 +9,7 @@ from pathlib import Path
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
 from lib.errors import ApprovalNeeded, LimitReached, TurnTimeout
+from lib.mcp import Servers
 from lib.sessions import Session, interrupted, now_iso
 from lib.providers import Provider
 from lib.tools import Context, Registry, Services, default_registry
@@ -64,8 +65,10 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
 
 
 def agent_tools(config) -> Registry:
-    """The tools a conversation gets: all of them, less exec when tools.exec.enable is false."""
-    return default_registry(exclude=() if config.tools.exec.enable else ("exec",))
+    """The tools a conversation gets: all (exec if tools.exec.enable), and the MCP servers'."""
+    tools = default_registry(exclude=() if config.tools.exec.enable else ("exec",))
+    tools.more = Servers(config) if config.tools.mcp_servers else None
+    return tools
 
 
 class Agent:

@@ -14,10 +14,10 @@ import uuid
 from lib import maildir
 from lib.agent.context import clock
 from lib.agent.loop import run_turn
-from lib.errors import ProviderError, ToolError
+from lib.errors import ApprovalNeeded, ProviderError, ToolError
 from lib.part import Part
 from lib.sessions import Session, now_iso
-from lib.tools import Context, default_registry
+from lib.tools import Context, Services, default_registry
 
 log = logging.getLogger(__name__)
 MAX_RESULT = 20_000
@@ -25,11 +25,6 @@ MAX_RESULT = 20_000
 
 class Stopped(Exception):
     """The gateway is stopping: the task stays persisted for the next start."""
-
-
-def _no_one_to_ask(question: str):
-    raise ToolError("needs the owner's approval, and a background task cannot wait for it: "
-                    "report what should be done, and the owner can ask for it in the chat")
 
 
 class Subagents(Part):
@@ -45,6 +40,7 @@ class Subagents(Part):
         self.tools = default_registry(exclude=skip)
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.send, self.services = None, Services()     # what an approved call's context takes
 
     def loops(self) -> list:
         return []
@@ -65,6 +61,8 @@ class Subagents(Part):
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("%s is unreadable (%s); skipped", path, e)
                 continue
+            if job.get("parked"):
+                continue                    # waits for the owner's answer (SPEC §9)
             with self._lock:
                 self._launch(job)
 
@@ -106,6 +104,11 @@ class Subagents(Part):
                     result = f"the task failed: {e}"
                 except Stopped:
                     return
+                except ApprovalNeeded as need:  # parked for the owner; the answer relaunches it
+                    from lib.approvals import Approvals
+                    job["parked"] = Approvals(self.config).park_task(need, job)
+                    self._save(job)
+                    return
                 except Exception as e:      # a bug must not lose the task's answer
                     log.exception("background task %s failed", job["id"])
                     result = f"the task failed: {type(e).__name__}: {e}"
@@ -124,15 +127,28 @@ class Subagents(Part):
                   f"- Time: {clock(self.config.agents.defaults.timezone)}\n"
                   f"- Workspace: {ws} (relative paths start here)")
         session = Session(self.config.home, "subagent", job["id"])
-        task = {"role": "user", "content": job["task"]}
-        session.append(dict(task))
+        if not job.get("resumed"):
+            session.append({"role": "user", "content": job["task"]})
         ctx = Context(self.config, ws, "subagent", job["id"],
                       deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s,
-                      source="subagent", ask=_no_one_to_ask)
-        new = run_turn([{"role": "system", "content": prompt}, task], self, self.tools,
-                       ctx, self.config.agents.defaults.max_tool_iterations, session.append)
+                      source="subagent")
+        new = run_turn([{"role": "system", "content": prompt}, *session.history(10**6)], self,
+                       self.tools, ctx, self.config.agents.defaults.max_tool_iterations,
+                       session.append)
         session.sync()
         return (new[-1].get("content") or "").strip() or "(the sub-agent gave no answer)"
+
+    def resume(self, record: dict, verdict: str):
+        """The owner answered a parked task's question: its call's result, then the task goes on."""
+        from lib.approvals import Approvals
+        task_id = record["msg"]["metadata"]["task_id"]
+        job = json.loads((self.dir / f"{task_id}.json").read_text(encoding="utf-8"))
+        Approvals(self.config).settle(record, verdict, self, Session(self.config.home, "subagent",
+                                                                     task_id), "subagent", task_id)
+        job.pop("parked", None)
+        self._save(dict(job, resumed=True))
+        with self._lock:
+            self._launch(dict(job, resumed=True))
 
     def _report(self, job):
         origin = job["origin"]

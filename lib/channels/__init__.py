@@ -132,6 +132,9 @@ class Email:
     allow_from: list[str] = setting([])
     authserv_id: str = ""        # e.g. mx.google.com: only mail its Authentication-Results pass
 
+    def __post_init__(self):     # mail addresses are compared lower-cased (SPEC §8)
+        object.__setattr__(self, "allow_from", [a.lower() for a in self.allow_from])
+
 
 class Spec(NamedTuple):
     settings: type      # the frozen dataclass of channels.<name>

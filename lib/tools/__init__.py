@@ -79,20 +79,22 @@ def schema(fn) -> dict:
 class Registry:
     def __init__(self, functions):
         self.tools = {fn.__name__: fn for fn in functions}
+        self.more = None        # tools that come and go, named mcp_*: lib/mcp.py's Servers
         self._schemas = None
 
     def schemas(self) -> list:
         if self._schemas is None:
             self._schemas = [schema(fn) for fn in self.tools.values()]
-        return self._schemas
+        return self._schemas + (self.more.schemas() if self.more else [])
 
     def call(self, name: str, arguments, ctx: Context) -> str:
         fn = self.tools.get(name)
-        if fn is None:
+        more = self.more if fn is None and name.startswith("mcp_") else None
+        if fn is None and more is None:
             return f"Error: there is no tool named {name!r}. Available: {', '.join(self.tools)}"
         try:
-            args = _parse_args(fn, arguments)
-            result = fn(ctx, **args)
+            args = _json_object(name, arguments)
+            result = more.call(ctx, name, args) if more else fn(ctx, **_parse_args(fn, args))
         except ApprovalNeeded:          # not a failure: the turn is parked until the owner answers
             raise
         except ToolError as e:
@@ -103,14 +105,18 @@ class Registry:
         return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
 
 
-def _parse_args(fn, arguments) -> dict:
+def _json_object(tool: str, arguments) -> dict:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments or "{}")
         except json.JSONDecodeError as e:
-            raise ToolError(f"the arguments for {fn.__name__} are not valid JSON ({e})") from None
+            raise ToolError(f"the arguments for {tool} are not valid JSON ({e})") from None
     if not isinstance(arguments, dict):
-        raise ToolError(f"the arguments for {fn.__name__} must be a JSON object")
+        raise ToolError(f"the arguments for {tool} must be a JSON object")
+    return arguments
+
+
+def _parse_args(fn, arguments: dict) -> dict:
     params = list(inspect.signature(fn).parameters.values())[1:]
     names = {p.name: p for p in params}
     unknown = [k for k in arguments if k not in names]
