@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import time
+from dataclasses import field
 from pathlib import Path
 
 from lib.errors import ApprovalNeeded, ToolError
+from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
@@ -32,6 +34,14 @@ PATTERNS = [
     r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+(-\S+\s+)*-[ce]\b", r"\b(ba|da|z|k)?sh\s+-c\b",
     r"\beval\b",
 ]
+
+
+@settings
+class Approval:
+    mode: str = setting("risky", "off", "risky", "always")     # which exec commands need a yes
+    patterns: list[str] = field(default_factory=lambda: list(PATTERNS), metadata={"regex": True})
+    timeout_s: int = setting(600, low=1)    # an unanswered request counts as "no" after this
+    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
 
 
 def risk(ctx, command: str, boxed: bool) -> str:

@@ -13,6 +13,7 @@ from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
 from lib.errors import ApprovalNeeded, LimitReached, TurnTimeout
 from lib.mcp import Servers
+from lib.usage import source
 from lib.sessions import Session, interrupted, now_iso
 from lib.providers import Provider
 from lib.tools import Context, Registry, Services, default_registry
@@ -113,7 +114,7 @@ class Agent:
         if media and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": _parts(messages[-1]["content"], media)}
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg), ask=self.ask)
+                      deadline=time.monotonic() + d.turn_timeout_s, source=source(msg), ask=self.ask)
 
         def save(m):        # the user's line is written with the first answer: a turn that never
             while first:    # started (no model, a missing package) leaves the session as it was
@@ -159,14 +160,6 @@ class Agent:
             before, rounds = session.consolidated, rounds - 1
             ok = self.memory.consolidate(session, self.provider, keep, d.consolidate_batch, deadline)
         return ok
-
-
-def _source(msg: dict) -> str:
-    """Who a turn is for, as the usage ledger names it: heartbeat, cron, subagent, api, chat."""
-    kind = (msg.get("metadata") or {}).get("kind")
-    if msg["channel"] == "system" and kind in ("heartbeat", "cron", "subagent"):
-        return kind
-    return "api" if msg["channel"] == "api" else "chat"
 
 
 def _text(msg: dict) -> str:
