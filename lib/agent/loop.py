@@ -11,7 +11,8 @@ from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
-from lib.errors import ApprovalNeeded, LimitReached, TurnTimeout
+from lib.approvals import ApprovalNeeded
+from lib.errors import LimitReached, TurnTimeout
 from lib.mcp import Servers
 from lib.usage import source
 from lib.sessions import Session, interrupted, now_iso
