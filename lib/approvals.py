@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import time
+from dataclasses import field
 from pathlib import Path
 
-from lib.errors import ApprovalNeeded, ToolError
+from lib.errors import NanoclawError, ToolError
+from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
@@ -32,6 +34,22 @@ PATTERNS = [
     r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+(-\S+\s+)*-[ce]\b", r"\b(ba|da|z|k)?sh\s+-c\b",
     r"\beval\b",
 ]
+
+
+class ApprovalNeeded(NanoclawError):
+    """A risky action waits for the owner's yes: the turn is parked, not failed."""
+
+    def __init__(self, binding: dict, question: str):
+        super().__init__(question)
+        self.binding, self.question, self.call = binding, question, None
+
+
+@settings
+class Approval:
+    mode: str = setting("risky", "off", "risky", "always")     # which exec commands need a yes
+    patterns: list[str] = field(default_factory=lambda: list(PATTERNS), metadata={"regex": True})
+    timeout_s: int = setting(600, low=1)    # an unanswered request counts as "no" after this
+    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
 
 
 def risk(ctx, command: str, boxed: bool) -> str:
@@ -171,9 +189,15 @@ class Approvals:
         session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
                         "content": content, "id": msg["id"]})
 
-    def next_expiry(self) -> float | None:
-        times = [r.get("expires_at", 0) for r in self.pending()]
-        return min(times) if times else None
+    def resume_task(self, spawn, record: dict, verdict: str):
+        """A background task's answer: the call's result into its session, then it goes on."""
+        from lib.sessions import Session
+        task_id = record["msg"]["metadata"]["task_id"]
+        job = json.loads((spawn.dir / f"{task_id}.json").read_text(encoding="utf-8"))
+        self.settle(record, verdict, spawn, Session(self.config.home, "subagent", task_id),
+                    "subagent", task_id)
+        job.pop("parked", None)
+        spawn.relaunch(dict(job, resumed=True))
 
     def _may_answer(self, msg, record) -> bool:
         here = f"{msg['channel']}:{msg['chat_id']}"

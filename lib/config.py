@@ -13,13 +13,15 @@ import typing
 from dataclasses import field
 from pathlib import Path
 
-from lib import approvals
 from lib.channels import CHANNELS
 from lib.errors import ConfigError
 from lib.fields import setting, settings, snake
 from lib.legacy import LEGACY_IGNORED, migrate
+from lib.approvals import Approval
 from lib.mcp import McpServer
 from lib.providers.registry import PROVIDERS
+from lib.sandbox import DENY_PATTERNS, Exec  # noqa: F401 (DENY_PATTERNS: for readers)
+from lib.usage import Limits
 
 log = logging.getLogger(__name__)
 
@@ -67,38 +69,6 @@ Channels = dataclasses.make_dataclass(
 
 # --- tools, gateway, heartbeat ---
 
-# A courtesy, not the boundary (the sandbox is, SPEC §8): the usual ways to wipe, format, power
-# off or fork-bomb a machine; anything here can be written another way. Repeats are bounded
-# ({0,9}, {0,200}) so that no command, however long, makes a search slow.
-_WHOLE = r"""['"]?(/|~|\$\{?HOME\}?)/?\*?['"]?(\s|$|[;&|)])"""     # / , /* , ~/ , $HOME itself
-# a command word: first, after ; & | ( ` or a wrapper (sudo -n, sh -c ', nohup, systemctl, /sbin/)
-_COMMAND = (r"(^|[;&|(`\n]|\b(sudo|doas|env|exec|nohup|nice|time|xargs|systemctl|(ba|da|z)?sh\s+-c)\b"
-            r"|/s?bin/)([ \t]+-\S+){0,9}[ \t]*['\"]?")
-DENY_PATTERNS = [
-    rf"\brm\s+(-\S*\s+){{0,9}}{_WHOLE}", rf"\bfind\s+{_WHOLE}[^;&|\n]{{0,200}}-(delete|exec\s+rm)\b",
-    r"""\brmtree\s*\(\s*['"](/|~/?)['"]""", rf"\bch(mod|own|grp)\s+([^\s;&|]+\s+){{0,9}}{_WHOLE}",
-    r"\|\s*(sudo(\s+-\S+)*\s+)?(/usr)?(/bin/)?(ba|da|z|k)?sh(\s|$|[;&|)])",     # ... | sh
-    r"\b(mkfs|mke2fs|mkswap|wipefs|blkdiscard)\b", r"\bdd\b[^;&|\n]{0,200}\bof=/dev/(?!(null|zero|stdout|stderr)\b)",
-    r">\s*/dev/(sd|nvme|mmcblk|hd|vd|xvd|mapper/|dm-|md\d|loop|disk)",
-    rf"{_COMMAND}(shutdown|reboot|poweroff|halt)(\s|$|[;&|)`'\"])", r"\b(tel)?init\s+[06]\b",
-    r"\bkill\s+(-\S+\s+)*-1\s*($|[;&|)])", r"(?<![^\s;&|])([^\s(){};&|]{1,40})\s*\(\)\s*\{[^}]{0,80}\1\s*\|\s*\1",
-    r"\bformat\s+[a-z]:", r"\bdiskpart\b",
-]
-
-
-@settings
-class Exec:
-    enable: bool = True          # false: no shell tool at all
-    timeout: int = setting(60, low=1)
-    deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
-                                     metadata={"regex": True})
-    sandbox: str = setting("auto", "auto", "bwrap", "off")
-    network: bool = True         # false: commands have no network (bwrap --unshare-net)
-    expose: list[str] = setting([])   # extra paths visible in the sandbox, read-only ("PATH:rw" to write)
-    env: dict[str, str] = setting({})  # variables commands get besides PATH HOME LANG TERM TZ
-    max_output: int = setting(10000, low=100)
-
-
 @settings
 class Search:
     api_key: str = ""
@@ -122,14 +92,6 @@ class Web:
 @settings
 class CronTools:
     min_interval_s: int = setting(300, low=0)   # the shortest schedule the model may ask for
-
-
-@settings
-class Approval:
-    mode: str = setting("risky", "off", "risky", "always")     # which exec commands need a yes
-    patterns: list[str] = field(default_factory=lambda: list(approvals.PATTERNS), metadata={"regex": True})
-    timeout_s: int = setting(600, low=1)    # an unanswered request counts as "no" after this
-    owner: str = ""              # channel:chat_id of the owner; empty: the last active chat
 
 
 @settings
@@ -160,12 +122,6 @@ class Heartbeat:
     enabled: bool = True
     interval_s: int = setting(1800, low=1)
     quiet_hours: str = ""        # e.g. 23:00-07:00: heartbeat and cron wait until the hours end
-
-
-@settings
-class Limits:
-    daily_tokens: int = setting(0, low=0)      # 0: no limit
-    daily_usd: float = setting(0.0, low=0.0)
 
 
 @settings

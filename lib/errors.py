@@ -25,14 +25,6 @@ class TurnTimeout(ProviderError):
     """The turn's deadline (agents.defaults.turn_timeout_s) passed before the model answered."""
 
 
-class ApprovalNeeded(NanoclawError):
-    """A risky action waits for the owner's yes (SPEC §9): the turn is parked, not failed."""
-
-    def __init__(self, binding: dict, question: str):
-        super().__init__(question)
-        self.binding, self.question, self.call = binding, question, None
-
-
 class ProviderDown(ProviderError):
     """The model could not be reached (a timeout, 408/429, 5xx, no connection): worth a retry."""
 

@@ -2,7 +2,6 @@
 go to the agent as a system message. A file with nothing but comments, headings and empty list
 items costs nothing: no message, no model call. A beat is skipped while the last one still waits.
 """
-import json
 import logging
 import re
 from datetime import datetime, timezone
@@ -72,7 +71,7 @@ class Heartbeat(Part):
             return False
         if not tasks:
             return False
-        from lib.usage import over_limit
+        from lib.usage import over_limit, owner
         if over_limit(self.config):
             log.info("heartbeat skipped: a daily limit is reached (limits.*)")
             return False
@@ -83,11 +82,8 @@ class Heartbeat(Part):
                 "Do what is due now. Tell the owner only what needs their attention; if nothing "
                 f"does, reply exactly {HEARTBEAT_OK} and nothing else.")
         meta = {"kind": "heartbeat", "quiet_reply": HEARTBEAT_OK}
-        try:
-            last = json.loads((self.config.home / "state" / "last_chat.json").read_text())
-            meta["reply_to"] = {"channel": last["channel"], "chat_id": str(last["chat_id"])}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass                        # nobody has written yet: the answer stays on "system"
+        if to := owner(self.config):    # else nobody has written yet: it stays on "system"
+            meta["reply_to"] = {"channel": to[0], "chat_id": to[1]}
         self.post({"channel": "system", "chat_id": "heartbeat", "sender_id": "heartbeat",
                    "text": text, "metadata": meta}, maildir.unique_name() + SUFFIX)
         return True

@@ -1,5 +1,5 @@
 """The exec tool's sandbox (SPEC §8): whether to use bubblewrap, its command line, the scrubbed
-environment, and running a command with its output bounded in memory. Imported only by exec.
+environment, running a command with its output bounded in memory, and the tools.exec settings.
 
 Under bubblewrap a command sees the workspace read-write at its real path, the rest of the file
 system read-only, empty folders where $NANOCLAW_HOME and the user's home are, a private /tmp and
@@ -17,10 +17,12 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import field
 from pathlib import Path
 from types import SimpleNamespace
 
 from lib.errors import ToolError
+from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
 BWRAP = "bwrap"          # the program looked up on PATH; tests point it at one that is missing
@@ -31,6 +33,37 @@ DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM"
 CHUNK = 65536
 GRACE = 0.5              # seconds to drain the pipes after the command ended
 _problems: dict = {}     # bwrap's path -> why it does not work ("" when it does); probed once
+
+# A courtesy, not the boundary (the sandbox is, SPEC §8): the usual ways to wipe, format, power
+# off or fork-bomb a machine; anything here can be written another way. Repeats are bounded
+# ({0,9}, {0,200}) so that no command, however long, makes a search slow.
+_WHOLE = r"""['"]?(/|~|\$\{?HOME\}?)/?\*?['"]?(\s|$|[;&|)])"""     # / , /* , ~/ , $HOME itself
+# a command word: first, after ; & | ( ` or a wrapper (sudo -n, sh -c ', nohup, systemctl, /sbin/)
+_COMMAND = (r"(^|[;&|(`\n]|\b(sudo|doas|env|exec|nohup|nice|time|xargs|systemctl|(ba|da|z)?sh\s+-c)\b"
+            r"|/s?bin/)([ \t]+-\S+){0,9}[ \t]*['\"]?")
+DENY_PATTERNS = [
+    rf"\brm\s+(-\S*\s+){{0,9}}{_WHOLE}", rf"\bfind\s+{_WHOLE}[^;&|\n]{{0,200}}-(delete|exec\s+rm)\b",
+    r"""\brmtree\s*\(\s*['"](/|~/?)['"]""", rf"\bch(mod|own|grp)\s+([^\s;&|]+\s+){{0,9}}{_WHOLE}",
+    r"\|\s*(sudo(\s+-\S+)*\s+)?(/usr)?(/bin/)?(ba|da|z|k)?sh(\s|$|[;&|)])",     # ... | sh
+    r"\b(mkfs|mke2fs|mkswap|wipefs|blkdiscard)\b", r"\bdd\b[^;&|\n]{0,200}\bof=/dev/(?!(null|zero|stdout|stderr)\b)",
+    r">\s*/dev/(sd|nvme|mmcblk|hd|vd|xvd|mapper/|dm-|md\d|loop|disk)",
+    rf"{_COMMAND}(shutdown|reboot|poweroff|halt)(\s|$|[;&|)`'\"])", r"\b(tel)?init\s+[06]\b",
+    r"\bkill\s+(-\S+\s+)*-1\s*($|[;&|)])", r"(?<![^\s;&|])([^\s(){};&|]{1,40})\s*\(\)\s*\{[^}]{0,80}\1\s*\|\s*\1",
+    r"\bformat\s+[a-z]:", r"\bdiskpart\b",
+]
+
+
+@settings
+class Exec:
+    enable: bool = True          # false: no shell tool at all
+    timeout: int = setting(60, low=1)
+    deny_patterns: list[str] = field(default_factory=lambda: list(DENY_PATTERNS),
+                                     metadata={"regex": True})
+    sandbox: str = setting("auto", "auto", "bwrap", "off")
+    network: bool = True         # false: commands have no network (bwrap --unshare-net)
+    expose: list[str] = setting([])   # extra paths visible in the sandbox, read-only ("PATH:rw" to write)
+    env: dict[str, str] = setting({})  # variables commands get besides PATH HOME LANG TERM TZ
+    max_output: int = setting(10000, low=100)
 
 
 def use_bwrap(settings, restrict: bool) -> bool:

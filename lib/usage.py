@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from lib.errors import ConfigError, LimitReached, ProviderDown, ProviderError
+from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
 FAILS_TO_SKIP = 3       # failures in a row before a model is skipped for fallback_cooldown_s
@@ -18,9 +19,23 @@ WARN_AT = 0.8           # of a limit: the owner is told once a day
 _HOURS = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
 
 
+@settings
+class Limits:
+    daily_tokens: int = setting(0, low=0)      # 0: no limit
+    daily_usd: float = setting(0.0, low=0.0)
+
+
 def _zone(config):
     from lib.cron import zone
     return zone(config.agents.defaults.timezone)
+
+
+def source(msg: dict) -> str:
+    """Who a turn is for, as the ledger names it: heartbeat, cron, subagent, api or chat."""
+    kind = (msg.get("metadata") or {}).get("kind")
+    if msg["channel"] == "system" and kind in ("heartbeat", "cron", "subagent"):
+        return kind
+    return "api" if msg["channel"] == "api" else "chat"
 
 
 def today(config, tz=None) -> str:

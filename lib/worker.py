@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lib import maildir
 from lib.channels import allowed
-from lib.errors import ApprovalNeeded, LimitReached, ProviderDown, ProviderError
+from lib.approvals import ApprovalNeeded, Approvals
+from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
 from lib.part import Part
 from lib.sessions import Session
@@ -38,7 +39,6 @@ class Worker(Part):
         self._last_chat = None
         self.busy_since: float | None = None    # monotonic start of the current step of work
         self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full or the model down
-        from lib.approvals import Approvals
         self.approvals = Approvals(config)                # turns parked for the owner's yes
 
     def start(self):
@@ -167,8 +167,12 @@ class Worker(Part):
                 return None
             reply = str(e)
         except ProviderDown as e:       # the message waits in cur/ (_take), unless it waited a day
-            if time.time() - since < GIVE_UP_S:
-                self._tell_waiting(msg, channel, chat_id, key, proactive, e)
+            if time.time() - since < GIVE_UP_S:     # told once, in its chat: it waits
+                if not (proactive or channel == "system" or self._reply_exists(key + "-wait")):
+                    post_outbox(self.home, channel, chat_id, f"The model is not answering right "
+                                f"now ({e}). Your message is kept, and I will answer it as soon "
+                                "as the model is back.", reply_to=msg["id"],
+                                metadata=msg.get("metadata"), key=key + "-wait")
                 raise
             log.error("%s: given up after %d hours without an answer from the model (%s)",
                       key, GIVE_UP_S // 3600, e)
@@ -194,8 +198,8 @@ class Worker(Part):
 
     def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
         """A parked turn goes on from its call's result (approvals.settle), then the model."""
-        if record["msg"].get("metadata", {}).get("kind") == "subagent":   # a background task goes on
-            return self.agent.services.spawn.resume(record, verdict)  # in a thread of its own
+        if record["msg"].get("metadata", {}).get("kind") == "subagent":   # a background task goes
+            return self.approvals.resume_task(self.agent.services.spawn, record, verdict)   # on
         target = self._target(record["msg"])
         self.approvals.settle(record, verdict, self.agent, self._session(*target), *target)
         return self._turn(record["msg"], key, since, resume=True)
@@ -208,14 +212,6 @@ class Worker(Part):
             except Exception:
                 log.exception("the turn parked as approval %s could not go on", record["code"])
         self.busy_since = None
-
-    def _tell_waiting(self, msg, channel, chat_id, key, proactive, e):
-        """Once per message, in its chat: the model is down, the message waits."""
-        if proactive or channel == "system" or self._reply_exists(key + "-wait"):
-            return
-        post_outbox(self.home, channel, chat_id, f"The model is not answering right now ({e}). "
-                    "Your message is kept, and I will answer it as soon as the model is back.",
-                    reply_to=msg["id"], metadata=msg.get("metadata"), key=key + "-wait")
 
     def _target(self, msg) -> tuple[str, str]:
         """Where the reply goes and whose conversation it belongs to. A system message (cron,

@@ -121,7 +121,8 @@ def test_a_yes_does_not_ride_on_to_a_different_command(gateway, home, llm):
 
 def test_an_approved_script_that_changed_meanwhile_is_not_run(home, llm):
     from lib.approvals import ask, exec_binding
-    from lib.errors import ApprovalNeeded, ToolError
+    from lib.approvals import ApprovalNeeded
+    from lib.errors import ToolError
     write_config(home, "tools: {exec: {sandbox: 'off'}, restrict_to_workspace: false}\n")
     cfg = load_config()
     cfg.workspace.mkdir(parents=True)
@@ -179,7 +180,7 @@ def test_agent_m_refuses_a_risky_action_unless_yes(home, llm):
 
 
 def test_writing_outside_the_workspace_needs_a_yes(home, tmp_path):
-    from lib.errors import ApprovalNeeded
+    from lib.approvals import ApprovalNeeded
     from lib.tools.files import write_file
     write_config(home, "tools: {restrict_to_workspace: false}\n")
     cfg = load_config()

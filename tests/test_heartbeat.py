@@ -147,3 +147,16 @@ def test_a_reload_that_turns_the_heartbeat_on_or_off_raises_no_alarm_and_is_obey
     on._last -= timedelta(seconds=3600)     # an interval has passed
     on.config = with_interval(config, 3600, enabled=False)
     assert 3590 < on.step() <= 3600 and on.alive()
+
+
+def test_the_owner_setting_wins_over_the_last_active_chat(config, beat, home):
+    """SPEC §10: proactive messages go to tools.approval.owner, default the last active chat."""
+    import dataclasses
+    write_tasks(config, "- water the plants\n")
+    maildir.atomic_write(config.home / "state" / "last_chat.json",
+                         json.dumps({"channel": "telegram", "chat_id": "42"}))
+    approval = dataclasses.replace(config.tools.approval, owner="slack:C0OWNER")
+    beat.config = dataclasses.replace(config, tools=dataclasses.replace(config.tools, approval=approval))
+    assert beat.beat()
+    assert json.loads(inbox(config)[0].read_text())["metadata"]["reply_to"] == {
+        "channel": "slack", "chat_id": "C0OWNER"}

@@ -308,3 +308,10 @@ def test_tool_arguments_sent_as_an_object_become_json_text(config, home):
     new = run_turn([], ScriptedProvider(reply, "done"), default_registry(),
                    Context(config, config.workspace), 5)
     assert new[-1]["content"] == "done" and not new[1]["content"].startswith("Error")
+
+
+def test_a_retry_after_that_is_neither_seconds_nor_a_date_means_the_usual_backoff(home, llm):
+    """It raised ValueError out of complete(): a stray header from a proxy ended the turn."""
+    llm.script({"status": 429, "headers": {"Retry-After": "soon"}}, "ok")
+    p = fake_provider(home, llm, backoff=0.01)
+    assert p.complete(HI).content == "ok" and len(llm.requests) == 2

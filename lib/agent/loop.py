@@ -8,8 +8,10 @@ from pathlib import Path
 
 from lib.agent.context import system_prompt
 from lib.agent.memory import Memory
-from lib.errors import ApprovalNeeded, LimitReached, TurnTimeout
+from lib.approvals import ApprovalNeeded
+from lib.errors import LimitReached, TurnTimeout
 from lib.mcp import Servers
+from lib.usage import source
 from lib.sessions import Session, interrupted, now_iso
 from lib.providers import Provider
 from lib.tools import Context, Registry, Services, default_registry
@@ -111,7 +113,7 @@ class Agent:
         user = {"role": "user", "content": text + "".join(f"\n[attached: {p}]" for p in media)}
         first = [] if mine else [dict(user, media=list(media) or None, group=group or None)]
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
-                      deadline=time.monotonic() + d.turn_timeout_s, source=_source(msg), ask=self.ask)
+                      deadline=time.monotonic() + d.turn_timeout_s, source=source(msg), ask=self.ask)
         self.maintain(session, ctx.deadline)    # what would leave the prompt is saved first
         messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id, show)},
                     *session.history(d.memory_window - len(first)), *[user][:len(first)]]
@@ -149,14 +151,6 @@ class Agent:
         """Memory upkeep, by `deadline`: nothing leaves the prompt's window unconsolidated."""
         d = self.config.agents.defaults
         self.memory.consolidate(session, self.provider, d, d.memory_window, deadline)
-
-
-def _source(msg: dict) -> str:
-    """Who a turn is for, as the usage ledger names it: heartbeat, cron, subagent, api, chat."""
-    kind = (msg.get("metadata") or {}).get("kind")
-    if msg["channel"] == "system" and kind in ("heartbeat", "cron", "subagent"):
-        return kind
-    return "api" if msg["channel"] == "api" else "chat"
 
 
 def _text(msg: dict) -> str:

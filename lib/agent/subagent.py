@@ -14,7 +14,8 @@ import uuid
 from lib import maildir
 from lib.agent.context import clock
 from lib.agent.loop import run_turn
-from lib.errors import ApprovalNeeded, ProviderError, ToolError
+from lib.approvals import ApprovalNeeded
+from lib.errors import ProviderError, ToolError
 from lib.part import Part
 from lib.sessions import Session, now_iso
 from lib.tools import Context, Services, default_registry
@@ -138,17 +139,11 @@ class Subagents(Part):
         session.sync()
         return (new[-1].get("content") or "").strip() or "(the sub-agent gave no answer)"
 
-    def resume(self, record: dict, verdict: str):
-        """The owner answered a parked task's question: its call's result, then the task goes on."""
-        from lib.approvals import Approvals
-        task_id = record["msg"]["metadata"]["task_id"]
-        job = json.loads((self.dir / f"{task_id}.json").read_text(encoding="utf-8"))
-        Approvals(self.config).settle(record, verdict, self, Session(self.config.home, "subagent",
-                                                                     task_id), "subagent", task_id)
-        job.pop("parked", None)
-        self._save(dict(job, resumed=True))
+    def relaunch(self, job: dict):
+        """Go on with a task that waited for the owner (lib/approvals.py settled its call)."""
+        self._save(job)
         with self._lock:
-            self._launch(dict(job, resumed=True))
+            self._launch(job)
 
     def _report(self, job):
         origin = job["origin"]

@@ -3,6 +3,7 @@ import json
 import logging
 import random
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from lib.errors import ProviderDown, ProviderError, TurnTimeout
@@ -142,23 +143,16 @@ def _json_text(arguments) -> str:
 
 
 def _retry_after(e) -> float | None:
-    response = getattr(e, "response", None)
-    if response is None:
-        return None
-    if response.headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(response.headers["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        import email.utils
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    """The server's wait: Retry-After-Ms, or Retry-After in seconds or as a date; None if none."""
+    import email.utils
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    for name, seconds in (("retry-after-ms", lambda v: float(v) / 1000), ("retry-after", float),
+                          ("retry-after", lambda v: email.utils.parsedate_to_datetime(v).timestamp()
+                           - time.time())):
+        with suppress(ValueError, TypeError, AttributeError):   # junk: the usual back-off
+            if headers.get(name):
+                return max(0.0, seconds(headers[name]))
+    return None
 
 
 def _error_text(e) -> str:

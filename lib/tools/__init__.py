@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lib.errors import ApprovalNeeded, ToolError
+from lib.approvals import ApprovalNeeded
+from lib.errors import ToolError
 
 log = logging.getLogger(__name__)
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
