@@ -46,7 +46,8 @@ class Watcher(Part):
         self._watches.append((str(folder), callback))
 
     def start(self):
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
+                                     FileMovedEvent, FileSystemEventHandler)
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
         # watchdog holds each moved-away event 0.5 s to pair it, and every event queued behind it
@@ -60,14 +61,16 @@ class Watcher(Part):
                 self.callback = callback
 
             def on_any_event(self, event):
-                if event.event_type in ("created", "moved", "modified", "closed"):
-                    self.callback()
+                self.callback()
+        # only changes: reading a folder (the worker's rescan) must wake no thread at idle
+        changes = [FileCreatedEvent, FileMovedEvent, FileModifiedEvent, FileClosedEvent]
 
         for kind in (Observer, PollingObserver):
             self._observer = kind()
             try:
                 for folder, callback in self._watches:
-                    self._observer.schedule(Handler(callback), folder, recursive=False)
+                    self._observer.schedule(Handler(callback), folder, recursive=False,
+                                            event_filter=changes)
                 self._observer.start()
                 return
             except OSError as e:

@@ -223,8 +223,9 @@ def test_a_stdio_server_gets_only_its_own_environment(tools, monkeypatch):
 
 @pytest.mark.skipif(bool(sandbox.problem()), reason="bubblewrap does not work here")
 def test_sandbox_true_runs_the_server_in_the_exec_sandbox(tools, home):
-    python = os.path.realpath(sys.base_prefix)     # may be under the home, which the sandbox hides
-    registry, ctx = tools({"boxed": stdio(sandbox=True), "free": stdio()}, exec={"expose": [python]})
+    # Python, the venv and the server's script may be under a home or /tmp, which the sandbox hides
+    shown = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), str(ROOT.resolve())]
+    registry, ctx = tools({"boxed": stdio(sandbox=True), "free": stdio()}, exec={"expose": shown})
     registry.schemas()
     (ctx.workspace / "note.txt").write_text("x")
     secret, note = str(home / "config.yaml"), str(ctx.workspace / "note.txt")
