@@ -178,6 +178,10 @@ class Approvals:
             log.info("approval %s expired unanswered", record["code"])
         return gone
 
+    def wait(self, most: float) -> float:
+        """Seconds until the first pending approval expires, at most `most`."""
+        return min([most] + [max(1.0, r.get("expires_at", 0) - time.time()) for r in self.pending()])
+
     def settle(self, record: dict, verdict: str, agent, session, channel: str, chat_id: str):
         """The parked call's result into the session: its output when the owner said yes, else
         why it did not run. After a crash half-way (`again`) nothing is added: the turn's resume

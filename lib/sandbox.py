@@ -10,12 +10,8 @@ group, which is best effort: a child that left the group (setsid) lives on.
 import codecs
 import logging
 import os
-import pwd
 import re
-import selectors
 import shutil
-import signal
-import subprocess
 import time
 from dataclasses import field
 from pathlib import Path
@@ -93,6 +89,7 @@ def problem() -> str:
 
 
 def _probe(path) -> str:
+    import subprocess
     if path is None:
         return f"{BWRAP} is not installed"
     try:
@@ -128,6 +125,7 @@ def bwrap_argv(config, workspace: Path, cwd: Path, command: str) -> list:
 
 def _homes(nanoclaw_home) -> list:
     """$NANOCLAW_HOME, $HOME and the user's home from the password database, at their real paths."""
+    import pwd
     paths = [nanoclaw_home, os.environ.get("HOME")]
     try:
         paths.append(pwd.getpwuid(os.getuid()).pw_dir)
@@ -171,6 +169,7 @@ class Kept:
 def run(argv, env, cwd, timeout: float, limit: int) -> tuple[str, int | None]:
     """Run argv; return its output (stdout, then a STDERR: section; past `limit` characters, the
     first and last halves) and its exit code, or None when `timeout` passed and it was killed."""
+    import subprocess
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -194,6 +193,7 @@ def run(argv, env, cwd, timeout: float, limit: int) -> tuple[str, int | None]:
 def _pump(proc, sinks: dict, timeout: float) -> int | None:
     """Read the pipes into `sinks` until the command has ended and they are closed (or GRACE
     after its end, when something it started holds them); its exit code, or None at the timeout."""
+    import selectors
     deadline, code = time.monotonic() + timeout, None
     pidfd = os.pidfd_open(proc.pid)
     try:
@@ -218,6 +218,7 @@ def _pump(proc, sinks: dict, timeout: float) -> int | None:
 
 def _kill(proc):
     """SIGKILL to the command's process group; for bwrap, its PID namespace dies with it."""
+    import signal
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -21,7 +21,7 @@ from lib.sessions import Session
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
-RESCAN_S = 5.0          # a safety net under the file watcher
+RESCAN_S = 10.0         # a safety net under the file watcher
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
 GIVE_UP_S = 24 * 3600   # a message the model has not answered for this long is answered with regret
@@ -52,7 +52,7 @@ class Worker(Part):
     def step(self) -> float:
         self.drain()
         self._expire()
-        return max(0.0, self._retry_at - time.monotonic()) or RESCAN_S
+        return max(0.0, self._retry_at - time.monotonic()) or self.approvals.wait(RESCAN_S)
 
     def drain(self):
         # cur/ first, in place: what a crash or a full disk left there is taken up where it
