@@ -159,9 +159,9 @@ class Approvals:
         if record is None and again:
             record = _load(self.dir / "answered" / f"{code}.json")
             return (dict(record, again=True), verdict) if record else (None, "")
-        if record is None:
+        if record is None:          # an unknown code: just words for the assistant ("no 2024")
             done = (self.dir / "answered" / f"{code}.json").exists()
-            return None, f"Approval {code} was {'already answered' if done else 'not found'}."
+            return None, f"Approval {code} was already answered." if done else ""
         if not self._may_answer(msg, record):
             return None, f"Approval {code} can only be answered in the chat that was asked, or by the owner."
         if record.get("expires_at", 0) <= time.time():
