@@ -47,11 +47,10 @@ class Heartbeat(Part):
         beats when they end."""
         from lib.usage import quiet_until
         now = self.clock()
-        until = quiet_until(self.config, now)
-        if until:
+        if until := quiet_until(self.config, now):
             return max(1.0, (until - now).total_seconds())
         settings = self.config.heartbeat
-        interval = settings.interval_s if settings.interval_s > 0 else 1800     # 0 must not spin
+        interval = settings.interval_s          # at least 1: config.py refuses less
         self._last = min(self._last, now)       # the clock was set back (NTP on a Pi)
         if (now - self._last).total_seconds() >= interval:
             self._last = now

@@ -44,8 +44,7 @@ class Worker(Part):
     def start(self):
         maildir.ensure(self.inbox)
         maildir.ensure(self.outbox, ("sent", "failed"))
-        left = maildir.recover(self.inbox, requeue=False)
-        if left:
+        if left := maildir.recover(self.inbox, requeue=False):
             log.info("finishing %d message(s) left by the last run", len(left))
         super().start()
 
