@@ -22,11 +22,9 @@ from lib.part import Part
 
 log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60        # the Pi has no RTC: look at the wall clock again after NTP moves it
-FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
-          ("day-of-week", 0, 7))
-MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
-NAMES = ({}, {}, {}, dict(zip(MONTHS, range(1, 13))),
-         dict(zip("sun mon tue wed thu fri sat".split(), range(7))))
+FIELDS = (("minute", 0, 59, ""), ("hour", 0, 23, ""), ("day-of-month", 1, 31, ""),     # names
+          ("month", 1, 12, "jan feb mar apr may jun jul aug sep oct nov dec"),   # count from lo
+          ("day-of-week", 0, 7, "sun mon tue wed thu fri sat"))
 BAD_JOB = (ValueError, KeyError, TypeError, AttributeError)     # a job mangled by a hand edit
 
 
@@ -41,12 +39,14 @@ def parse_cron(expr: str) -> tuple:
     if len(parts) != 5:
         raise CronError(f"cron expression {expr!r}: expected 5 fields (minute hour day-of-month "
                         f"month day-of-week), got {len(parts)}")
-    sets = [_field(expr, text, *spec, names) for text, spec, names in zip(parts, FIELDS, NAMES)]
+    sets = [_field(expr, text, *spec) for text, spec in zip(parts, FIELDS)]
     sets[4] = {d % 7 for d in sets[4]}                  # 7 is Sunday too
     return (*(tuple(sorted(s)) for s in sets), parts[2][0] != "*" and parts[4][0] != "*")
 
 
-def _field(expr, text, name, lo, hi, names) -> set:
+def _field(expr, text, name, lo, hi, words) -> set:
+    names = {word: lo + i for i, word in enumerate(words.split())}
+
     def number(s):
         value = names.get(s.lower(), int(s) if s.isdigit() else None)
         if value is None:
@@ -103,7 +103,7 @@ def _resolve(wall: datetime, tz) -> datetime:
 
 def parse_at(text: str, tz) -> datetime:
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))   # 3.10 knows no Z
+        when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise CronError(f"at {text!r} is not an ISO 8601 time; expected e.g. "
                         "2025-06-03T09:00:00+02:00") from None
@@ -160,7 +160,7 @@ def describe(schedule: dict) -> str:
             return "every " + next(f"{s // d}{u}" for d, u in ((86400, "d"), (3600, "h"),
                                                                 (60, "m"), (1, "s")) if s % d == 0)
         return f"{schedule['kind']} {schedule.get('expr') or schedule['at']}"
-    except BAD_JOB + (StopIteration,):
+    except BAD_JOB:
         return f"invalid schedule {json.dumps(schedule)}"
 
 
@@ -170,7 +170,7 @@ def iso(when: datetime | None) -> str | None:
 
 def _parse_iso(text) -> datetime | None:
     try:
-        when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        when = datetime.fromisoformat(str(text))
         return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
         return None
@@ -328,8 +328,7 @@ class CronService(Part):
                 return MAX_SLEEP_S
             self._jobs, self._stamp = jobs, self._saved
         times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
-        times = [max(t, quiet) for t in times] if quiet else times
-        wait = min([(t - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
+        wait = min([(max(t, quiet or t) - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
         return MAX_SLEEP_S if retry else max(wait, 0.0)
 
     step = tick         # the gateway part: Part runs step() in a thread

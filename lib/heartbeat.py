@@ -47,17 +47,15 @@ class Heartbeat(Part):
         beats when they end."""
         from lib.usage import quiet_until
         now = self.clock()
-        until = quiet_until(self.config, now)
-        if until:
+        if until := quiet_until(self.config, now):
             return max(1.0, (until - now).total_seconds())
         settings = self.config.heartbeat
-        interval = settings.interval_s if settings.interval_s > 0 else 1800     # 0 must not spin
         self._last = min(self._last, now)       # the clock was set back (NTP on a Pi)
-        if (now - self._last).total_seconds() >= interval:
+        if (now - self._last).total_seconds() >= settings.interval_s:   # >= 1: config.py says so
             self._last = now
             if settings.enabled:                # a reload may turn it off
                 self.beat()
-        return (self._last - now).total_seconds() + interval
+        return (self._last - now).total_seconds() + settings.interval_s
 
     def beat(self) -> bool:
         """Post the tasks if there are any and the last beat is done. True when posted."""

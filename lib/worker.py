@@ -44,8 +44,7 @@ class Worker(Part):
     def start(self):
         maildir.ensure(self.inbox)
         maildir.ensure(self.outbox, ("sent", "failed"))
-        left = maildir.recover(self.inbox, requeue=False)
-        if left:
+        if left := maildir.recover(self.inbox, requeue=False):
             log.info("finishing %d message(s) left by the last run", len(left))
         super().start()
 
@@ -90,8 +89,8 @@ class Worker(Part):
         except Exception as e:
             full = isinstance(e, OSError) and e.errno in FULL
             if full or isinstance(e, ProviderDown):
-                retries = 8 * self.config.agents.defaults.retry_backoff_s   # 1, 2, 4 s: then 8
-                first = 1.0 if full else max(0.1, retries)
+                # the provider retried after 1, 2 and 4 x retry_backoff_s: go on from 8 x
+                first = 1.0 if full else max(0.1, 8 * self.config.agents.defaults.retry_backoff_s)
                 self._backoff = min(60.0 if full else 600.0, self._backoff * 2 or first)
                 self._retry_at = time.monotonic() + self._backoff
                 if self._backoff == first:
@@ -159,7 +158,7 @@ class Worker(Part):
                                        resume=resume)
         except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
             from lib.usage import owner
-            channel, chat_id = (owner(self.config) or (channel, chat_id)) if proactive else (channel, chat_id)
+            channel, chat_id = proactive and owner(self.config) or (channel, chat_id)
             reply, proactive = self.approvals.park(need, msg, (channel, chat_id))["question"], False
         except LimitReached as e:
             if proactive:               # heartbeat and cron skip at the cap (SPEC §10)
