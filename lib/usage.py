@@ -59,8 +59,16 @@ def _record(raw: bytes) -> dict | None:
         return None
 
 
+def number(value, kind=int):
+    """A figure of a ledger line; a mangled (hand-edited) one counts as none."""
+    try:
+        return kind(value or 0)
+    except (TypeError, ValueError):
+        return kind(0)
+
+
 def tokens(rec: dict) -> int:
-    return int(rec.get("prompt_tokens") or 0) + int(rec.get("completion_tokens") or 0)
+    return number(rec.get("prompt_tokens")) + number(rec.get("completion_tokens"))
 
 
 class Ledger:
@@ -69,13 +77,10 @@ class Ledger:
 
     def __init__(self, config):
         self.config, self.dir = config, config.home / "usage"
-        self._tz_name, self._tz = None, None
         self._day, self._offset, self.tokens, self.usd = "", 0, 0, 0.0
 
     def day(self) -> str:
-        if self._tz_name != self.config.agents.defaults.timezone:   # a reload may change it
-            self._tz_name, self._tz = self.config.agents.defaults.timezone, _zone(self.config)
-        return today(self.config, self._tz)
+        return today(self.config)       # the zone as configured now: a reload may change it
 
     def append(self, line: dict):
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,7 @@ class Ledger:
         whole = chunk[:chunk.rfind(b"\n") + 1]      # a line still being written waits
         for rec in filter(None, map(_record, whole.splitlines())):
             self.tokens += tokens(rec)
-            self.usd += float(rec.get("cost_usd") or 0)
+            self.usd += number(rec.get("cost_usd"), float)
         self._offset += len(whole)
         return self.tokens, self.usd
 
@@ -333,10 +338,10 @@ def summary(config, days: int = 7) -> dict:
                                    "completion_tokens": 0, "cost_usd": 0.0, "unpriced": 0})
             row["calls"] += 1
             row["failed"] += not rec.get("ok", True)
-            row["prompt_tokens"] += int(rec.get("prompt_tokens") or 0)
-            row["completion_tokens"] += int(rec.get("completion_tokens") or 0)
+            row["prompt_tokens"] += number(rec.get("prompt_tokens"))
+            row["completion_tokens"] += number(rec.get("completion_tokens"))
             if "cost_usd" in rec:
-                row["cost_usd"] += float(rec["cost_usd"])
+                row["cost_usd"] += number(rec["cost_usd"], float)
             elif tokens(rec):
                 row["unpriced"] += 1
         out.append({"day": day, "rows": [dict(zip(("source", "model"), k.split("\t")), **v)

@@ -332,3 +332,12 @@ def test_a_timeout_or_429_falls_back_too(home, llm):
     assert [(x["model"], x["ok"]) for x in ledger(home)] == [
         ("fake-model", False), ("custom/b", False), ("custom/c", True)]
     assert "Timeout" in ledger(home)[0]["error"] and "429" in ledger(home)[1]["error"]
+
+
+def test_a_mangled_ledger_line_counts_as_nothing_instead_of_stopping_every_call(home, llm):
+    """A hand-edited "cost_usd": "x" raised ValueError from every model call and from status."""
+    cfg = setup(home, llm, extra="limits: {daily_tokens: 1000}\n")
+    Ledger(cfg).append({"prompt_tokens": "many", "completion_tokens": 5, "cost_usd": "x"})
+    metered, _ = scripted(cfg, "fine")
+    assert metered.complete([{"role": "user", "content": "q"}]).content == "fine"
+    assert run_cli("usage").returncode == 0 and run_cli("status").returncode == 0

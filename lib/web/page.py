@@ -234,29 +234,18 @@ def _usage(web, req):
 
 
 def usage_today(config) -> dict:
-    """Today's model calls from usage/YYYY-MM-DD.jsonl (in agents.defaults.timezone), by
-    source, against limits.daily_tokens and limits.daily_usd (0 or absent: no limit)."""
-    from lib.cron import zone
-    day = datetime.now(zone(config.agents.defaults.timezone)).date().isoformat()
-    limits = getattr(config, "limits", None)
+    """Today's model calls (lib/usage.py's ledger), by source, against limits.daily_tokens and
+    limits.daily_usd (0 or absent: no limit)."""
+    from lib import usage
+    day, limits = usage.today(config), getattr(config, "limits", None)
     out = {"day": day, "calls": 0, "tokens": 0, "cost_usd": 0.0, "by_source": {},
            "limits": {k: getattr(limits, k, 0) or 0 for k in ("daily_tokens", "daily_usd")}}
-    path = config.home / "usage" / f"{day}.jsonl"
-    if _peek(path)[1] != "file":
-        return out
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-        for raw in f:
-            try:
-                line = json.loads(raw)
-                tokens = int(line.get("prompt_tokens") or 0) + int(line.get("completion_tokens") or 0)
-                cost = float(line.get("cost_usd") or 0)
-            except (ValueError, TypeError, AttributeError):
-                continue
-            source = out["by_source"].setdefault(str(line.get("source", "?")),
-                                                 {"calls": 0, "tokens": 0, "cost_usd": 0.0})
-            for d in (out, source):
-                d["calls"], d["tokens"], d["cost_usd"] = d["calls"] + 1, d["tokens"] + tokens, \
-                    d["cost_usd"] + cost
+    for line in usage.read_day(config.home, day):
+        source = out["by_source"].setdefault(str(line.get("source", "?")),
+                                             {"calls": 0, "tokens": 0, "cost_usd": 0.0})
+        for d in (out, source):
+            d["calls"], d["tokens"] = d["calls"] + 1, d["tokens"] + usage.tokens(line)
+            d["cost_usd"] += usage.number(line.get("cost_usd"), float)
     return out
 
 
