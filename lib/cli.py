@@ -457,7 +457,7 @@ def cmd_answer(args):
     from lib.approvals import Approvals
     from lib.mail import post_inbox
     cfg = _config(args)
-    if not (Approvals(cfg).dir / f"{args.code}.json").exists():
+    if not args.code.isdigit() or not (Approvals(cfg).dir / f"{args.code}.json").exists():
         raise UserError(f"no approval {args.code} is waiting (python nanoclaw.py approvals lists them)")
     post_inbox(cfg.home, {"channel": "cli", "chat_id": "owner", "sender_id": "owner",
                           "text": f"{args.verdict} {args.code}"})

@@ -108,6 +108,8 @@ def test_a_yes_is_for_that_chat_or_the_owner_and_never_from_a_cron_job(gateway, 
              what="the approved run")
     assert "no approvals waiting" in run_cli("approvals").stdout
     assert run_cli("deny", code).returncode == 2
+    r = run_cli("approve", "../../config")                 # a code is four digits, never a path
+    assert r.returncode == 2 and "no approval ../../config is waiting" in r.stderr
 
 
 def test_a_yes_does_not_ride_on_to_a_different_command(gateway, home, llm):
