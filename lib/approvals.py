@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import field
 from pathlib import Path
@@ -22,6 +23,7 @@ from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
+MAX_RECORD = 4 * 1024 * 1024     # a parked turn holds its inbox message (at most 1 MiB)
 OWNER_CHANNELS = ("cli", "web")      # written by the owner's own terminal or the token-guarded page
 # Risky when tools.approval.mode is `risky` (SPEC §9); a courtesy list, the sandbox is the boundary.
 PATTERNS = [
@@ -218,8 +220,13 @@ class Approvals:
 
 
 def _load(path) -> dict | None:
+    """One parked turn; None for a file that is missing, unreadable, or not a regular file (a
+    FIFO or a link is never opened for reading: the worker looks here at every step)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            record = json.loads(f.read(MAX_RECORD))
         return record if isinstance(record, dict) and "code" in record else None
     except FileNotFoundError:
         return None

@@ -235,3 +235,20 @@ def test_a_background_task_asks_the_owner_and_goes_on_after_the_yes(gateway, hom
                                "Background task" in r["text"] and "finished" in r["text"]],
                       what="the task's report")
     assert "exit code 0" in report[0]["text"]
+
+
+def test_a_fifo_or_link_among_the_approvals_is_skipped_without_opening_it(home, tmp_path):
+    """pending() runs on every worker step: a FIFO there would hold the worker for ever."""
+    import os
+    import threading
+    write_config(home, "")
+    approvals = Approvals(load_config())
+    approvals.dir.mkdir(parents=True)
+    os.mkfifo(approvals.dir / "1111.json")
+    (tmp_path / "elsewhere.json").write_text('{"code": "2222"}')
+    (approvals.dir / "2222.json").symlink_to(tmp_path / "elsewhere.json")
+    found = []
+    t = threading.Thread(target=lambda: found.append(approvals.pending()), daemon=True)
+    t.start()
+    t.join(5)
+    assert found == [[]]
