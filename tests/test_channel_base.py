@@ -302,3 +302,36 @@ def test_only_the_file_queued_is_sent_and_what_cannot_be_sent_becomes_a_note(tmp
             ("out", "it is not a regular file"),
             ("huge.bin", "it is larger than 50 MB"), ("gone.txt", "it no longer exists")]]
     assert msg["_done"] == len(names)
+
+
+def test_a_download_that_drips_is_cut_off_and_nothing_is_kept(config, home, monkeypatch):
+    """A server that sends a byte now and then never trips the per-read timeout: one deadline
+    covers the whole download, and the part already written goes."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from lib.channels import net
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(net, "DOWNLOAD_S", 1.0)
+    ch = Recorder(config, home)
+    try:
+        with pytest.raises(ValueError, match="took longer than 1 s"):
+            ch.download(f"http://127.0.0.1:{server.server_port}/slow.bin", "slow.bin", 10**6)
+    finally:
+        server.shutdown()
+    assert not any((home / "media").rglob("*slow.bin"))

@@ -221,6 +221,20 @@ def test_photos_documents_and_voice_notes_are_downloaded(home, llm, tg, channel)
 PNG = b"\x89PNG\r\n\x1a\n-picture"
 
 
+
+def test_a_file_that_drips_is_given_up_and_the_message_still_arrives(home, tg, channel,
+                                                                     monkeypatch):
+    from lib.channels import net
+    monkeypatch.setattr(net, "DOWNLOAD_S", 1.0)
+    ch = channel()
+    slow = tg.add_file(b"x" * 40, "documents/file_9.bin", drip_s=0.1)
+    tg.message("here", user=ALICE, document=dict(slow, file_name="slow.bin"))
+    wait_for(lambda: len(inbox(home)) == 1, what="the message")
+    msg, = inbox(home)
+    assert msg["media"] == [] and "slow.bin was not downloaded" in msg["text"]
+    assert not any((home / "media").rglob("*slow.bin"))
+    del ch
+
 def test_files_go_out_by_type_after_the_text_and_a_gone_file_becomes_a_note(home, tg, channel,
                                                                            tmp_path):
     ch = channel()

@@ -5,12 +5,14 @@ import logging
 import random
 import re
 import struct
+import time
 from pathlib import Path
 
 from lib import maildir
 
 log = logging.getLogger(__name__)
 PING_S = 30.0                   # a websocket this long without a frame: ping; as long again: dead
+DOWNLOAD_S = 300.0              # a whole download, however slowly the server drips it
 
 
 class Closed(ConnectionError):
@@ -54,13 +56,15 @@ class Network:
 
     def save_media(self, response, name: str, limit: int) -> Path:
         """The body of a streamed `requests` response as media_path(name); over `limit` bytes,
-        or on any failure, nothing is kept."""
-        path = self.media_path(name)
+        past DOWNLOAD_S (each read has its own timeout too), or on any failure, nothing is kept."""
+        path, deadline = self.media_path(name), time.monotonic() + DOWNLOAD_S
         try:
             with open(path, "wb") as f:
                 for chunk in response.iter_content(65536):
                     if f.tell() + len(chunk) > limit:
                         raise ValueError(f"larger than {limit // 2**20} MB")
+                    if time.monotonic() > deadline:
+                        raise ValueError(f"took longer than {DOWNLOAD_S:.0f} s")
                     f.write(chunk)
         except BaseException:
             path.unlink(missing_ok=True)

@@ -187,13 +187,18 @@ class TelegramChannel(Channel):
         from telegram.error import BadRequest
         if (item.file_size or 0) > MAX_DOWNLOAD:
             return None
+        from lib.channels.net import DOWNLOAD_S
+        path = None
         try:
             f = await self.bot.get_file(item.file_id)
             path = self.media_path(name)
-            await f.download_to_drive(path)
+            await asyncio.wait_for(f.download_to_drive(path), DOWNLOAD_S)   # a dripping server
             return path
-        except BadRequest as e:         # too big, expired: not worth asking again
-            log.warning("telegram: cannot download %s: %s", name, e)
+        except (BadRequest, TimeoutError) as e:     # too big, expired, too slow: not asked again
+            log.warning("telegram: cannot download %s: %s", name,
+                        e or f"it took longer than {DOWNLOAD_S:.0f} s")
+            if path:
+                path.unlink(missing_ok=True)
             return None
 
     def _typing_sign(self, chat: str):

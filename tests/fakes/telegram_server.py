@@ -172,7 +172,15 @@ class _Handler(BaseHTTPRequestHandler):
         match = [f for f in fake.files.values() if f["file_path"] == path]
         if token != fake.token or not match:
             raise ApiError(404, "Not Found")
-        self._reply_bytes(200, match[0]["data"], "application/octet-stream")
+        if not match[0].get("drip_s"):
+            return self._reply_bytes(200, match[0]["data"], "application/octet-stream")
+        self.send_response(200)             # a slow file server: a byte at a time
+        self.send_header("Content-Length", str(len(match[0]["data"])))
+        self.end_headers()
+        for i in range(len(match[0]["data"])):
+            self.wfile.write(match[0]["data"][i:i + 1])
+            self.wfile.flush()
+            time.sleep(match[0]["drip_s"])
 
     def _answer(self, status, obj):
         if status == 502:
@@ -243,12 +251,13 @@ class FakeTelegram(FakeServer):
         self.inject(msg)
         return msg
 
-    def add_file(self, data: bytes, file_path: str, size: int | None = None) -> dict:
-        """Store a file getFile can serve; returns the fields a message attachment carries."""
+    def add_file(self, data: bytes, file_path: str, size: int | None = None, drip_s=0.0) -> dict:
+        """Store a file getFile can serve (`drip_s`: a byte at a time, this far apart); returns
+        the fields a message attachment carries."""
         n = next(self._ids)
         self.files[f"FILE{n}"] = {"file_id": f"FILE{n}", "file_unique_id": f"U{n}",
                                   "file_size": len(data) if size is None else size,
-                                  "file_path": file_path, "data": data}
+                                  "file_path": file_path, "data": data, "drip_s": drip_s}
         return {"file_id": f"FILE{n}", "file_unique_id": f"U{n}", "file_size": self.files[
             f"FILE{n}"]["file_size"]}
 
