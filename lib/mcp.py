@@ -110,18 +110,18 @@ class Servers(Part):
 
     # --- the registry's side (the worker's thread) ---
 
-    def schemas(self) -> list:
+    def schemas(self, deadline: float = float("inf")) -> list:
         """The tools of the servers that are up. The first call starts them (in the CLI) and
-        waits, a while, until each one has answered or failed."""
+        waits, a while but never past the turn's `deadline`, until each has answered or failed."""
         self.start(publish=False)
-        until = time.monotonic() + START_TIMEOUT
+        until = min(deadline, time.monotonic() + START_TIMEOUT)
         for srv in self.servers:
             srv.settled.wait(max(0.0, until - time.monotonic()))
         return [schema for srv in self.servers for _, schema in srv.tools.values()]
 
     def call(self, ctx, name: str, arguments: dict) -> str:
         import asyncio
-        self.schemas()      # started, and each server's first answer waited for
+        self.schemas(ctx.deadline)      # started, and each server's first answer waited for
         srv = next((s for s in self.servers if name in s.tools), None) or max(
             (s for s in self.servers if name.startswith(s.prefix)), key=lambda s: len(s.prefix), default=None)
         conn, tool = (srv.conn, srv.tools.get(name, ("",))[0]) if srv else (None, "")

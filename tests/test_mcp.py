@@ -142,6 +142,23 @@ def test_a_server_that_never_answers_initialize_is_down_not_waited_for(tools, mo
     assert out.startswith("Error: MCP server mute is down: ") and "Timed out" in out, out
 
 
+
+def test_the_first_turn_waits_for_starting_servers_no_longer_than_its_deadline(tools):
+    import threading
+    import time
+    from lib.agent.loop import run_turn
+    from tests.fakes.scripted import ScriptedProvider
+    registry, ctx = tools({"mute": {"command": "sleep", "args": ["60"]}})  # never initializes
+    ctx.deadline = time.monotonic() + 1          # START_TIMEOUT (60 s) is far longer
+    out = []
+    turn = threading.Thread(target=lambda: out.append(run_turn(
+        [{"role": "user", "content": "hi"}], ScriptedProvider("hello"), registry, ctx, 5)),
+        daemon=True)
+    turn.start()
+    turn.join(20)
+    assert out, "the turn waited for the starting MCP server past its deadline"
+    assert "I ran out of time" in out[0][-1]["content"]
+
 def test_enabled_tools_takes_the_servers_names_or_ours(tools):
     registry, ctx = tools({"fake": stdio(enabled_tools=["echo", "mcp_fake_env"])})
     assert mcp_names(registry) == {"mcp_fake_echo", "mcp_fake_env"}

@@ -36,9 +36,10 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
 
     for _ in range(max_iterations):
         try:
+            schemas = tools.schemas(ctx.deadline)
             if time.monotonic() >= ctx.deadline:
                 raise TurnTimeout("no time left")
-            reply = provider.complete(messages, tools.schemas(), deadline=ctx.deadline,
+            reply = provider.complete(messages, schemas, deadline=ctx.deadline,
                                       source=ctx.source, session=f"{ctx.channel}:{ctx.chat_id}")
         except TurnTimeout:
             limit = ctx.config.agents.defaults.turn_timeout_s

@@ -83,10 +83,11 @@ class Registry:
         self.more = None        # tools that come and go, named mcp_*: lib/mcp.py's Servers
         self._schemas = None
 
-    def schemas(self) -> list:
+    def schemas(self, deadline: float = float("inf")) -> list:
+        """Ours, and the MCP servers' (waited for while they start, never past `deadline`)."""
         if self._schemas is None:
             self._schemas = [schema(fn) for fn in self.tools.values()]
-        return self._schemas + (self.more.schemas() if self.more else [])
+        return self._schemas + (self.more.schemas(deadline) if self.more else [])
 
     def call(self, name: str, arguments, ctx: Context) -> str:
         fn = self.tools.get(name)
