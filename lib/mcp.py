@@ -27,6 +27,7 @@ START_TIMEOUT = 60.0    # to connect and initialize, and for list or ping (npx m
 PING_S = 60.0           # an idle server is pinged this often, so that a dead one is noticed
 MAX_TOOLS, MAX_PAGES, STDERR_LINES = 100, 10, 20        # per server
 MAX_SCHEMA, MAX_RESULT = 20000, 50000   # characters of one tool's schema, of one result
+MAX_LINE = 8 << 20      # bytes of one message from a stdio server; a longer one is never held whole
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,63 @@ class McpServer:
 def _problem(s: McpServer) -> str:
     return "" if bool(s.command) != bool(s.url) else "needs either command (a program speaking " \
         "MCP on stdio) or url (an MCP server over HTTP)" + (", not both" if s.command else "")
+
+
+@contextlib.asynccontextmanager
+async def _stdio(name: str, argv: list, env: dict, cwd: Path, errlog):
+    """The SDK's stdio transport (one JSON-RPC message per line), except that a line is read up
+    to MAX_LINE bytes and never whole: a longer answer (a relayed web page, say) is dropped as it
+    arrives and its request answered with an error. The environment: PATH, HOME, USER, LOGNAME,
+    SHELL and TERM from ours (as the SDK gives), and the server's own env; nothing else."""
+    import anyio
+    from mcp.client.stdio import get_default_environment
+    from mcp.shared.message import SessionMessage
+    from mcp.types import ErrorData, JSONRPCError, JSONRPCMessage
+    to_session, read = anyio.create_memory_object_stream(0)
+    write, from_session = anyio.create_memory_object_stream(0)
+    process = await anyio.open_process(argv, env={**get_default_environment(), **env}, cwd=cwd,
+                                       stderr=errlog, start_new_session=True)
+
+    async def reader():
+        buffer, skip = b"", False           # skip: the rest of a dropped line is still coming
+        async with to_session:
+            async for chunk in process.stdout:
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    if not skip:
+                        try:
+                            await to_session.send(SessionMessage(JSONRPCMessage.model_validate_json(line)))
+                        except ValueError as e:
+                            await to_session.send(e)
+                    skip = False
+                if len(buffer) > MAX_LINE and not skip:
+                    log.warning("MCP server %s sent a message longer than %d bytes; dropped", name, MAX_LINE)
+                    if m := re.search(rb'"id"\s*:\s*(\d+|"[^"]{0,100}")', buffer[:200]):
+                        why = ErrorData(code=-32000, message=f"its answer is longer than {MAX_LINE} bytes")
+                        error = JSONRPCError(jsonrpc="2.0", id=json.loads(m[1]), error=why)
+                        await to_session.send(SessionMessage(JSONRPCMessage(error)))
+                if len(buffer) > MAX_LINE:
+                    buffer, skip = b"", True
+
+    async def writer():
+        async with from_session:
+            async for message in from_session:
+                await process.stdin.send(message.message.model_dump_json(
+                    by_alias=True, exclude_none=True).encode() + b"\n")
+
+    async with process, anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        tasks.start_soon(writer)
+        try:
+            yield read, write
+        finally:                # as MCP says: close its stdin, wait a little, then end it
+            with contextlib.suppress(Exception):
+                await process.stdin.aclose()
+            with anyio.move_on_after(2):
+                await process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 9)
+            tasks.cancel_scope.cancel()
 
 
 def _safe(name: str) -> str:
@@ -262,7 +320,6 @@ class Servers(Part):
             return streamable_http_client(s.url, http_client=http)
         import shlex
 
-        from mcp import StdioServerParameters, stdio_client
         cwd = Path(os.path.expanduser(s.cwd or self.config.workspace))
         cwd.mkdir(parents=True, exist_ok=True)      # the workspace, before onboard made it
         argv = [os.path.expanduser(s.command), *s.args]
@@ -274,9 +331,7 @@ class Servers(Part):
             argv = sandbox.bwrap_argv(self.config, self.config.workspace.resolve(), cwd,
                                       "exec " + shlex.join(argv))
         srv.stderr.clear()
-        # The SDK adds PATH, HOME, USER, LOGNAME, SHELL and TERM from ours; nothing else.
-        return stdio_client(StdioServerParameters(command=argv[0], args=argv[1:], env=dict(s.env),
-                                                  cwd=str(cwd)), errlog=errlog)
+        return _stdio(srv.name, argv, s.env, cwd, errlog)
 
     def _errlog(self, srv: _Server, conn: _Conn):
         """A pipe for the server's stderr, read by a thread into srv.stderr; its end (the server

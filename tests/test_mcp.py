@@ -102,6 +102,19 @@ def test_text_is_returned_other_content_named_and_the_size_bounded(tools):
     assert out == "x" * mcp.MAX_RESULT + "\n[... 1234 more characters cut]"
 
 
+
+def test_a_stdio_answer_longer_than_max_line_is_never_held_whole(tools, monkeypatch, caplog):
+    """A server (or what it relays: a web page) answering with one huge line cannot fill the
+    Pi's memory: past MAX_LINE bytes the line is dropped as it arrives, the call gets an error at
+    once, and the server goes on."""
+    monkeypatch.setattr(mcp, "MAX_LINE", 100_000, raising=False)
+    registry, ctx = tools({"fake": stdio(tool_timeout=20)})
+    registry.schemas()
+    out = registry.call("mcp_fake_big", {"size": 300_000}, ctx)
+    assert out.startswith("Error: ") and "longer than 100000 bytes" in out, out[:300]
+    assert "longer than 100000 bytes" in caplog.text
+    assert registry.call("mcp_fake_echo", {"text": "still here"}, ctx) == "echo: still here"
+
 def test_bad_arguments_are_an_error_the_model_can_read(tools):
     registry, ctx = tools({"fake": stdio()})
     registry.schemas()
