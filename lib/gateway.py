@@ -12,7 +12,7 @@ from functools import partial
 
 from lib import maildir
 from lib.part import Part
-from lib.mail import post_inbox, post_outbox
+from lib.mail import fail_outbox, post_inbox, post_outbox
 from lib.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,8 @@ class Gateway:
             if target not in running and (path := maildir.claim(self.home / "outbox", name)):
                 log.warning("outbox/%s: channel %s is not running; moved to outbox/failed/",
                             name, target)
-                maildir.fail(path, f"channel {target} is not running (channels.{target}."
-                             "enabled is false or it is not configured)")
+                fail_outbox(path, f"channel {target} is not running (channels.{target}.enabled "
+                            "is false or it is not configured)")
 
     def _config_changed(self):
         """Allow lists and other settings apply at once; credentials and which channels run

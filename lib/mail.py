@@ -46,6 +46,17 @@ def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=N
                            into="sent" if channel in NO_REMOTE else "new")
 
 
+def fail_outbox(path: Path, reason: str, msg: dict | None = None) -> Path:
+    """A reply that cannot be delivered goes to outbox/failed/ with the reason in its `error`
+    field (SPEC §3) and in NAME.error beside it; a file that is no message keeps its bytes."""
+    try:
+        msg = read_message(path) if msg is None else msg
+        maildir.atomic_write(path, json.dumps(dict(msg, error=reason), ensure_ascii=False))
+    except (OSError, ValueError):
+        pass
+    return maildir.fail(path, reason)
+
+
 def read_message(path: Path) -> dict:
     """The inbox message in `path`, checked against SPEC §3; ValueError says what is wrong."""
     # Anything but a regular file is refused unread: a FIFO would block, a link point anywhere.

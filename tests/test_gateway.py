@@ -140,6 +140,8 @@ def test_a_reply_for_a_channel_that_is_not_running_goes_to_failed(gateway, llm, 
     failed = wait_for(lambda: list((home / "outbox" / "failed").glob("telegram.*.json.error")),
                       what="outbox failure")
     assert "channel telegram is not running" in failed[0].read_text()
+    reply = json.loads(failed[0].with_suffix("").read_text())      # SPEC §3: an `error` field
+    assert reply["text"] and "channel telegram is not running" in reply["error"]
 
 
 def test_during_a_provider_outage_messages_wait_in_the_inbox_and_are_answered_after(

@@ -19,7 +19,7 @@ from lib import maildir
 from lib.channels.net import Network
 from lib.part import Part
 from lib.channels import allowed
-from lib.mail import post_inbox, post_outbox
+from lib.mail import fail_outbox, post_inbox, post_outbox
 
 log = logging.getLogger(__name__)
 RESCAN_S = 5.0
@@ -162,9 +162,7 @@ class Channel(Part, Network):
             if self.stopping.wait(delay):
                 return          # stays in cur/: recovered and sent at the next start
         log.error("%s: giving up on %s: %s", self.name, path.name, error)
-        msg["error"] = str(error)
-        msg.save()
-        maildir.finish(path, "failed")
+        fail_outbox(path, str(error), msg)
 
 
 def json_of(response) -> dict:
