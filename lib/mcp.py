@@ -59,32 +59,32 @@ async def _stdio(name: str, argv: list, env: dict, cwd: Path, errlog):
     import anyio
     from mcp.client.stdio import get_default_environment
     from mcp.shared.message import SessionMessage
-    from mcp.types import ErrorData, JSONRPCError, JSONRPCMessage
+    from mcp.types import JSONRPCMessage
     to_session, read = anyio.create_memory_object_stream(0)
     write, from_session = anyio.create_memory_object_stream(0)
     process = await anyio.open_process(argv, env={**get_default_environment(), **env}, cwd=cwd,
                                        stderr=errlog, start_new_session=True)
 
     async def reader():
-        buffer, skip = b"", False           # skip: the rest of a dropped line is still coming
+        parts, size, skip = [], 0, False    # skip: the rest of a dropped line is still coming
         async with to_session:
             async for chunk in process.stdout:
-                *lines, buffer = (buffer + chunk).split(b"\n")
-                for line in lines:
+                *ends, rest = chunk.split(b"\n")
+                for end in ends:
+                    line, parts, size = b"".join(parts) + end, [], 0
                     if not skip:
                         try:
-                            await to_session.send(SessionMessage(JSONRPCMessage.model_validate_json(line)))
+                            message = SessionMessage(JSONRPCMessage.model_validate_json(line))
                         except ValueError as e:
-                            await to_session.send(e)
+                            message = e
+                        await to_session.send(message)
                     skip = False
-                if len(buffer) > MAX_LINE and not skip:
-                    log.warning("MCP server %s sent a message longer than %d bytes; dropped", name, MAX_LINE)
-                    if m := re.search(rb'"id"\s*:\s*(\d+|"[^"]{0,100}")', buffer[:200]):
-                        why = ErrorData(code=-32000, message=f"its answer is longer than {MAX_LINE} bytes")
-                        error = JSONRPCError(jsonrpc="2.0", id=json.loads(m[1]), error=why)
-                        await to_session.send(SessionMessage(JSONRPCMessage(error)))
-                if len(buffer) > MAX_LINE:
-                    buffer, skip = b"", True
+                parts.append(rest)
+                size += len(rest)
+                if size > MAX_LINE:
+                    if not skip:
+                        await to_session.send(_too_long(name, b"".join(parts)[:200]))
+                    parts, size, skip = [], 0, True
 
     async def writer():
         async with from_session:
@@ -93,18 +93,39 @@ async def _stdio(name: str, argv: list, env: dict, cwd: Path, errlog):
                     by_alias=True, exclude_none=True).encode() + b"\n")
 
     async with process, anyio.create_task_group() as tasks:
-        tasks.start_soon(reader)
-        tasks.start_soon(writer)
+        for task in (reader, writer):       # the session gone first is no error
+            tasks.start_soon(_quietly, task, (anyio.ClosedResourceError, anyio.BrokenResourceError))
         try:
             yield read, write
-        finally:                # as MCP says: close its stdin, wait a little, then end it
+        finally:        # as MCP says: close its stdin, wait, SIGTERM, wait, SIGKILL
             with contextlib.suppress(Exception):
                 await process.stdin.aclose()
-            with anyio.move_on_after(2):
-                await process.wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
+            for sig in (0, 15, 9):
+                if sig:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, sig)         # its own group: its children too
+                with anyio.move_on_after(2):
+                    await process.wait()
+                    break
             tasks.cancel_scope.cancel()
+
+
+async def _quietly(task, errors):
+    with contextlib.suppress(*errors):
+        await task()
+
+
+def _too_long(name: str, head: bytes):
+    """What the session gets for a dropped message: an error for its request when `head` (its
+    first bytes) starts a response, else the reason (logged by the SDK)."""
+    from mcp.shared.message import SessionMessage
+    from mcp.types import ErrorData, JSONRPCError, JSONRPCMessage
+    log.warning("MCP server %s sent a message longer than %d bytes; dropped", name, MAX_LINE)
+    why = f"its answer is longer than {MAX_LINE} bytes"
+    if m := re.match(rb'\s*\{(\s*"jsonrpc"\s*:\s*"2\.0"\s*,)?\s*"id"\s*:\s*(-?\d+|"[^"]{0,100}")', head):
+        return SessionMessage(JSONRPCMessage(JSONRPCError(
+            jsonrpc="2.0", id=json.loads(m[2]), error=ErrorData(code=-32000, message=why))))
+    return ValueError(why)
 
 
 def _safe(name: str) -> str:
