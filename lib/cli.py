@@ -45,11 +45,18 @@ def main(argv=None) -> int:
         return 1
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """SPEC §6: a usage error is one line on stderr and exit 2 (argparse adds a usage block)."""
+        term.print_error(f"{message} (see `{_command()}{self.prog[len('nanoclaw'):]} --help`)")
+        sys.exit(2)
+
+
 def _parser():
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="config file (default: $NANOCLAW_HOME/config.yaml)")
-    p = argparse.ArgumentParser(prog="nanoclaw", parents=[common],
+    p = _Parser(prog="nanoclaw", parents=[common],
                                 description="nanoclaw: a small personal AI assistant")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
     s = sub.add_parser("onboard", parents=[common], help="create config.yaml and the workspace")

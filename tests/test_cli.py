@@ -189,9 +189,13 @@ def test_cron_add_warns_when_the_chat_app_to_deliver_to_is_off(home):
     assert run_cli(*args, "--channel", "local").stderr == ""
 
 
-def test_usage_errors_exit_2(home):
-    assert run_cli("frobnicate").returncode == 2
-    assert run_cli("agent", "--bogus").returncode == 2
+def test_usage_errors_exit_2_with_one_line(home):
+    """SPEC §6: exit 2, always with one clear line on stderr (argparse's usage block is two)."""
+    for args in (["frobnicate"], ["agent", "--bogus"], [], ["channels"], ["cron", "add"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stdout == "", args
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (args, r.stderr)
+        assert "--help" in r.stderr
 
 
 def test_config_option_and_environment_variable(home, llm, tmp_path):
