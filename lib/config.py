@@ -191,11 +191,15 @@ def _read(path: Path):
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)} {context}"
                           .rstrip()) from None
-    lines = {}
+    lines, budget = {}, [MAX_VALUES]
     if node is None:
         return {}, lines
 
     def walk(n, p):
+        budget[0] -= 1          # aliases can repeat each other into billions of values
+        if budget[0] < 0:
+            raise ConfigError(f"{path}: more than {MAX_VALUES} values (YAML aliases that repeat "
+                              "each other?)")
         if isinstance(n, yaml.MappingNode):
             out = {}
             for k, v in n.value:
@@ -214,7 +218,10 @@ def _read(path: Path):
         return value
 
     loader = yaml.SafeLoader("")
-    return walk(node, ()), lines
+    try:
+        return walk(node, ()), lines
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep, or an alias (*name) inside what it names") from None
 
 
 class _Number(str):
@@ -226,6 +233,7 @@ class _Number(str):
         return self
 
 
+MAX_VALUES = 100_000        # in one config file, aliases expanded
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 

@@ -429,3 +429,17 @@ def test_a_key_set_twice_is_an_error_naming_both_lines(home):
     text = "agents:\n  defaults:\n    model: a\n    temperature: 0.2\n    model: b\n"
     assert config_error(home, text) == \
         f"{home / 'config.yaml'}: agents.defaults.model is set twice (lines 3 and 5)"
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x [*x]\n",                                     # a list inside itself
+    "agents: &x\n  defaults: *x\n",                     # a section inside itself
+    "channels:\n  telegram:\n    allow_from: " + "[" * 3000 + "]" * 3000 + "\n",
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(  # aliases that multiply: 10^9 values
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
+])
+def test_a_config_that_nests_itself_or_explodes_is_one_line(home, text):
+    write_config(home, text)
+    r = run_cli("status", timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
+    assert "config.yaml" in r.stderr
