@@ -18,6 +18,7 @@ from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
 from lib.part import Part
 from lib.sessions import Session
+from lib.usage import source
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -154,8 +155,8 @@ class Worker(Part):
         meta = msg.get("metadata", {})
         proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
         try:
-            reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id), session,
-                                       resume=resume)
+            reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id, source=source(
+                msg)), session, resume=resume)      # a heartbeat in a chat counts as heartbeat
         except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
             from lib.usage import owner
             channel, chat_id = proactive and owner(self.config) or (channel, chat_id)

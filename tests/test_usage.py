@@ -66,6 +66,23 @@ def test_the_source_names_who_the_turn_was_for(home, llm, msg, source):
     assert provider.calls == 1
 
 
+
+@pytest.mark.parametrize("kind", ["heartbeat", "cron", "subagent"])
+def test_a_proactive_turn_that_speaks_to_a_chat_is_still_counted_as_its_own(home, llm, kind):
+    """The worker answers a heartbeat, cron job or sub-agent result in the chat named by its
+    reply_to; the ledger still names the turn by what it is, not as chat."""
+    from lib.mail import post_inbox
+    from lib.worker import Worker
+    cfg = setup(home, llm)
+    metered, _ = scripted(cfg, "Done.")
+    post_inbox(home, {"channel": "system", "chat_id": f"{kind}:1", "sender_id": kind, "text": "x",
+                      "metadata": {"kind": kind, "reply_to": {"channel": "local", "chat_id": "me"}}})
+    from lib import maildir
+    maildir.ensure(home / "inbox")
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+    Worker(cfg, make_agent(cfg, metered)).drain()
+    assert [(x["source"], x["session"]) for x in ledger(home)] == [(kind, "local:me")]
+
 def test_consolidation_and_subagents_are_counted_as_theirs(home, llm):
     from lib.agent.subagent import Subagents
     from lib.sessions import Session
