@@ -17,6 +17,7 @@ from lib.worker import Worker
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600
+RELOAD_QUIET_S = 1.0    # a changed config is read once it has rested this long
 
 
 def notify(state: str):
@@ -99,6 +100,7 @@ class Gateway:
         self.worker = Worker(config, self.agent)
         self.parts = []                 # started in order, stopped in reverse
         self.stopping = threading.Event()
+        self._reload = None             # the timer that reads a changed config
 
     def build(self):
         """Create every part the config asks for (their threads start in run())."""
@@ -156,6 +158,8 @@ class Gateway:
                 last_prune = time.monotonic()
         notify("STOPPING=1")
         log.info("stopping")
+        if self._reload:
+            self._reload.cancel()
         for part in reversed(self.parts):
             part.stop()
         log.info("stopped")
@@ -193,12 +197,24 @@ class Gateway:
                             "is false or it is not configured)")
 
     def _config_changed(self):
+        """Read a changed config once it has rested RELOAD_QUIET_S: an editor writing in place
+        (truncate, then write) is never caught half-way."""
+        if self._reload:
+            self._reload.cancel()
+        self._reload = threading.Timer(RELOAD_QUIET_S, self._reload_config)
+        self._reload.daemon = True
+        self._reload.start()
+
+    def _reload_config(self):
         """Allow lists and other settings apply at once; credentials and which channels run
-        need a restart (their connections are built from them)."""
+        need a restart (their connections are built from them). An emptied file is not read."""
         stamp = maildir.stamp(self.config.path)
         if stamp == self._config_stamp:
             return
         self._config_stamp = stamp
+        if stamp and stamp[1] == 0:
+            log.error("config not reloaded, the running one stays: %s is empty", self.config.path)
+            return
         from lib.config import load_config
         from lib.errors import ConfigError
         try:

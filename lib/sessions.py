@@ -130,8 +130,15 @@ class Session:
                         "wait in %s", self.key, start - self.consolidated, self.path.name)
         out, unanswered = [], []
         for m in self.messages[start:]:
-            if m.get("role") == "tool":
+            if m.get("role") == "tool" and any(c.get("id") == m.get("tool_call_id") for c in unanswered):
                 unanswered = [c for c in unanswered if c.get("id") != m.get("tool_call_id")]
+            elif m.get("role") == "tool":
+                # a result that came after other turns (a parked call, approved later): its call
+                # was answered "interrupted" in their requests, and the API takes no tool result
+                # without its call just before, so the model is told it as news
+                out.append({"role": "user", "content": f"[The result of your earlier "
+                            f"{m.get('name')} call, which came later]\n{m.get('content')}"})
+                continue
             else:
                 out += [interrupted(c) for c in unanswered]
                 unanswered = list(m.get("tool_calls") or [])

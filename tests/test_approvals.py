@@ -17,8 +17,8 @@ def router(body):
     """The model: 'clean up' runs CLEAN, 'clean b' a different risky command; after a tool result
     it says what it saw; anything else is echoed."""
     last = body["messages"][-1]
-    if last["role"] == "tool":
-        return f"after: {last['content'][:120]}"
+    if last["role"] == "tool" or str(last["content"]).startswith("[The result of your earlier"):
+        return f"after: {str(last['content'])[:160]}"
     text = last["content"] if isinstance(last["content"], str) else ""
     if text.startswith("clean"):
         command = CLEAN if text == "clean up" else "rm -rf other"
@@ -71,6 +71,24 @@ def test_a_risky_command_waits_for_yes_while_other_chats_are_answered(gateway, h
     rows = [m for m in session_rows(home, "local_x") if m.get("role") == "tool"]
     assert len(rows) == 1 and rows[0]["id"] == "c1"
 
+
+
+def test_the_same_chat_talks_on_while_its_turn_waits_and_the_answer_still_fits(gateway, home, llm):
+    """A message in the parked chat is answered meanwhile (its request says the parked call was
+    cut off); the later result must not become a tool message without its call, which the API
+    refuses with a 400 for ever after (the fake checks the order as OpenAI does)."""
+    gateway.start()
+    _, code = ask_and_get_code(home)
+    drop(home, "meanwhile.json", {"channel": "local", "chat_id": "x", "text": "meanwhile"})
+    wait_for(lambda: "echo: meanwhile" in texts(home), what="the answer meanwhile")
+    drop(home, "yes.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    wait_for(lambda: (home / "inbox" / "done" / "yes.json").exists(), what="the yes")
+    final = wait_for(lambda: [r for r in replies(home) if r["reply_to"] == "c1" and "reply" not in
+                              r["text"]], what="the turn going on")[0]
+    assert "exit code 0" in final["text"] and not final["metadata"].get("error"), final
+    drop(home, "later.json", {"channel": "local", "chat_id": "x", "text": "later"})
+    wait_for(lambda: "echo: later" in texts(home), what="the chat still working")
+    assert (home / "workspace" / "ran.txt").read_text() == "x\n"
 
 def test_no_gives_the_model_the_owners_refusal(gateway, home, llm):
     gateway.start()

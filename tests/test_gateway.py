@@ -311,6 +311,29 @@ def test_allow_list_changes_apply_without_a_restart(gateway, llm, home):
     assert gateway.proc.poll() is None and "did you mean allow_from" in gateway.logs()
 
 
+
+def test_a_config_written_in_place_is_read_whole_and_an_emptied_one_not_at_all(gateway, llm, home):
+    """Editors such as nano truncate the file and write it again; a reload in between read an
+    empty (all defaults: nobody allowed) or half-written config."""
+    import time
+    base = (home / "config.yaml").read_text()
+    full = base + "channels:\n  telegram: {allow_from: ['1', '9']}\n"
+    write_config(home, full)
+    gateway.start()
+    with open(home / "config.yaml", "w") as f:      # in place: empty, then two halves
+        f.flush()
+        time.sleep(0.2)
+        f.write(full[:len(base)])
+        f.flush()
+        time.sleep(0.2)
+        f.write(full[len(base):])
+    wait_for(lambda: "config reloaded" in gateway.logs(), what="reload")
+    (home / "config.yaml").write_text("")                   # emptied by mistake
+    wait_for(lambda: "is empty" in gateway.logs(), what="the empty file refused")
+    drop(home, "b.json", {"channel": "telegram", "chat_id": "9", "sender_id": "9", "text": "hi"})
+    wait_for(lambda: (home / "inbox" / "done" / "b.json").exists(), what="accepted")
+    assert gateway.logs().count("config reloaded") == 1
+
 def test_a_cron_job_added_from_the_cli_fires_in_the_running_gateway(gateway, llm, home):
     from tests.conftest import run_cli
     gateway.start()

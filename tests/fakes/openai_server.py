@@ -108,6 +108,27 @@ def _last_user_text(body: Any) -> str:
     return ""
 
 
+def _tool_order(messages: Any) -> str | None:
+    """OpenAI's 400 for a conversation whose tool messages do not answer the calls just before
+    them: every call answered before anything else is said, and no result without its call."""
+    waiting: list = []
+    for i, msg in enumerate(messages if isinstance(messages, list) else []):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role == "tool":
+            if msg.get("tool_call_id") not in waiting:
+                return (f"Invalid parameter: messages with role 'tool' must be a response to a "
+                        f"preceeding message with 'tool_calls' (messages.[{i}].role).")
+            waiting.remove(msg.get("tool_call_id"))
+            continue
+        if waiting:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                    f"response messages: {', '.join(waiting)}")
+        if role == "assistant":
+            waiting = [c.get("id") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
+    return None
+
+
 def _estimate_tokens(text: str) -> int:
     # Rough, deterministic: ~4 characters per token.
     return (len(text) + 3) // 4
@@ -319,6 +340,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         body = entry["body"] if isinstance(entry["body"], dict) else {}
         fake._log(entry)
+        problem = _tool_order(body.get("messages"))
+        if problem:         # as OpenAI answers it, before any scripted reply is used
+            self._send_error_reply(400, problem)
+            return
         reply = fake._resolve(fake._next_reply(), body, self)
         if reply is None:  # already answered (error) inside _resolve
             return
