@@ -121,11 +121,13 @@ def _tool_order(messages: Any) -> str | None:
             waiting.remove(msg.get("tool_call_id"))
             continue
         if waiting:
-            return ("An assistant message with 'tool_calls' must be followed by tool messages "
-                    "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-                    f"response messages: {', '.join(waiting)}")
+            break
         if role == "assistant":
             waiting = [c.get("id") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
+    if waiting:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(waiting)}")
     return None
 
 
