@@ -340,6 +340,23 @@ def test_a_model_that_is_down_gives_502_and_the_kept_message_is_answered_later(w
     assert client.chat.completions.create(**ask).choices[0].message.content == "echo: are you there?"
 
 
+
+def test_while_the_model_is_down_every_request_gets_502_not_only_the_first(web, llm, home):
+    """The first message waits at the head of the inbox and its request gets the worker's
+    notice; the ones queued behind it get 502 too, at once, instead of 504 after
+    api_timeout_s (300 s)."""
+    llm.script(*[{"status": 503}] * 400)
+    client = web.client()
+    for n in range(4):          # the last one streamed: the status says it too, not a 200
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="nanoclaw", user=f"u{n}", timeout=20,
+                                           messages=[{"role": "user", "content": f"hi {n}"}],
+                                           stream=n == 3)
+        assert e.value.status_code == 502, (n, e.value.status_code)
+    llm.reset()
+    wait_for(lambda: len(list((home / "inbox" / "done").glob("*.json"))) == 4, timeout=30,
+             what="all four answered once the model is back")
+
 def test_the_page_chat_streams_the_steps_a_wait_notice_and_the_reply(web, llm):
     llm.script(*[{"status": 503}] * 400)
     conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)

@@ -15,7 +15,8 @@ from lib.web.auth import HttpError, bad_request
 
 MODEL = "nanoclaw"
 MAX_TEXT = 512 * 1024       # what one message may carry (an inbox file holds at most 1 MiB)
-KEEPALIVE_S = 15            # a comment line this often while a stream waits: proxies keep it open
+KEPT = (" The message is kept and will be answered when the model is back: send it again with "
+        "the same Idempotency-Key header to get that answer.")
 
 
 class Exchange:
@@ -111,38 +112,33 @@ def _completions(web, req):
     key = web.exchange.post("api", user, text, name, {"api_model": model})
     created, cid = int(time.time()), f"chatcmpl-{key}"
     limit = web.gateway.config.gateway.api_timeout_s
+    text = _answer(web.exchange.wait(key, limit, lambda: _queued_while_down(web, key)), limit)
     if body.get("stream") is True:
-        return _stream(web, req, key, limit, cid, created, model)
-    reply = web.exchange.wait(key, limit)
-    text = _answer(reply, limit)
+        return _stream(req, text, cid, created, model)
     req.send_json({"id": cid, "object": "chat.completion", "created": created, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]})
 
 
-def _stream(web, req, key, limit, cid, created, model):
+def _stream(req, text, cid, created, model):
+    """The answer as Server-Sent Events. It is sent once it is there (the model is not streamed),
+    so a failure is an HTTP status with the OpenAI error, as without `stream`."""
     def chunk(delta, finish=None):
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
     req.start_events()
     req.event(chunk({"role": "assistant", "content": ""}))
-    last = [time.monotonic()]
-
-    def keepalive():            # also finds out when the client has gone (the write fails)
-        if time.monotonic() - last[0] >= KEEPALIVE_S:
-            req.wfile.write(b": waiting for the assistant\n\n")
-            req.wfile.flush()
-            last[0] = time.monotonic()
-    try:
-        text = _answer(web.exchange.wait(key, limit, keepalive, KEEPALIVE_S), limit)
-    except HttpError as e:
-        req.event({"error": {"message": str(e), "type": "server_error", "param": None,
-                             "code": e.code}})
-    else:
-        req.event(chunk({"content": text}))
-        req.event(chunk({}, "stop"))
+    req.event(chunk({"content": text}))
+    req.event(chunk({}, "stop"))
     req.event("[DONE]")
+
+
+def _queued_while_down(web, key: str):
+    """While no model answers (state/model_down.json), a message still queued behind the one the
+    worker holds gets 502 now, as that one did, not 504 after api_timeout_s; it stays queued."""
+    home = web.gateway.home
+    if (home / "state" / "model_down.json").exists() and (home / "inbox" / "new" / f"{key}.json").exists():
+        raise HttpError(502, "The model is not answering right now." + KEPT, "model_unreachable")
 
 
 def _answer(reply: dict | None, limit: int) -> str:
@@ -151,10 +147,8 @@ def _answer(reply: dict | None, limit: int) -> str:
                         "kept, and its answer will be in the session", "timeout")
     error = (reply.get("metadata") or {}).get("error")
     if error in ("model", "waiting"):
-        kept = " The message is kept and will be answered when the model is back: send it again " \
-               "with the same Idempotency-Key header to get that answer." if error == "waiting" else ""
-        raise HttpError(502, (reply.get("text") or "the model cannot be reached") + kept,
-                        "model_unreachable")
+        raise HttpError(502, (reply.get("text") or "the model cannot be reached") +
+                        (KEPT if error == "waiting" else ""), "model_unreachable")
     if error:
         raise HttpError(500, reply.get("text") or "internal error", "internal_error")
     return reply.get("text") or ""
