@@ -215,6 +215,35 @@ def test_an_undecodable_memory_file_is_left_byte_for_byte_by_every_writer(cfg, h
     assert done.returncode == 2 and "left as it is" in done.stderr and memory.read_bytes() == raw
 
 
+
+def test_the_models_own_file_tools_keep_a_version_and_history_stays_append_only(cfg, home):
+    """SPEC §13: every rewrite of MEMORY.md keeps the old one, whoever writes it (the template's
+    AGENTS.md tells the model to edit it with write_file and edit_file); HISTORY.md only grows."""
+    from lib.tools import Context
+    from lib.tools.files import edit_file, write_file
+    config = cfg()
+    ws = config.workspace
+    ctx = Context(config, ws)
+    versions = ws / "memory" / "versions"
+    write_file(ctx, "memory/MEMORY.md", "# Memory\n- Name: Ada\n")
+    assert [v.read_text() for v in versions.glob("MEMORY.*.md")] == [FACTS]
+    edit_file(ctx, "memory/MEMORY.md", "Ada", "Ada Lovelace")
+    assert (ws / "memory" / "MEMORY.md").read_text() == "# Memory\n- Name: Ada Lovelace\n"
+    assert sorted(v.read_text() for v in versions.glob("MEMORY.*.md")) == sorted(
+        [FACTS, "# Memory\n- Name: Ada\n"])
+    history = ws / "memory" / "HISTORY.md"
+    history.write_text("[2025-01-01 10:00] Met Ada.\n\n")
+    write_file(ctx, str(history), history.read_text() + "[2025-01-02 10:00] Tea.\n\n")  # appends
+    for rewrite in (lambda: write_file(ctx, "memory/HISTORY.md", "gone\n"),
+                    lambda: edit_file(ctx, "memory/HISTORY.md", "Met Ada", "Met nobody")):
+        with pytest.raises(Exception, match="append-only"):
+            rewrite()
+    assert history.read_text() == "[2025-01-01 10:00] Met Ada.\n\n[2025-01-02 10:00] Tea.\n\n"
+    (ws / "memory" / "MEMORY.md").write_bytes(b"- Caf\xe9\n")            # not UTF-8: left alone
+    with pytest.raises(Exception, match="left as it is"):
+        write_file(ctx, "memory/MEMORY.md", "- replaced\n")
+    assert (ws / "memory" / "MEMORY.md").read_bytes() == b"- Caf\xe9\n"
+
 # --- group chats ---
 
 def telegram(text, group, **meta):

@@ -85,11 +85,26 @@ def write_file(ctx, path: str, content: str) -> str:
     """
     p = _writable(ctx, path, content)
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(content, encoding="utf-8")
+        _save(ctx, p, content)
     except OSError as e:
         raise ToolError(f"cannot write {path}: {e.strerror}") from None
     return f"Wrote {len(content.encode())} bytes to {p}"
+
+
+def _save(ctx, p: Path, text: str):
+    """Write `text` to `p`. MEMORY.md goes through Memory.write, which keeps the old one in
+    memory/versions/; HISTORY.md only grows (SPEC §13: nothing is lost by accident)."""
+    memory = ctx.workspace.resolve() / "memory"
+    if p == memory / "HISTORY.md" and p.exists() and not text.startswith(
+            p.read_text(encoding="utf-8", errors="surrogateescape")):
+        raise ToolError("memory/HISTORY.md is append-only: keep its text as it is and add after it")
+    if p == memory / "MEMORY.md":
+        from lib.agent.memory import Memory
+        if not Memory(ctx.workspace).write(text):
+            raise ToolError("memory/MEMORY.md cannot be read as text, so it was left as it is")
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
 
 
 def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
@@ -113,7 +128,7 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
     if count > 1:
         raise ToolError(f"old_text occurs {count} times in {path}; include more surrounding "
                         "lines so it matches exactly once")
-    p.write_text(text.replace(old_text, new_text, 1), encoding="utf-8")
+    _save(ctx, p, text.replace(old_text, new_text, 1))
     return f"Edited {path}"
 
 
