@@ -115,9 +115,9 @@ def waiting(box: Path, prefix: str = "", folder: str = "new") -> list[str]:
         return []
 
 
-def claim(box: Path, name: str) -> Path | None:
-    """new/NAME -> cur/NAME. None when another thread or process took it first."""
-    dest = Path(box) / "cur" / name
+def claim(box: Path, name: str, as_name: str = "") -> Path | None:
+    """new/NAME -> cur/NAME (or cur/AS_NAME). None when another thread or process took it first."""
+    dest = Path(box) / "cur" / (as_name or name)
     try:
         os.rename(Path(box) / "new" / name, dest)
     except FileNotFoundError:
@@ -127,6 +127,8 @@ def claim(box: Path, name: str) -> Path | None:
 
 def finish(path: Path, final: str = "done") -> Path:
     dest = path.parent.parent / final / path.name
+    if os.path.lexists(dest):           # a name used again: both files are kept
+        dest = dest.with_name(f"{unique_name()}.{path.name}")
     dest.parent.mkdir(exist_ok=True)
     os.replace(path, dest)
     return dest

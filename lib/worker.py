@@ -64,8 +64,11 @@ class Worker(Part):
             for name in maildir.waiting(self.inbox, folder=folder):
                 if self.stopping.is_set():
                     return
-                path = self.inbox / "cur" / name if folder == "cur" else \
-                    maildir.claim(self.inbox, name)
+                # a name used before (a script's a1.json again) is taken under a name of its
+                # own: its id, its reply's name and the crash check must not meet the first's
+                again = folder == "new" and maildir.find(self.inbox, name, ("done", "failed"))
+                path = self.inbox / "cur" / name if folder == "cur" else maildir.claim(
+                    self.inbox, name, again and maildir.unique_name(Path(name).stem + ".") + ".json")
                 if path and not self._take(path, recovered=folder == "cur"):
                     return
 

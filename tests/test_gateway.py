@@ -312,6 +312,23 @@ def test_allow_list_changes_apply_without_a_restart(gateway, llm, home):
 
 
 
+
+def test_a_file_name_used_again_is_a_new_message_and_the_first_file_is_kept(gateway, llm, home):
+    """A script that names its files a1.json every time: the second a1.json is answered too,
+    with an id of its own, and inbox/done/ keeps both files (it replaced the first one)."""
+    gateway.start()
+    drop(home, "a1.json", {"channel": "local", "chat_id": "job", "text": "first"})
+    wait_for(lambda: len(replies(home)) == 1, what="the first reply")
+    drop(home, "a1.json", {"channel": "local", "chat_id": "job", "text": "second"})
+    wait_for(lambda: len(replies(home)) == 2, what="the second reply")
+    first, second = replies(home)
+    assert (first["text"], first["reply_to"]) == ("echo: first", "a1")
+    assert second["text"] == "echo: second" and second["reply_to"].startswith("a1.")
+    done = sorted(json.loads(p.read_text())["text"] for p in (home / "inbox" / "done").glob("*"))
+    assert done == ["first", "second"]
+    assert [m["id"] for m in session_rows(home, "local_job") if m.get("role") == "user"] == \
+        ["a1", second["reply_to"]]
+
 def test_a_config_written_in_place_is_read_whole_and_an_emptied_one_not_at_all(gateway, llm, home):
     """Editors such as nano truncate the file and write it again; a reload in between read an
     empty (all defaults: nobody allowed) or half-written config."""
