@@ -13,6 +13,7 @@ from lib import maildir
 
 log = logging.getLogger(__name__)
 _MODEL_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+MAX_NAME = 200          # characters of a session file's name before the hash (a name holds 255)
 
 
 def now_iso() -> str:
@@ -21,12 +22,13 @@ def now_iso() -> str:
 
 def session_path(home: Path, channel: str, chat_id: str, hashed: bool = True) -> Path:
     """SPEC §4: sessions/<channel>_<chat_id>.jsonl, characters outside [A-Za-z0-9._-] replaced by
-    _, and then a short hash of the key added; `hashed=False`: the name older versions used."""
+    _, and then a short hash of the key added; `hashed=False`: the name older versions used. A
+    name too long for a file is cut to MAX_NAME characters before the hash."""
     raw = f"{channel}_{chat_id}"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
-    if hashed and name != raw:
+    if hashed and (name != raw or len(name) > MAX_NAME):
         key = f"{channel}:{chat_id}".encode("utf-8", "surrogatepass")
-        name += "-" + hashlib.sha256(key).hexdigest()[:8]
+        name = name[:MAX_NAME] + "-" + hashlib.sha256(key).hexdigest()[:8]
     return Path(home) / "sessions" / f"{name}.jsonl"
 
 

@@ -154,3 +154,14 @@ def test_a_tool_call_cut_off_without_its_result_gets_one_in_the_history(home):
         ("user", None), ("assistant", None), ("tool", "c1"), ("tool", "c2"), ("user", None)]
     assert h[3]["name"] == "list_dir" and h[3]["content"].startswith("Error:")
     assert len(Session(home, "cli", "d").messages) == 4          # the file is not rewritten
+
+
+def test_a_chat_id_too_long_for_a_file_name_gets_a_short_name_of_its_own(tmp_path):
+    """A file name holds 255 bytes: a longer key is cut and the hash of the whole key added, so
+    two long ids that differ only at the end still have two files."""
+    from lib.sessions import Session
+    a, b = Session(tmp_path, "local", "y" * 300 + "a"), Session(tmp_path, "local", "y" * 300 + "b")
+    a.append({"role": "user", "content": "hi"})
+    b.append({"role": "user", "content": "ho"})
+    assert a.path != b.path and len(a.path.name.encode()) <= 255
+    assert Session(tmp_path, "local", "y" * 300 + "a").messages[0]["content"] == "hi"
