@@ -209,6 +209,18 @@ def test_a_model_that_is_down_falls_back_at_once_and_the_ledger_names_who_answer
     assert (second["model"], second["ok"]) == ("custom/backup-model", True)
 
 
+
+def test_an_account_out_of_credit_falls_back_too(home, llm):
+    """SPEC §10: a 429 is a reason to try the next model, the quota kind included (another
+    provider's account may have credit); it is not retried on the same one."""
+    cfg = setup(home, llm, ", fallback_models: [custom/backup-model]")
+    quota = {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                       "param": None, "code": "insufficient_quota"}}
+    llm.script({"status": 429, "body": quota}, "from the backup")
+    assert Metered(cfg).complete([{"role": "user", "content": "hi"}]).content == "from the backup"
+    assert [r["model"] for r in llm.chat_requests] == ["fake-model", "backup-model"]
+    assert "out of credit" in ledger(home)[0]["error"]
+
 def test_a_refusal_is_not_a_reason_to_fall_back(home, llm):
     cfg = setup(home, llm, ", fallback_models: [custom/backup-model]")
     llm.script({"status": 401})

@@ -86,9 +86,9 @@ class OpenAIProvider:
                 return _reply(raw.text)
             except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
                 status = getattr(e, "status_code", None)
-                if getattr(e, "code", None) == "insufficient_quota":
-                    raise ProviderError(f"{self.name} says the account is out of credit (HTTP "
-                                        f"{status}): top it up or use another provider.") from None
+                if getattr(e, "code", None) == "insufficient_quota":  # no retry; a fallback may have credit
+                    raise ProviderDown(f"{self.name} says the account is out of credit (HTTP "
+                                       f"{status}): top it up or use another provider.") from None
                 if status is not None and status < 500 and status not in _RETRY_STATUS:
                     raise ProviderError(self._refused(status, e)) from None
                 reason = f"HTTP {status}" if status else type(e).__name__.replace("API", "")
