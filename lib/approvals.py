@@ -31,9 +31,13 @@ PATTERNS = [
     r"\bfind\b[^;&|\n]{0,200}\s-(delete|exec\s+rm)\b", r"\bdd\b", r"\b(mkfs|mke2fs|mkswap|wipefs)\b",
     r"\b(shutdown|reboot|poweroff|halt|telinit)\b", r"\binit\s+[0-6]\b", r"\bsystemctl\s+(poweroff|reboot|halt)",
     r"\bch(mod|own|grp)\s+(\S+\s+)*-\S*R", r"\bch(mod|own|grp)\s+(\S+\s+)*--recursive\b",
-    r"\b(curl|wget|fetch)\b[^|\n]*\|\s*(sudo\s+)?\S*(sh|bash|zsh|dash|python\d?|perl|ruby|node)\b",
-    r"\b(base64|xxd|openssl)\b[^|\n]*\|\s*(sudo\s+)?\S*(sh|bash|zsh|dash|python\d?|perl)\b",
-    r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+(-\S+\s+)*-[ce]\b", r"\b(ba|da|z|k)?sh\s+-c\b",
+    r"\b(curl|wget|fetch)\b[^|\n]*\|\s*(sudo\s+(-\S+\s+)*)?\S*(sh|bash|zsh|dash|python\d?|perl|ruby|node)\b",
+    r"\b(base64|xxd|openssl)\b[^|\n]*\|\s*(sudo\s+(-\S+\s+)*)?\S*(sh|bash|zsh|dash|python\d?|perl)\b",
+    r"<\(\s*(sudo\s+)?(curl|wget|fetch)\b",             # bash <(curl …), source <(wget …)
+    r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+(-\S+\s+)*-[cer]\b", r"\b(ba|da|z|k)?sh\s+-c\b",
+    r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\b[^|;&\n]*<<",  # the program in a here-document
+    r"\|\s*(sudo\s+(-\S+\s+)*)?(python\d?(\.\d+)?|perl|ruby|node|php)(\s+-)?\s*($|[;&|)])",  # on stdin
+    r"\b(python\d?(\.\d+)?|perl|ruby|node|php)\s+-\s*($|[;&|)<])",
     r"\beval\b",
 ]
 
