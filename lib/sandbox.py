@@ -25,7 +25,8 @@ BWRAP = "bwrap"          # the program looked up on PATH; tests point it at one 
 FIX = "install bubblewrap (sudo apt install bubblewrap)"
 BASE = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
         "--unshare-pid", "--die-with-parent", "--new-session"]
-DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "dumb", "TZ": ""}
+DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
+               "TZ": ":/etc/localtime"}      # the system's zone, when neither config nor TZ names one
 CHUNK = 65536
 GRACE = 0.5              # seconds to drain the pipes after the command ended
 _problems: dict = {}     # bwrap's path -> why it does not work ("" when it does); probed once
@@ -102,11 +103,13 @@ def _probe(path) -> str:
         if done.returncode else ""
 
 
-def environment(settings, workspace: Path) -> dict:
-    """PATH, HOME (the workspace), LANG, TERM and TZ, plus tools.exec.env: nothing else."""
+def environment(settings, workspace: Path, tz: str = "") -> dict:
+    """PATH, HOME (the workspace), LANG, TERM and TZ (`tz`, agents.defaults.timezone, when set),
+    plus tools.exec.env: nothing else."""
     env = {k: os.environ.get(k) or default for k, default in DEFAULT_ENV.items()}
     env = {k: v for k, v in env.items() if v}
-    return {**env, "HOME": str(workspace), **{k: str(v) for k, v in settings.env.items()}}
+    return {**env, "HOME": str(workspace), **({"TZ": tz} if tz else {}),
+            **{k: str(v) for k, v in settings.env.items()}}
 
 
 def bwrap_argv(config, workspace: Path, cwd: Path, command: str) -> list:

@@ -102,6 +102,18 @@ def test_environment_holds_no_keys(home, mode, monkeypatch):
     assert "GH_CONFIG_DIR=gh\n" in out
 
 
+
+def test_tz_is_the_configured_time_zone_or_the_systems(home, mode, monkeypatch):
+    """SPEC §8 gives TZ to every command: agents.defaults.timezone when set (a command's `date`
+    then agrees with the assistant's clock), else the gateway's TZ, else the system's zone file."""
+    monkeypatch.delenv("TZ", raising=False)
+    ctx = make_ctx(home, mode)
+    assert "TZ=:/etc/localtime\n" in run(ctx, "env")
+    write_config(home, (home / "config.yaml").read_text() +
+                 "agents: {defaults: {timezone: Asia/Tokyo}}\n")
+    ctx.config = load_config()
+    assert "TZ=Asia/Tokyo\n" in run(ctx, "env") and "JST" in run(ctx, "date")
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -38,8 +38,8 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
     argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command) if boxed else \
         ["/bin/sh", "-c", command]
     timeout = ctx.time_left(settings.timeout)
-    text, code = sandbox.run(argv, sandbox.environment(settings, workspace), cwd, timeout,
-                             settings.max_output)
+    env = sandbox.environment(settings, workspace, ctx.config.agents.defaults.timezone)
+    text, code = sandbox.run(argv, env, cwd, timeout, settings.max_output)
     return f"{text.rstrip()}\n[{_status(code, timeout, settings.timeout)}]".lstrip()
 
 
