@@ -301,12 +301,15 @@ class CronService(Part):
         text = (f"[A scheduled job fired: {job.get('name')!r} (cron job {job['id']}, due "
                 f"{due.astimezone(self.tz):%Y-%m-%d %H:%M %Z}). Do what it says now.]\n"
                 f"{job.get('message', '')}\n")
+        from lib.usage import owner
         meta = {"kind": "cron", "job_id": job["id"]}
-        if job.get("deliver") and job.get("channel") and job.get("to"):
-            meta["reply_to"] = {"channel": job["channel"], "chat_id": str(job["to"])}
-            text += f"(Your reply is sent to {job['channel']}:{job['to']}.)"
+        chat = job.get("deliver") and job.get("channel") and job.get("to") and (
+            job["channel"], str(job["to"]))
+        if to := chat or owner(self.config):      # SPEC §10: else proactive messages go to the owner
+            meta["reply_to"] = {"channel": to[0], "chat_id": to[1]}
+            text += f"(Your reply is sent to {to[0]}:{to[1]}.)"
         else:
-            text += "(Your reply is only logged; use the message tool if someone should hear it.)"
+            text += "(Your reply is only logged: nobody has written to the assistant yet.)"
         return {"channel": "system", "chat_id": f"cron:{job['id']}", "sender_id": "cron",
                 "text": text, "metadata": meta}
 

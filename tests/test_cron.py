@@ -262,12 +262,12 @@ def test_a_job_fires_into_the_inbox_and_its_next_run_is_saved(cfg, home):
     assert not svc.alive()
 
 
-def test_without_deliver_there_is_no_reply_to(cfg, home):
+def test_without_deliver_and_without_an_owner_there_is_no_reply_to(cfg, home):
     write_jobs(home, [job(next_run=ago(1))])
     CronService(cfg).tick()
     msg = json.loads(inbox_files(home)[0].read_text())
     assert msg["metadata"] == {"kind": "cron", "job_id": "abc123"}
-    assert "message tool" in msg["text"]
+    assert "only logged" in msg["text"]
 
 
 def test_a_run_missed_while_down_happens_once_and_the_schedule_goes_on(cfg, home):
@@ -402,6 +402,26 @@ def test_a_fired_job_reaches_the_chat_through_the_worker(config, llm):
     assert (config.home / "sessions" / "telegram_42.jsonl").exists()
 
 
+
+def test_a_job_with_no_chat_of_its_own_speaks_to_the_owner(home):
+    """SPEC §10: proactive messages go to the owner (tools.approval.owner, else the last active
+    chat); only with nobody to tell is the answer just logged."""
+    posted = []
+    post = lambda msg, name=None: posted.append(msg) or home / "x.json"      # noqa: E731
+    svc = CronService(load_config(), post)
+    job = svc.add("disk", "Check the disk.", make_schedule(every_s=3600))
+    svc.run_now(job["id"])
+    assert "reply_to" not in posted[-1]["metadata"] and "only logged" in posted[-1]["text"]
+    (home / "state").mkdir(parents=True, exist_ok=True)
+    (home / "state" / "last_chat.json").write_text('{"channel": "slack", "chat_id": "D1"}')
+    svc.run_now(job["id"])
+    assert posted[-1]["metadata"]["reply_to"] == {"channel": "slack", "chat_id": "D1"}
+    write_config(home, "tools: {approval: {owner: 'telegram:7'}}\n")
+    svc.config = load_config()
+    svc.run_now(job["id"])
+    assert posted[-1]["metadata"]["reply_to"] == {"channel": "telegram", "chat_id": "7"}
+    assert "sent to telegram:7" in posted[-1]["text"]
+
 # --- the tool ---
 
 def ctx_for(cfg, channel="telegram", chat_id="42", services=None):
@@ -431,7 +451,7 @@ def test_tool_add_list_remove(cfg, home):
     assert j["name"] == "Remind the owner to stretch."
     out = call(ctx_for(cfg, "cli", "default"), action="add", message="Check the backup log.",
                cron_expr="0 7 * * *")
-    assert "only logged" in out and read_jobs(home)[1]["deliver"] is False
+    assert "replies go to the owner" in out and read_jobs(home)[1]["deliver"] is False
     listed = call(ctx, action="list")
     assert j["id"] in listed and "cron 0 7 * * *" in listed and "Check the backup log." in listed
     assert call(ctx, action="remove", job_id=j["id"]).startswith(f"Removed job {j['id']}")

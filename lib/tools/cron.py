@@ -39,7 +39,7 @@ def cron(ctx, action: str, message: str = "", every_seconds: int = 0, cron_expr:
                           ctx.channel if deliver else "", ctx.chat_id if deliver else "")
     except NanoclawError as e:          # a ToolError too: the same message
         raise ToolError(str(e)) from None
-    where = f"replies go to {ctx.channel}:{ctx.chat_id}" if deliver else "replies are only logged"
+    where = f"replies go to {ctx.channel}:{ctx.chat_id}" if deliver else "replies go to the owner"
     return (f"Added job {job['id']}: {describe(schedule)}, next run "
             f"{service.local(job['next_run'])}; {where}.")
 
@@ -71,7 +71,7 @@ def _list(service) -> str:
     lines = []
     for j in jobs:
         to = (f"replies to {j.get('channel')}:{j.get('to')}" if j.get("deliver")
-              else "replies logged only")
+              else "replies to the owner")
         state = f"next run {service.local(j.get('next_run'))}" if j.get("enabled") else "disabled"
         lines.append(f"- {j['id']} {describe(j.get('schedule', {}))}; {state}; {to}; "
                      f"message: {j.get('message', '')}")
