@@ -195,7 +195,9 @@ class Metered:
         check_config(config)
         self.config, self.ledger = config, Ledger(config)
         self.models = models if models is not None else make_models(config)
-        self._fails: dict[str, list] = {}       # model -> [failures in a row, skipped until]
+        self._fails: dict[str, list] = {        # model -> [failures in a row, skipped until]
+            m: [3, until] for m, until in _load(config.home / "state" / "models.json").items()
+            if isinstance(until, (int, float))}     # skips an earlier process wrote
         self.down_file = config.home / "state" / "model_down.json"     # while no model answers
         self._down = _load(self.down_file).get("since")
 

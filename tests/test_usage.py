@@ -246,6 +246,20 @@ def test_three_failures_in_a_row_skip_a_model_for_the_cooldown_and_status_says_s
     assert llm.chat_requests[-1]["model"] == "fake-model"
 
 
+
+def test_a_skipped_model_stays_skipped_in_the_next_process(home, llm):
+    """`agent -m` is a process of its own each time: the cooldown written to state/models.json is
+    read again, so a dead model is not asked first by every run."""
+    cfg = setup(home, llm, ", fallback_models: [custom/backup-model], fallback_cooldown_s: 600")
+    metered = Metered(cfg)
+    for _ in range(3):
+        llm.script({"status": 500}, "ok")
+        metered.complete([{"role": "user", "content": "hi"}])
+    llm.reset()
+    llm.script("the backup")
+    Metered(cfg).complete([{"role": "user", "content": "hi"}])         # a new process
+    assert [r["model"] for r in llm.chat_requests] == ["backup-model"]
+
 def test_when_every_model_is_down_the_error_is_provider_down(home, llm):
     cfg = setup(home, llm, ", fallback_models: [custom/backup-model]")
     llm.script({"status": 503}, {"status": 429})
