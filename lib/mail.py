@@ -68,7 +68,7 @@ def read_message(path: Path) -> dict:
             raise ValueError(f"the file is over {MAX_BYTES} bytes; the limit is 1 MiB")
     deep = ValueError(f"JSON nested too deep (the limit is {MAX_DEPTH} levels)")
     try:
-        msg = json.loads(raw.decode("utf-8"))
+        msg = json.loads(raw.decode("utf-8-sig"))    # a BOM (Windows editors) is skipped
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:

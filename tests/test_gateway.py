@@ -78,6 +78,14 @@ def test_malformed_files_go_to_failed_with_the_reason(gateway, llm, home, name, 
     assert len(llm.chat_requests) == 1
 
 
+
+def test_a_file_that_starts_with_a_byte_order_mark_is_read(gateway, llm, home):
+    """Windows editors write UTF-8 with a BOM; JSON allows a reader to skip it."""
+    gateway.start()
+    drop(home, "bom.json", b"\xef\xbb\xbf" + json.dumps(
+        {"channel": "local", "chat_id": "x", "text": "from notepad"}).encode(), raw=True)
+    assert wait_for(lambda: replies(home), what="the reply")[0]["text"] == "echo: from notepad"
+
 def _fifo(path):
     os.mkfifo(path)
 
