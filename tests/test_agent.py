@@ -57,7 +57,7 @@ def test_tool_rounds_are_capped_and_the_user_is_told(config, llm, home):
     import dataclasses
     d = dataclasses.replace(config.agents.defaults, max_tool_iterations=2)
     cfg = dataclasses.replace(config, agents=dataclasses.replace(config.agents, defaults=d))
-    loop = {"tool_calls": [{"name": "list_dir", "arguments": {}}]}
+    loop = {"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}
     llm.script(loop, loop, "never reached")
     reply = make_agent(cfg).respond(ask("loop forever"))
     assert "stopped after 2 rounds" in reply and len(llm.chat_requests) == 2
@@ -68,7 +68,7 @@ def test_every_message_is_saved_before_the_next_step(config, llm, home):
         # when the model is asked the second time, the first answer and tool result are on disk
         assert [r.get("role") for r in saved(home)[1:]] == ["user", "assistant", "tool"]
         return "done"
-    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, check_saved)
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, check_saved)
     assert make_agent(config).respond(ask("x")) == "done"
     assert not llm.errors
 
@@ -240,7 +240,7 @@ def test_a_tool_sees_the_turns_deadline(config, llm):
     seen = []
     agent = make_agent(with_defaults(config, turn_timeout_s=100))
     agent.tools.tools["list_dir"] = lambda ctx, path=".": seen.append(ctx.time_left(1000)) or "ok"
-    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, "done")
     agent.respond(ask("go"))
     assert 90 < seen[0] <= 100 and Context(config, config.workspace).time_left(5) == 5
 
@@ -329,7 +329,7 @@ def test_the_loop_hands_the_provider_the_turns_deadline_and_the_tool_schemas(con
     """The agent is handed its provider (lib.providers.Provider): here a scripted one, no HTTP."""
     import time
     from tests.fakes.scripted import ScriptedProvider
-    model = ScriptedProvider({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "Listed.")
+    model = ScriptedProvider({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, "Listed.")
     before = time.monotonic()
     assert make_agent(with_defaults(config, turn_timeout_s=50), model).respond(ask("ls")) == "Listed."
     assert model.calls == 2 and all(before + 49 < r["deadline"] <= time.monotonic() + 50

@@ -64,7 +64,7 @@ def test_session_option_names_the_session_file(home, llm):
 
 def test_logs_go_to_stderr_only_with_logs(home, llm):
     fake_config(home, llm)
-    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {}}]}, "done")
+    llm.script({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}, "done")
     r = run_cli("agent", "--logs", "-m", "x")
     assert r.stdout == "done\n" and "tool list_dir" in r.stderr
 

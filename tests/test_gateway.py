@@ -278,7 +278,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_doubles_nothing(gateway, llm
     cut off often waits behind newer ones at the next start, and the next kill finds it there."""
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
     llm.script(*[{"delay": rng.uniform(0, 0.05),
-                  **({"tool_calls": [{"name": "list_dir", "arguments": {}}]} if i % 3 == 0 else {})}
+                  **({"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]} if i % 3 == 0 else {})}
                  for i in range(80)])
     n = 24
     for i, k in enumerate(rng.sample(range(n), n)):

@@ -80,7 +80,7 @@ def test_a_long_conversation_keeps_every_line_and_saves_each_fact_before_it_leav
         assert known[first]["content"] == messages[1]["content"]
         chat_requests.append((first, shown, session.consolidated, state["failing"]))
         if question.endswith("7"):                  # some turns use a tool: 4 messages, not 2
-            return {"tool_calls": [{"name": "list_dir", "arguments": {}}]}
+            return {"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]}
         return f"answer to: {question or 'the tool'}"
 
     agent = make_agent(config, ScriptedProvider(*[model] * 2000))

@@ -81,6 +81,19 @@ def test_default_registry_has_exactly_the_spec_tools():
     assert set(default_registry(exclude=("message",)).tools) == names - {"message"}
 
 
+
+@pytest.mark.parametrize("tool, required, optional", [
+    ("read_file", ["path"], []), ("write_file", ["path", "content"], []),
+    ("edit_file", ["path", "old_text", "new_text"], []), ("list_dir", ["path"], []),
+    ("exec", ["command"], ["working_dir"]), ("web_search", ["query"], ["count"]),
+    ("web_fetch", ["url"], ["max_chars"]), ("message", ["content"], ["channel", "chat_id", "media"]),
+    ("spawn", ["task"], ["label"]),
+    ("cron", ["action"], ["message", "every_seconds", "cron_expr", "at", "job_id"])])
+def test_each_tool_takes_the_parameters_of_spec_section_7(tool, required, optional):
+    """Names and parameters are part of the contract; optional ones are in brackets there."""
+    params = schema(default_registry().tools[tool])["function"]["parameters"]
+    assert params["required"] == required and list(params["properties"]) == required + optional
+
 def test_unknown_tool_lists_the_available_ones(ctx):
     out = call(ctx, "delete_everything")
     assert out.startswith("Error:") and "delete_everything" in out
@@ -212,9 +225,9 @@ def test_list_dir_sorted_with_folders_marked(ctx, ws):
     assert call(ctx, "list_dir", path="d") == "Cdir/\nzdir/\nA.txt\nb.txt"
 
 
-def test_list_dir_defaults_to_the_workspace(ctx, ws):
+def test_list_dir_of_dot_is_the_workspace(ctx, ws):
     (ws / "here.txt").write_text("")
-    assert "here.txt" in call(ctx, "list_dir").splitlines()
+    assert "here.txt" in call(ctx, "list_dir", path=".").splitlines()
 
 
 def test_list_empty_folder(ctx, ws):

@@ -132,7 +132,7 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
     return f"Edited {path}"
 
 
-def list_dir(ctx, path: str = ".") -> str:
+def list_dir(ctx, path: str) -> str:
     """List the entries of a folder; folders end with '/'.
 
     Args:

@@ -1,6 +1,6 @@
 """A scripted model for tests that need no HTTP: implements lib.providers.Provider.
 
-    provider = ScriptedProvider("Hello.", {"tool_calls": [{"name": "list_dir", "arguments": {}}]})
+    provider = ScriptedProvider("Hello.", {"tool_calls": [{"name": "list_dir", "arguments": {"path": "."}}]})
     agent = make_agent(config, provider)
 
 Each reply is a text, a client.Reply, a dict {"content", "tool_calls": [{"name", "arguments"}]},
