@@ -221,6 +221,13 @@ def test_other_origins_may_not_change_anything(web):
     assert web.raw("GET", "/v1/models", headers={**auth, "Origin": "http://evil.example"})[0] == 200
 
 
+
+def test_other_methods_get_an_openai_shaped_error(web):
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, headers, body = web.raw(method, "/v1/chat/completions")
+        assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed", method
+        assert headers["Content-Type"].startswith("application/json")
+
 def test_wrong_tokens_are_rate_limited(web):
     for _ in range(5):
         assert web.raw("POST", "/login", {"token": "guess"})[0] == 401

@@ -131,6 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._route("POST")
 
+    def do_other(self):         # 405 or 404 in the OpenAI error shape, not http.server's HTML 501
+        self._route(self.command)
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_other
+
     def _route(self, method: str):
         url = urlsplit(self.path)
         self.query = {k: v[0] for k, v in parse_qs(url.query).items()}
