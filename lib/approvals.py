@@ -124,8 +124,9 @@ class Approvals:
     def pending(self) -> list[dict]:
         return [r for r in map(_load, sorted(self.dir.glob("*.json"))) if r]
 
-    def park(self, need: ApprovalNeeded, msg: dict, to: tuple[str, str]) -> dict:
-        """Write the parked turn; the question (with its code) is returned for the chat `to`."""
+    def park(self, need: ApprovalNeeded, msg: dict, to: tuple[str, str], session=None) -> dict:
+        """Write the parked turn of `msg` (its conversation: `session`, channel and chat id); the
+        question (with its code) is returned for the chat `to`."""
         import secrets
         from lib import maildir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ class Approvals:
         code = next(c for c in (f"{secrets.randbelow(10000):04d}" for _ in range(1000)) if c not in taken)
         minutes = max(1, round(self.config.tools.approval.timeout_s / 60))
         record = {"code": code, "binding": need.binding, "call": need.call, "msg": msg,
-                  "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
+                  "session": list(session or to), "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
                   "expires_at": time.time() + self.config.tools.approval.timeout_s,
                   "question": f'{need.question} — reply "yes {code}" or "no {code}" '
                               f"(expires in {minutes} min)"}
@@ -152,6 +153,28 @@ class Approvals:
         record = self.park(need, msg, to)
         post_outbox(self.config.home, *to, f"Background task '{job['label']}': {record['question']}")
         return record["code"]
+
+    def take(self, msg: dict, again: bool, agent) -> str | None:
+        """For "yes CODE" / "no CODE": the parked turn goes on (go_on) and "" is returned, or what
+        to tell the sender ("Approval 1234 has expired…"); None when `msg` is no answer at all."""
+        record, verdict = self.answer(msg, again)
+        if record:
+            self.go_on(record, verdict, agent)
+        return "" if record else verdict or None
+
+    def go_on(self, record: dict, verdict: str, agent):
+        """The parked call's result into its conversation (settle), then the turn goes on as an
+        inbox message of its own, marked `resume` (crash-safe like any); a background task is
+        started again instead."""
+        from lib.mail import post_inbox
+        from lib.sessions import Session
+        msg = record["msg"]
+        if msg.get("metadata", {}).get("kind") == "subagent":
+            return self.resume_task(agent.services.spawn, record, verdict)
+        channel, chat_id = record.get("session") or (msg["channel"], msg["chat_id"])
+        self.settle(record, verdict, agent, Session(self.config.home, channel, chat_id), channel, chat_id)
+        post_inbox(self.config.home, dict(msg, metadata=dict(msg.get("metadata") or {}, resume=True)),
+                   f"approval-{record['code']}-{int(record.get('asked_at', 0))}")
 
     def answer(self, msg: dict, again: bool = False) -> tuple[dict | None, str]:
         """For "yes CODE" / "no CODE": (the claimed record, "yes" or "no"), or (None, why not);
@@ -176,13 +199,16 @@ class Approvals:
             return None, f"Approval {code} was already answered."
         return record, verdict
 
-    def expired(self) -> list[dict]:
-        """Pending approvals past their time, claimed: each is answered "did not answer"."""
+    def expire(self, agent):
+        """Each pending approval past its time is claimed and goes on as "did not answer"."""
         now = time.time()
-        gone = [r for r in self.pending() if r.get("expires_at", 0) <= now and self._claim(r["code"])]
-        for record in gone:
-            log.info("approval %s expired unanswered", record["code"])
-        return gone
+        for record in self.pending():
+            if record.get("expires_at", 0) <= now and self._claim(record["code"]):
+                log.info("approval %s expired unanswered", record["code"])
+                try:
+                    self.go_on(record, "timeout", agent)
+                except Exception:
+                    log.exception("the turn parked as approval %s could not go on", record["code"])
 
     def wait(self, most: float) -> float:
         """Seconds until the first pending approval expires, at most `most`."""

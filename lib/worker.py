@@ -50,8 +50,8 @@ class Worker(Part):
         super().start()
 
     def step(self) -> float:
+        self.approvals.expire(self.agent)       # an unanswered turn goes on, as an inbox message
         self.drain()
-        self._expire()
         return max(0.0, self._retry_at - time.monotonic()) or self.approvals.wait(RESCAN_S)
 
     def drain(self):
@@ -133,14 +133,11 @@ class Worker(Part):
         if recovered and self._reply_exists(key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
-        record, verdict = self.approvals.answer(msg, again=recovered)
-        if record:                          # the owner's answer: the parked turn goes on
-            session = self._continue(record, verdict, key, path.stat().st_mtime)
-        elif verdict:                       # "yes 1234" that cannot be used: say why
-            post_outbox(self.home, *self._target(msg), verdict, reply_to=msg["id"], key=key)
-            session = None
-        else:
-            session = self._turn(msg, key, path.stat().st_mtime, recovered)
+        said = self.approvals.take(msg, recovered, self.agent)   # "yes 1234": that turn goes on
+        if said:                            # an answer that cannot be used: say why
+            post_outbox(self.home, *self._target(msg), said, reply_to=msg["id"], key=key)
+        resume = recovered or msg.get("metadata", {}).get("resume") is True   # (approvals.go_on)
+        session = None if said is not None else self._turn(msg, key, path.stat().st_mtime, resume)
         maildir.finish(path)
         if msg["channel"] not in NO_REMOTE:
             self._remember_chat(msg["channel"], msg["chat_id"])
@@ -162,8 +159,9 @@ class Worker(Part):
                 msg)), session, resume=resume)      # a heartbeat in a chat counts as heartbeat
         except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
             from lib.usage import owner
-            channel, chat_id = proactive and owner(self.config) or (channel, chat_id)
-            reply, proactive = self.approvals.park(need, msg, (channel, chat_id))["question"], False
+            to = proactive and owner(self.config) or (channel, chat_id)
+            reply = self.approvals.park(need, msg, to, (channel, chat_id))["question"]
+            (channel, chat_id), proactive = to, False
         except LimitReached as e:
             if proactive:               # heartbeat and cron skip at the cap (SPEC §10)
                 log.info("%s skipped: %s", key, e)
@@ -198,23 +196,6 @@ class Worker(Part):
         post_outbox(self.home, channel, chat_id, reply, reply_to=None if proactive else msg["id"],
                     metadata=meta, key=key)
         return session
-
-    def _continue(self, record: dict, verdict: str, key: str, since: float) -> Session | None:
-        """A parked turn goes on from its call's result (approvals.settle), then the model."""
-        if record["msg"].get("metadata", {}).get("kind") == "subagent":   # a background task goes
-            return self.approvals.resume_task(self.agent.services.spawn, record, verdict)   # on
-        target = self._target(record["msg"])
-        self.approvals.settle(record, verdict, self.agent, self._session(*target), *target)
-        return self._turn(record["msg"], key, since, resume=True)
-
-    def _expire(self):
-        for record in self.approvals.expired():     # nobody answered in time: the turn goes on
-            self.busy_since = time.monotonic()
-            try:
-                self._continue(record, "timeout", f"approval-{record['code']}", record["asked_at"])
-            except Exception:
-                log.exception("the turn parked as approval %s could not go on", record["code"])
-        self.busy_since = None
 
     def _target(self, msg) -> tuple[str, str]:
         """Where the reply goes and whose conversation it belongs to. A system message (cron,
