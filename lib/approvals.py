@@ -87,6 +87,13 @@ def exec_binding(ctx, command: str, cwd: Path) -> dict:
     return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
 
 
+def ask_write(ctx, path: Path, change: str):
+    """A file write or edit outside the workspace (SPEC §9), bound to the file and the change."""
+    import hashlib
+    digest = hashlib.sha256(change.encode("utf-8", "surrogatepass")).hexdigest()
+    ask(ctx, {"tool": "write", "path": str(path), "change": digest}, f"Change {path}")
+
+
 def ask(ctx, binding: dict, question: str):
     """Return when the action may go ahead; else ToolError (refused) or ApprovalNeeded (parked)."""
     if ctx.config.tools.approval.mode == "off":

@@ -46,6 +46,23 @@ def post_outbox(home: Path, channel: str, chat_id: str, text: str, *, reply_to=N
                            into="sent" if channel in NO_REMOTE else "new")
 
 
+def target(msg: dict) -> tuple[str, str]:
+    """Where the reply goes and whose conversation it belongs to. A system message (cron,
+    heartbeat, sub-agent result) may name a chat in metadata.reply_to."""
+    to = msg.get("metadata", {}).get("reply_to") if msg["channel"] == "system" else None
+    if isinstance(to, dict) and to.get("channel") in CHANNELS and to.get("chat_id"):
+        return to["channel"], str(to["chat_id"])
+    return msg["channel"], msg["chat_id"]
+
+
+def reply_exists(home: Path, key: str) -> bool:
+    """Whether the reply to inbox message `key` was queued (post_outbox names it …rKEY.json)."""
+    suffix = f".r{key}.json"        # outbox names: CHANNEL.TIME.PID.COUNT.rKEY.json
+    return any(n.endswith(suffix) and n[:-len(suffix)].count(".") == 3
+               for folder in ("new", "cur", "sent", "failed")
+               for n in maildir.waiting(Path(home) / "outbox", folder=folder))
+
+
 def fail_outbox(path: Path, reason: str, msg: dict | None = None) -> Path:
     """A reply that cannot be delivered goes to outbox/failed/ with the reason in its `error`
     field (SPEC §3) and in NAME.error beside it; a file that is no message keeps its bytes."""

@@ -15,7 +15,7 @@ from lib import maildir
 from lib.channels import allowed
 from lib.approvals import ApprovalNeeded, Approvals
 from lib.errors import LimitReached, ProviderDown, ProviderError
-from lib.mail import CHANNELS, NO_REMOTE, post_outbox, read_message
+from lib.mail import NO_REMOTE, post_outbox, read_message, reply_exists, target
 from lib.part import Part
 from lib.sessions import Session
 from lib.usage import source
@@ -130,12 +130,12 @@ class Worker(Part):
                 maildir.fail(path, reason)
                 return
         key = path.stem
-        if recovered and self._reply_exists(key):
+        if recovered and reply_exists(self.home, key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
         said = self.approvals.take(msg, recovered, self.agent)   # "yes 1234": that turn goes on
         if said:                            # an answer that cannot be used: say why
-            post_outbox(self.home, *self._target(msg), said, reply_to=msg["id"], key=key)
+            post_outbox(self.home, *target(msg), said, reply_to=msg["id"], key=key)
         resume = recovered or msg.get("metadata", {}).get("resume") is True   # (approvals.go_on)
         session = None if said is not None else self._turn(msg, key, path.stat().st_mtime, resume)
         maildir.finish(path)
@@ -150,7 +150,7 @@ class Worker(Part):
 
     def _turn(self, msg: dict, key: str, since: float, resume: bool) -> Session | None:
         """Run the turn for `msg` and queue its reply (`key`: the inbox file's name)."""
-        channel, chat_id = self._target(msg)
+        channel, chat_id = target(msg)
         session = self._session(channel, chat_id)
         meta = msg.get("metadata", {})
         proactive = msg["channel"] == "system" and meta.get("kind") in PROACTIVE
@@ -169,7 +169,7 @@ class Worker(Part):
             reply = str(e)
         except ProviderDown as e:       # the message waits in cur/ (_take), unless it waited a day
             if time.time() - since < GIVE_UP_S:     # told once, in its chat: it waits
-                if not (proactive or channel == "system" or self._reply_exists(key + "-wait")):
+                if not (proactive or channel == "system" or reply_exists(self.home, key + "-wait")):
                     post_outbox(self.home, channel, chat_id, f"The model is not answering right "
                                 f"now ({e}). Your message is kept, and I will answer it as soon "
                                 "as the model is back.", reply_to=msg["id"],
@@ -197,14 +197,6 @@ class Worker(Part):
                     metadata=meta, key=key)
         return session
 
-    def _target(self, msg) -> tuple[str, str]:
-        """Where the reply goes and whose conversation it belongs to. A system message (cron,
-        heartbeat, sub-agent result) may name a chat in metadata.reply_to."""
-        to = msg.get("metadata", {}).get("reply_to") if msg["channel"] == "system" else None
-        if isinstance(to, dict) and to.get("channel") in CHANNELS and to.get("chat_id"):
-            return to["channel"], str(to["chat_id"])
-        return msg["channel"], msg["chat_id"]
-
     def _session(self, channel, chat_id) -> Session:
         key = f"{channel}:{chat_id}"
         session = self._sessions.get(key)
@@ -213,12 +205,6 @@ class Worker(Part):
                 self._sessions.clear()
             session = self._sessions[key] = Session(self.home, channel, chat_id)
         return session
-
-    def _reply_exists(self, key: str) -> bool:
-        suffix = f".r{key}.json"        # outbox names: CHANNEL.TIME.PID.COUNT.rKEY.json
-        return any(n.endswith(suffix) and n[:-len(suffix)].count(".") == 3
-                   for folder in ("new", "cur", "sent", "failed")
-                   for n in maildir.waiting(self.outbox, folder=folder))
 
     def _remember_chat(self, channel, chat_id):
         """The owner's last active chat: where the heartbeat speaks."""

@@ -1,6 +1,5 @@
 """read_file, write_file, edit_file, list_dir. Relative paths start in the workspace; with
 tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` resolved first)."""
-import hashlib
 import errno
 import os
 import stat
@@ -46,9 +45,8 @@ def _writable(ctx, path: str, change: str) -> Path:
     """resolve(), and for a file outside the workspace the owner's yes first (SPEC §9)."""
     p = resolve(ctx, path)
     if not p.is_relative_to(ctx.workspace.resolve()):
-        from lib import approvals
-        digest = hashlib.sha256(change.encode("utf-8", "surrogatepass")).hexdigest()
-        approvals.ask(ctx, {"tool": "write", "path": str(p), "change": digest}, f"Change {p}")
+        from lib.approvals import ask_write
+        ask_write(ctx, p, change)
     return p
 
 
