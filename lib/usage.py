@@ -14,6 +14,7 @@ from lib.errors import ConfigError, LimitReached, ProviderDown, ProviderError
 from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
+GIVE_UP_S = 24 * 3600   # a message no model answered for this long is answered with regret
 FAILS_TO_SKIP = 3       # failures in a row before a model is skipped for fallback_cooldown_s
 WARN_AT = 0.8           # of a limit: the owner is told once a day
 _HOURS = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
@@ -28,6 +29,18 @@ class Limits:
 def _zone(config):
     from lib.cron import zone
     return zone(config.agents.defaults.timezone)
+
+
+def outage(error, since: float, key: str) -> tuple[str, str]:
+    """While no model answers (SPEC §10): ("", the notice its chat gets once) while the message
+    `key`, here since `since`, waits; (an apology as its reply, "") after GIVE_UP_S."""
+    if time.time() - since < GIVE_UP_S:
+        return "", (f"The model is not answering right now ({error}). Your message is kept, and I "
+                    "will answer it as soon as the model is back.")
+    log.error("%s: given up after %d hours without an answer from the model (%s)",
+              key, GIVE_UP_S // 3600, error)
+    return (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({error}), so I gave "
+            "up on this message. Send it again when you like."), ""
 
 
 def source(msg: dict) -> str:

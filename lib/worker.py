@@ -18,14 +18,13 @@ from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import NO_REMOTE, post_outbox, read_message, reply_exists, target
 from lib.part import Part
 from lib.sessions import Session
-from lib.usage import source
+from lib.usage import outage, source
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
 RESCAN_S = 10.0         # a safety net under the file watcher
 PROACTIVE = ("cron", "heartbeat", "subagent")  # their replies answer no one: no reply_to (SPEC §3)
 STUCK_GRACE_S = 60      # past the turn deadline by this much, the worker counts as stuck
-GIVE_UP_S = 24 * 3600   # a message the model has not answered for this long is answered with regret
 
 
 class Worker(Part):
@@ -167,18 +166,13 @@ class Worker(Part):
                 log.info("%s skipped: %s", key, e)
                 return None
             reply = str(e)
-        except ProviderDown as e:       # the message waits in cur/ (_take), unless it waited a day
-            if time.time() - since < GIVE_UP_S:     # told once, in its chat: it waits
-                if not (proactive or channel == "system" or reply_exists(self.home, key + "-wait")):
-                    post_outbox(self.home, channel, chat_id, f"The model is not answering right "
-                                f"now ({e}). Your message is kept, and I will answer it as soon "
-                                "as the model is back.", reply_to=msg["id"],
-                                metadata=msg.get("metadata"), key=key + "-wait")
+        except ProviderDown as e:       # it waits in cur/ (_take), told once, unless it waited a day
+            reply, notice = outage(e, since, key)
+            if notice and not (proactive or channel == "system" or reply_exists(self.home, key + "-wait")):
+                post_outbox(self.home, channel, chat_id, notice, reply_to=msg["id"],
+                            metadata=msg.get("metadata"), key=key + "-wait")
+            if not reply:
                 raise
-            log.error("%s: given up after %d hours without an answer from the model (%s)",
-                      key, GIVE_UP_S // 3600, e)
-            reply = (f"Sorry: the model has not answered for {GIVE_UP_S // 3600} hours ({e}), so "
-                     "I gave up on this message. Send it again when you like.")
         except ProviderError as e:      # said to the user; marked, so the API answers 502
             reply, meta = str(e), dict(meta, error="model")
         except Exception as e:      # a bug: the user is told; _take logs it and files it in failed/

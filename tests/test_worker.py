@@ -257,3 +257,16 @@ def test_a_reply_to_another_message_is_not_taken_for_this_ones(worker, llm, home
     llm.script("the answer to abc")
     worker.drain()
     assert "the answer to abc" in [r["text"] for r in sent(home)]
+
+
+def test_a_message_the_model_has_not_answered_for_a_day_is_answered_with_regret(worker, llm, home):
+    """SPEC §10's outage: a message waits while no model answers, told once; after 24 hours it is
+    answered with an apology instead, and the next one is taken."""
+    llm.script(*[{"status": 503}] * 40)
+    stale = maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "x", "text": "old"}, "q")
+    os.utime(stale, (os.path.getmtime(stale) - 25 * 3600,) * 2)
+    worker.drain()
+    [reply] = sent(home)
+    assert reply["text"].startswith("Sorry: the model has not answered for 24 hours") and \
+        reply["reply_to"] == "q"
+    assert (home / "inbox" / "done" / "q.json").exists()
