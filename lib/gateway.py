@@ -56,13 +56,6 @@ class Watcher(Part):
         with suppress(ImportError):
             from watchdog.observers import inotify_move_event_grouper as grouper
             grouper.InotifyMoveEventGrouper.delay = 0
-
-        class Handler(FileSystemEventHandler):
-            def __init__(self, callback):
-                self.callback = callback
-
-            def on_any_event(self, event):
-                self.callback()
         # only changes: reading a folder (the worker's rescan) must wake no thread at idle
         changes = [FileCreatedEvent, FileMovedEvent, FileModifiedEvent, FileClosedEvent]
 
@@ -70,8 +63,9 @@ class Watcher(Part):
             self._observer = kind()
             try:
                 for folder, callback in self._watches:
-                    self._observer.schedule(Handler(callback), folder, recursive=False,
-                                            event_filter=changes)
+                    handler = FileSystemEventHandler()
+                    handler.on_any_event = lambda event, wake=callback: wake()
+                    self._observer.schedule(handler, folder, recursive=False, event_filter=changes)
                 self._observer.start()
                 return
             except OSError as e:

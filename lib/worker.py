@@ -18,7 +18,7 @@ from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import NO_REMOTE, post_outbox, read_message, reply_exists, target
 from lib.part import Part
 from lib.sessions import Session
-from lib.usage import outage, source
+from lib.usage import outage, owner, source
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -157,7 +157,6 @@ class Worker(Part):
             reply = self.agent.respond(dict(msg, channel=channel, chat_id=chat_id, source=source(
                 msg)), session, resume=resume)      # a heartbeat in a chat counts as heartbeat
         except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
-            from lib.usage import owner
             to = proactive and owner(self.config) or (channel, chat_id)
             reply = self.approvals.park(need, msg, to, (channel, chat_id))["question"]
             (channel, chat_id), proactive = to, False
