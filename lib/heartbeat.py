@@ -37,10 +37,6 @@ class Heartbeat(Part):
         self.clock = clock or (lambda: datetime.now(timezone.utc))   # tests pass a day in a second
         self._last = self.clock()           # the first beat comes one interval after start
 
-    def start(self):
-        if self.config.heartbeat.enabled:   # not started is alive (no thread), even after a
-            super().start()                 # reload enables it
-
     def step(self) -> float:
         """Beat when an interval has passed since the last one (the gateway wakes this after a
         reload, so a new interval_s counts at once). In heartbeat.quiet_hours it waits, and
