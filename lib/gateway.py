@@ -99,9 +99,7 @@ class Gateway:
     def build(self):
         """Create every part the config asks for (their threads start in run())."""
         from lib import channels
-        self._lock = _single_instance(self.home)
-        maildir.ensure(self.home / "inbox")
-        maildir.ensure(self.home / "outbox", ("sent", "failed"))
+        self._lock = _single_instance(self.home)      # the worker makes inbox/ and outbox/
         maildir.recover(self.home / "outbox")     # sends cut off by a crash are sent again
         self.channels = channels.enabled(self.config, self.home)
         if self.config.tools.exec.enable and self.config.tools.exec.sandbox != "off":
