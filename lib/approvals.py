@@ -18,6 +18,7 @@ import time
 from dataclasses import field
 from pathlib import Path
 
+from lib import maildir
 from lib.errors import NanoclawError, ToolError
 from lib.fields import setting, settings
 
@@ -135,7 +136,6 @@ class Approvals:
         """Write the parked turn of `msg` (its conversation: `session`, channel and chat id); the
         question (with its code) is returned for the chat `to`."""
         import secrets
-        from lib import maildir
         self.dir.mkdir(parents=True, exist_ok=True)
         taken = {p.stem for p in self.dir.glob("*.json")} | \
             {p.stem for p in (self.dir / "answered").glob("*.json")}
@@ -196,8 +196,9 @@ class Approvals:
             record = _load(self.dir / "answered" / f"{code}.json")
             return (dict(record, again=True), verdict) if record else (None, "")
         if record is None:          # an unknown code: just words for the assistant ("no 2024")
-            done = (self.dir / "answered" / f"{code}.json").exists()
-            return None, f"Approval {code} was already answered." if done else ""
+            done = _load(self.dir / "answered" / f"{code}.json")
+            return None, "" if done is None else f"Approval {code} has expired; the assistant was " \
+                "told you did not answer." if done.get("expired") else f"Approval {code} was already answered."
         if not self._may_answer(msg, record):
             return None, f"Approval {code} can only be answered in the chat that was asked, or by the owner."
         if record.get("expires_at", 0) <= time.time():
@@ -212,6 +213,8 @@ class Approvals:
         for record in self.pending():
             if record.get("expires_at", 0) <= now and self._claim(record["code"]):
                 log.info("approval %s expired unanswered", record["code"])
+                maildir.atomic_write(self.dir / "answered" / f"{record['code']}.json",
+                                     json.dumps(dict(record, expired=True), ensure_ascii=False))
                 try:
                     self.go_on(record, "timeout", agent)
                 except Exception:

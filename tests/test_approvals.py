@@ -106,6 +106,10 @@ def test_no_answer_in_time_is_did_not_answer(gateway, home, llm):
     final = wait_for(lambda: [t for t in texts(home) if t.startswith("after:")], timeout=20,
                      what="the timeout")[0]
     assert "the owner did not answer" in final and (home / "workspace" / "build").exists()
+    code = re.search(r'"yes (\d{4})"', texts(home)[0])[1]
+    drop(home, "late.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    wait_for(lambda: any(f"Approval {code} has expired" in t for t in texts(home)),
+             what="a yes that came too late told so")
 
 
 def test_a_yes_is_for_that_chat_or_the_owner_and_never_from_a_cron_job(gateway, home, llm):
