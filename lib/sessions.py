@@ -138,8 +138,10 @@ class Session:
                 # a result that came after other turns (a parked call, approved later): its call
                 # was answered "interrupted" in their requests, and the API takes no tool result
                 # without its call just before, so the model is told it as news
-                out.append({"role": "user", "content": f"[The result of your earlier "
-                            f"{m.get('name')} call, which came later]\n{m.get('content')}"})
+                out += [interrupted(c) for c in unanswered] + [{"role": "user", "content": (
+                    f"[The result of your earlier {m.get('name')} call, which came later]\n"
+                    f"{m.get('content')}")}]
+                unanswered = []
                 continue
             else:
                 out += [interrupted(c) for c in unanswered]

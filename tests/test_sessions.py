@@ -165,3 +165,23 @@ def test_a_chat_id_too_long_for_a_file_name_gets_a_short_name_of_its_own(tmp_pat
     b.append({"role": "user", "content": "ho"})
     assert a.path != b.path and len(a.path.name.encode()) <= 255
     assert Session(tmp_path, "local", "y" * 300 + "a").messages[0]["content"] == "hi"
+
+
+def test_a_late_result_while_another_call_waits_still_makes_a_history_the_api_takes(tmp_path):
+    """Two turns parked in one chat (calls c1, then d1), and the owner's yes to the first: c1's
+    result comes after d1's call, which has none yet. The request must still pair every call
+    with its result before anything else is said (OpenAI answers 400 otherwise)."""
+    from lib.sessions import Session
+    from tests.fakes.openai_server import _tool_order
+    s = Session(tmp_path, "local", "x")
+
+    def call(cid):
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": cid, "type": "function", "function": {"name": "exec", "arguments": "{}"}}]}
+    for msg in ({"role": "user", "content": "clean up"}, call("c1"),
+                {"role": "user", "content": "clean b"}, call("d1"),
+                {"role": "tool", "tool_call_id": "c1", "name": "exec", "content": "done"}):
+        s.append(msg)
+    history = s.history(50)
+    assert _tool_order(history) is None, history
+    assert history[-1]["role"] == "user" and "done" in history[-1]["content"]
