@@ -162,12 +162,13 @@ class Approvals:
         return record["code"]
 
     def take(self, msg: dict, again: bool, agent) -> str | None:
-        """For "yes CODE" / "no CODE": the parked turn goes on (go_on) and "" is returned, or what
-        to tell the sender ("Approval 1234 has expired…"); None when `msg` is no answer at all."""
+        """For "yes CODE" / "no CODE": the parked turn goes on (go_on), and the answer's own reply
+        says so, or why not ("Approval 1234 has expired…"); None when `msg` is no answer at all."""
         record, verdict = self.answer(msg, again)
-        if record:
-            self.go_on(record, verdict, agent)
-        return "" if record else verdict or None
+        if not record:
+            return verdict or None
+        self.go_on(record, verdict, agent)
+        return f"{'Approved' if verdict == 'yes' else 'Declined'} {record['code']}; the assistant goes on."
 
     def go_on(self, record: dict, verdict: str, agent):
         """The parked call's result into its conversation (settle), then the turn goes on as an

@@ -133,10 +133,11 @@ class Worker(Part):
             maildir.finish(path)            # the crash came after the reply was queued
             return
         said = self.approvals.take(msg, recovered, self.agent)   # "yes 1234": that turn goes on
-        if said:                            # an answer that cannot be used: say why
+        if said:                            # the answer's own reply: taken, or why not
             post_outbox(self.home, *target(msg), said, reply_to=msg["id"], key=key)
-        resume = recovered or msg.get("metadata", {}).get("resume") is True   # (approvals.go_on)
-        session = None if said is not None else self._turn(msg, key, path.stat().st_mtime, resume)
+        resume = recovered or path.name.startswith("approval-") and \
+            msg.get("metadata", {}).get("resume") is True      # approvals.go_on posted it
+        session = None if said else self._turn(msg, key, path.stat().st_mtime, resume)
         maildir.finish(path)
         if msg["channel"] not in NO_REMOTE:
             self._remember_chat(msg["channel"], msg["chat_id"])

@@ -65,6 +65,9 @@ def test_a_risky_command_waits_for_yes_while_other_chats_are_answered(gateway, h
                      what="the turn going on")[0]
     assert final["reply_to"] == "c1" and "exit code 0" in final["text"]
     assert not (home / "workspace" / "build").exists()
+    # the answer is a message too, and gets its one reply (SPEC §3)
+    assert [r["text"] for r in replies(home) if r["reply_to"] == "yes"] == [
+        f"Approved {code}; the assistant goes on."]
     drop(home, "yes2.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
     wait_for(lambda: any("already answered" in t for t in texts(home)), what="the second yes")
     assert (home / "workspace" / "ran.txt").read_text() == "x\n"   # run once
