@@ -312,15 +312,25 @@ def test_a_download_that_drips_is_cut_off_and_nothing_is_kept(config, home, monk
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from lib.channels import net
 
+    finished = []
+
     class Drip(BaseHTTPRequestHandler):
-        def do_GET(self):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):           # a byte every 0.1 s, sized or chunked
+            chunked = self.path.endswith("chunked")
             self.send_response(200)
-            self.send_header("Content-Length", "40")
+            self.send_header(*("Transfer-Encoding", "chunked") if chunked else ("Content-Length", "60"))
             self.end_headers()
-            for _ in range(40):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
+            try:
+                for _ in range(60):
+                    self.wfile.write(b"1\r\nx\r\n" if chunked else b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.wfile.write(b"0\r\n\r\n" if chunked else b"")
+                finished.append(self.path)
+            except OSError:
+                pass                # the client gave up: as it should
 
         def log_message(self, *args):
             pass
@@ -330,8 +340,10 @@ def test_a_download_that_drips_is_cut_off_and_nothing_is_kept(config, home, monk
     monkeypatch.setattr(net, "DOWNLOAD_S", 1.0)
     ch = Recorder(config, home)
     try:
-        with pytest.raises(ValueError, match="took longer than 1 s"):
-            ch.download(f"http://127.0.0.1:{server.server_port}/slow.bin", "slow.bin", 10**6)
+        for path in ("slow.bin", "slow.bin?chunked"):
+            with pytest.raises(ValueError, match="took longer than 1 s"):
+                ch.download(f"http://127.0.0.1:{server.server_port}/{path}", "slow.bin", 10**6)
+            assert finished == [], "the deadline was only seen once the whole body was in"
     finally:
         server.shutdown()
     assert not any((home / "media").rglob("*slow.bin"))

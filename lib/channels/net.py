@@ -58,9 +58,9 @@ class Network:
         """The body of a streamed `requests` response as media_path(name); over `limit` bytes,
         past DOWNLOAD_S (each read has its own timeout too), or on any failure, nothing is kept."""
         path, deadline = self.media_path(name), time.monotonic() + DOWNLOAD_S
-        try:
+        try:    # read1: what has come, not a full 64 KiB, so the deadline is looked at as it drips
             with open(path, "wb") as f:
-                for chunk in response.iter_content(65536):
+                for chunk in iter(lambda: response.raw.read1(65536, decode_content=True), b""):
                     if f.tell() + len(chunk) > limit:
                         raise ValueError(f"larger than {limit // 2**20} MB")
                     if time.monotonic() > deadline:

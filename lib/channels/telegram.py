@@ -196,7 +196,7 @@ class TelegramChannel(Channel):
             return path
         except (BadRequest, TimeoutError) as e:     # too big, expired, too slow: not asked again
             log.warning("telegram: cannot download %s: %s", name,
-                        e or f"it took longer than {DOWNLOAD_S:.0f} s")
+                        str(e) or f"it took longer than {DOWNLOAD_S:.0f} s")
             if path:
                 path.unlink(missing_ok=True)
             return None
