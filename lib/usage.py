@@ -234,8 +234,9 @@ class Metered:
                 continue
             if self._fails.pop(model, None):
                 self._save_skips()
-            if self._down:
-                log.info("the model answers again (it did not since %s)", self._down)
+            if self._down or self.down_file.exists():     # or another process marked it
+                log.info("the model answers again (it did not since %s)",
+                         self._down or _load(self.down_file).get("since"))
                 self.down_file.unlink(missing_ok=True)
                 self._down = None
             self._write(line, started, reply.usage, messages, reply)

@@ -268,6 +268,18 @@ def test_when_every_model_is_down_the_error_is_provider_down(home, llm):
     assert [x["ok"] for x in ledger(home)] == [False, False]
 
 
+
+def test_a_model_down_mark_another_process_left_goes_with_the_next_answer(home, llm):
+    """`agent -m` can mark the model down while the gateway runs; the gateway's next answer must
+    clear it, or the API would answer 502 for ever (it reads the mark)."""
+    cfg = setup(home, llm)
+    metered = Metered(cfg)                              # the gateway's, made before the mark
+    (home / "state").mkdir(parents=True, exist_ok=True)
+    (home / "state" / "model_down.json").write_text('{"since": "2026-12-03T01:00:00Z"}')
+    llm.script("back")
+    metered.complete([{"role": "user", "content": "hi"}])
+    assert not (home / "state" / "model_down.json").exists()
+
 # --- quiet and idle ---
 
 def at(hour, minute=0, day=2):
