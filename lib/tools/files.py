@@ -91,11 +91,14 @@ def write_file(ctx, path: str, content: str) -> str:
 
 def _save(ctx, p: Path, text: str):
     """Write `text` to `p`. MEMORY.md goes through Memory.write, which keeps the old one in
-    memory/versions/; HISTORY.md only grows (SPEC §13: nothing is lost by accident)."""
+    memory/versions/; HISTORY.md only grows, by an append (SPEC §13: nothing lost by accident)."""
     memory = ctx.workspace.resolve() / "memory"
-    if p == memory / "HISTORY.md" and p.exists() and not text.startswith(
-            p.read_text(encoding="utf-8", errors="surrogateescape")):
-        raise ToolError("memory/HISTORY.md is append-only: keep its text as it is and add after it")
+    if p == memory / "HISTORY.md" and p.exists():
+        old = read_inside(p, memory).decode("utf-8", "surrogateescape")
+        if not text.startswith(old):
+            raise ToolError("memory/HISTORY.md is append-only: keep its text as it is and add after it")
+        with open(open_inside(p, memory, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as f:
+            return f.write(text[len(old):])     # a crash cannot leave it cut short
     if p == memory / "MEMORY.md":
         from lib.agent.memory import Memory
         if not Memory(ctx.workspace).write(text):
