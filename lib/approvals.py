@@ -137,8 +137,7 @@ class Approvals:
         question (with its code) is returned for the chat `to`."""
         import secrets
         self.dir.mkdir(parents=True, exist_ok=True)
-        taken = {p.stem for p in self.dir.glob("*.json")} | \
-            {p.stem for p in (self.dir / "answered").glob("*.json")}
+        taken = {p.stem for p in self.dir.rglob("*.json")}     # pending, expired, answered
         code = next(c for c in (f"{secrets.randbelow(10000):04d}" for _ in range(1000)) if c not in taken)
         minutes = max(1, round(self.config.tools.approval.timeout_s / 60))
         record = {"code": code, "binding": need.binding, "call": need.call, "msg": msg,
@@ -209,17 +208,21 @@ class Approvals:
         return record, verdict
 
     def expire(self, agent):
-        """Each pending approval past its time is claimed and goes on as "did not answer"."""
+        """Each pending approval past its time goes on as "did not answer": claimed into expired/,
+        its turn set going, then filed in answered/ marked so. A kill -9 between is taken up at
+        the next call (go_on writes nothing twice)."""
         now = time.time()
         for record in self.pending():
-            if record.get("expires_at", 0) <= now and self._claim(record["code"]):
+            if record.get("expires_at", 0) <= now and self._claim(record["code"], "expired"):
                 log.info("approval %s expired unanswered", record["code"])
-                maildir.atomic_write(self.dir / "answered" / f"{record['code']}.json",
-                                     json.dumps(dict(record, expired=True), ensure_ascii=False))
-                try:
-                    self.go_on(record, "timeout", agent)
-                except Exception:
-                    log.exception("the turn parked as approval %s could not go on", record["code"])
+        for path in sorted((self.dir / "expired").glob("*.json")):
+            try:
+                self.go_on(_load(path), "timeout", agent)
+            except Exception:
+                log.exception("the turn parked as approval %s could not go on", path.stem)
+            maildir.atomic_write(self.dir / "answered" / path.name,
+                                 json.dumps(dict(_load(path) or {}, expired=True), ensure_ascii=False))
+            path.unlink()
 
     def wait(self, most: float) -> float:
         """Seconds until the first pending approval expires, at most `most`."""
@@ -232,6 +235,8 @@ class Approvals:
         if record.get("again"):
             return
         msg, call = record["msg"], record["call"]
+        if any(m.get("tool_call_id") == call["id"] and m.get("id") == msg["id"] for m in session.messages):
+            return                          # settled before a kill -9 (an expiry taken up again)
         content = run(agent, record, channel, chat_id) if verdict == "yes" else result(verdict)
         session.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
                         "content": content, "id": msg["id"]})
@@ -241,9 +246,10 @@ class Approvals:
         from lib.sessions import Session
         task_id = record["msg"]["metadata"]["task_id"]
         job = json.loads((spawn.dir / f"{task_id}.json").read_text(encoding="utf-8"))
+        if job.pop("parked", None) is None:
+            return                          # relaunched already, before a kill -9
         self.settle(record, verdict, spawn, Session(self.config.home, "subagent", task_id),
                     "subagent", task_id)
-        job.pop("parked", None)
         spawn.relaunch(dict(job, resumed=True))
 
     def _may_answer(self, msg, record) -> bool:
@@ -251,10 +257,10 @@ class Approvals:
         return (here == f"{record['channel']}:{record['chat_id']}" or msg["channel"] in OWNER_CHANNELS
                 or here == self.config.tools.approval.owner)
 
-    def _claim(self, code: str) -> bool:
-        (self.dir / "answered").mkdir(parents=True, exist_ok=True)
+    def _claim(self, code: str, into: str = "answered") -> bool:
+        (self.dir / into).mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(self.dir / f"{code}.json", self.dir / "answered" / f"{code}.json")
+            os.rename(self.dir / f"{code}.json", self.dir / into / f"{code}.json")
             return True
         except FileNotFoundError:
             return False

@@ -1,5 +1,6 @@
 """SPEC §9: a risky action waits for the owner's yes, and the worker never waits. Through the
 real gateway (channel `local`, the fake OpenAI server), and the CLI."""
+import json
 import re
 
 import pytest
@@ -176,6 +177,22 @@ def test_a_parked_turn_survives_kill_9(gateway, home, llm):
     wait_for(lambda: any(t.startswith("after:") and "exit code 0" in t for t in texts(home)),
              what="the resumed turn")
 
+
+
+def test_an_expiry_cut_off_by_kill_9_still_lets_the_turn_go_on(gateway, home, llm):
+    """The expiry claims the parked turn first; a kill -9 right after must not leave it claimed
+    and never resumed."""
+    gateway.start()
+    _, code = ask_and_get_code(home)
+    gateway.kill()
+    approvals = home / "state" / "approvals"
+    (approvals / "expired").mkdir()
+    (approvals / f"{code}.json").rename(approvals / "expired" / f"{code}.json")   # claimed, then
+    gateway.start()                                                               # the kill
+    wait_for(lambda: any(t.startswith("after:") and "did not answer" in t for t in texts(home)),
+             what="the turn going on after the restart")
+    assert not list((approvals / "expired").glob("*.json"))
+    assert json.loads((approvals / "answered" / f"{code}.json").read_text())["expired"] is True
 
 def test_risk_by_mode_and_patterns(home):
     write_config(home, "tools: {approval: {mode: risky}}\n")

@@ -91,6 +91,8 @@ class Subagents(Part):
                 "its result will arrive as a message.")
 
     def _launch(self, job):
+        if job["id"] in self._running:      # started already (relaunched as the gateway started)
+            return
         thread = threading.Thread(target=self._run, args=(job,), name=f"subagent-{job['id']}",
                                   daemon=True)
         self._running[job["id"]] = thread
