@@ -66,25 +66,27 @@ async def _stdio(name: str, argv: list, env: dict, cwd: Path, errlog):
                                        stderr=errlog, start_new_session=True)
 
     async def reader():
-        parts, size, skip = [], 0, False    # skip: the rest of a dropped line is still coming
+        parts, size, head, tail = [], 0, b"", None      # tail: the end of a line being dropped
         async with to_session:
             async for chunk in process.stdout:
                 *ends, rest = chunk.split(b"\n")
                 for end in ends:
-                    line, parts, size = b"".join(parts) + end, [], 0
-                    if not skip:
+                    if tail is not None:            # a dropped line ends: an error for its request
+                        message, tail = _too_long(name, head, (tail + end)[-200:]), None
+                    else:
                         try:
-                            message = SessionMessage(JSONRPCMessage.model_validate_json(line))
+                            message = SessionMessage(JSONRPCMessage.model_validate_json(b"".join(parts) + end))
                         except ValueError as e:
                             message = e
-                        await to_session.send(message)
-                    skip = False
-                parts.append(rest)
-                size += len(rest)
-                if size > MAX_LINE:
-                    if not skip:
-                        await to_session.send(_too_long(name, b"".join(parts)[:200]))
-                    parts, size, skip = [], 0, True
+                    parts, size = [], 0
+                    await to_session.send(message)
+                if tail is not None:
+                    tail = (tail + rest)[-200:]
+                else:
+                    parts.append(rest)
+                    size += len(rest)
+                    if size > MAX_LINE:             # from here on only its first and last bytes
+                        head, tail, parts, size = b"".join(parts)[:200], b"", [], 0
 
     async def writer():
         async with from_session:
@@ -115,16 +117,20 @@ async def _quietly(task, errors):
         await task()
 
 
-def _too_long(name: str, head: bytes):
-    """What the session gets for a dropped message: an error for its request when `head` (its
-    first bytes) starts a response, else the reason (logged by the SDK)."""
+def _too_long(name: str, head: bytes, tail: bytes):
+    """What the session gets for a dropped message: an error for its request when its first or
+    last bytes name the response's id (the Python SDK writes it first, the TypeScript SDK last),
+    else the reason (logged by the SDK)."""
     from mcp.shared.message import SessionMessage
     from mcp.types import ErrorData, JSONRPCError, JSONRPCMessage
     log.warning("MCP server %s sent a message longer than %d bytes; dropped", name, MAX_LINE)
-    why = f"its answer is longer than {MAX_LINE} bytes"
-    if m := re.match(rb'\s*\{(\s*"jsonrpc"\s*:\s*"2\.0"\s*,)?\s*"id"\s*:\s*(-?\d+|"[^"]{0,100}")', head):
+    why, ident = f"its answer is longer than {MAX_LINE} bytes", rb'"id"\s*:\s*(-?\d+|"[^"]{0,100}")'
+    m = b'"method"' not in head and (     # a request of the server's is not ours to answer
+        re.match(rb'\s*\{(?:\s*"jsonrpc"\s*:\s*"2\.0"\s*,)?\s*' + ident, head)
+        or re.search(ident + rb'\s*\}\s*$', tail))
+    if m:
         return SessionMessage(JSONRPCMessage(JSONRPCError(
-            jsonrpc="2.0", id=json.loads(m[2]), error=ErrorData(code=-32000, message=why))))
+            jsonrpc="2.0", id=json.loads(m[1]), error=ErrorData(code=-32000, message=why))))
     return ValueError(why)
 
 

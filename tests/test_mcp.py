@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,8 +106,8 @@ def test_text_is_returned_other_content_named_and_the_size_bounded(tools):
 
 def test_a_stdio_answer_longer_than_max_line_is_never_held_whole(tools, monkeypatch, caplog):
     """A server (or what it relays: a web page) answering with one huge line cannot fill the
-    Pi's memory: past MAX_LINE bytes the line is dropped as it arrives, the call gets an error at
-    once, and the server goes on."""
+    Pi's memory: past MAX_LINE bytes the line is dropped as it arrives, the call gets an error
+    once the line has gone by, and the server goes on."""
     monkeypatch.setattr(mcp, "MAX_LINE", 100_000, raising=False)
     registry, ctx = tools({"fake": stdio(tool_timeout=20)})
     registry.schemas()
@@ -114,6 +115,16 @@ def test_a_stdio_answer_longer_than_max_line_is_never_held_whole(tools, monkeypa
     assert out.startswith("Error: ") and "longer than 100000 bytes" in out, out[:300]
     assert "longer than 100000 bytes" in caplog.text
     assert registry.call("mcp_fake_echo", {"text": "still here"}, ctx) == "echo: still here"
+    # a server that writes its answer's id last (the TypeScript SDK): the error comes once the
+    # line has gone by, not after tool_timeout
+    registry, ctx = tools({"ts": {"command": sys.executable, "tool_timeout": 60,
+                                  "args": [str(ROOT / "tests" / "fakes" / "mcp_id_last.py")]}})
+    registry.schemas()
+    assert registry.call("mcp_ts_big", {"size": 10}, ctx) == "x" * 10
+    ctx.deadline = time.monotonic() + 20                    # far before tool_timeout
+    out = registry.call("mcp_ts_big", {"size": 300_000}, ctx)
+    assert "longer than 100000 bytes" in out, out[:300]
+
 
 def test_bad_arguments_are_an_error_the_model_can_read(tools):
     registry, ctx = tools({"fake": stdio()})
