@@ -158,9 +158,10 @@ class Session:
         self._load()                    # no file now: the state of a new session
 
 
-def interrupted(call: dict, how: str = "") -> dict:
-    """The tool result for a call whose real result never came (Ctrl+C, a crash)."""
+def interrupted(call: dict) -> dict:
+    """The tool result for a call whose real result never came (Ctrl+C, a crash, a call after
+    one that waited for the owner's approval)."""
     return {"role": "tool", "tool_call_id": call.get("id"),
             "name": (call.get("function") or {}).get("name", ""),
-            "content": f"Error: interrupted {how}before this tool finished; run it again if it "
-                       "is still needed."}
+            "content": "Error: interrupted before this tool finished; run it again if it is "
+                       "still needed."}

@@ -201,7 +201,7 @@ def test_a_turn_cut_off_mid_tool_goes_on_without_duplicating_lines(config, llm, 
     roles = [r.get("role") for r in saved(home)[1:]]
     assert roles == ["user", "assistant", "tool", "assistant"]
     tool = saved(home)[3]
-    assert tool["tool_call_id"] == "c1" and "interrupted by a restart" in tool["content"]
+    assert tool["tool_call_id"] == "c1" and "interrupted before this tool finished" in tool["content"]
     assert llm.chat_requests[0]["messages"][-1]["role"] == "tool"
 
 

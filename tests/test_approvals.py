@@ -23,7 +23,8 @@ def router(body):
     text = last["content"] if isinstance(last["content"], str) else ""
     if text.startswith("clean"):
         command = CLEAN if text == "clean up" else "rm -rf other"
-        return {"tool_calls": [{"name": "exec", "arguments": {"command": command}}]}
+        also = [{"name": "list_dir", "arguments": {"path": "."}}] * (text == "clean twice")
+        return {"tool_calls": [{"name": "exec", "arguments": {"command": command}}, *also]}
     return f"echo: {text}"
 
 
@@ -93,6 +94,19 @@ def test_the_same_chat_talks_on_while_its_turn_waits_and_the_answer_still_fits(g
     drop(home, "later.json", {"channel": "local", "chat_id": "x", "text": "later"})
     wait_for(lambda: "echo: later" in texts(home), what="the chat still working")
     assert (home / "workspace" / "ran.txt").read_text() == "x\n"
+
+
+def test_the_calls_after_a_parked_one_are_not_run_and_the_turn_still_goes_on(gateway, home, llm):
+    gateway.start()
+    _, code = ask_and_get_code(home, text="clean twice")
+    drop(home, "yes.json", {"channel": "local", "chat_id": "x", "text": f"yes {code}"})
+    final = wait_for(lambda: [r for r in replies(home) if r["reply_to"] == "c1" and
+                              r["text"].startswith("after:")], what="the turn going on")[0]
+    assert not final["metadata"].get("error"), final
+    rows = [m for m in session_rows(home, "local_x") if m.get("role") == "tool"]
+    assert sorted(m["name"] for m in rows) == ["exec", "list_dir"]
+    assert "exit code 0" in next(m["content"] for m in rows if m["name"] == "exec")
+    assert next(m["content"] for m in rows if m["name"] == "list_dir").startswith("Error: ")
 
 def test_no_gives_the_model_the_owners_refusal(gateway, home, llm):
     gateway.start()

@@ -50,16 +50,12 @@ def run_turn(messages: list, provider, tools: Registry, ctx: Context, max_iterat
         add(reply.message())
         if not reply.tool_calls:
             return new
-        for i, call in enumerate(reply.tool_calls):
+        for call in reply.tool_calls:
             log.info("tool %s %s", call["name"], call["arguments"][:200])
             try:
                 result = tools.call(call["name"], call["arguments"], ctx)
-            except ApprovalNeeded as need:      # parked (SPEC §9): the owner's answer goes on
-                need.call = call                # from this call; the ones after it are not run
-                for later in reply.tool_calls[i + 1:]:
-                    add({"role": "tool", "tool_call_id": later["id"], "name": later["name"],
-                         "content": "Error: not run: an earlier call waits for the owner's "
-                                    "approval; call it again once that is answered."})
+            except ApprovalNeeded as need:      # parked (SPEC §9): the owner's answer goes on from
+                need.call = call                # this call; those after it are closed then (_resume)
                 raise
             add({"role": "tool", "tool_call_id": call["id"], "name": call["name"], "content": result})
     add({"role": "assistant", "content": f"I stopped after {max_iterations} rounds of tool use "
@@ -136,9 +132,9 @@ class Agent:
         return _text(new[-1])
 
     def _resume(self, session: Session, mine: list) -> str | None:
-        """After a crash the same message comes again, and `mine` are its lines in the session. If
-        its answer is there, that is the reply (the model is not asked twice); if a tool was cut
-        off, the model is told so and the turn goes on from there."""
+        """After a crash or an approval the same message comes again, and `mine` are its lines in
+        the session. If its answer is there, that is the reply (the model is not asked twice); a
+        call left without a result is told it was interrupted, and the turn goes on from there."""
         last = mine[-1]
         if last["role"] == "assistant" and not last.get("tool_calls"):
             return _text(last)
@@ -146,7 +142,7 @@ class Agent:
         answered = {m.get("tool_call_id") for m in mine if m["role"] == "tool"}
         for call in calls:
             if call["id"] not in answered:
-                session.append(dict(interrupted(call, "by a restart "), id=last["id"]))
+                session.append(dict(interrupted(call), id=last["id"]))
         return None
 
     def maintain(self, session: Session, deadline: float | None = None):
