@@ -149,16 +149,17 @@ class Approvals:
         log.info("approval %s asked in %s:%s: %s", code, *to, need.question)
         return record
 
-    def park_task(self, need: ApprovalNeeded, job: dict) -> str:
-        """A background task's question, to the owner (else the chat that started it); its code."""
+    def park_task(self, need: ApprovalNeeded, job: dict, spawn):
+        """A background task's question, to the owner (else the chat that started it); its file
+        in state/subagents/ says it is parked, with the code."""
         from lib.mail import post_outbox
         from lib.usage import owner
         to = owner(self.config) or (job["origin"]["channel"], job["origin"]["chat_id"])
         msg = {"id": job["id"], "channel": "system", "chat_id": f"subagent:{job['id']}",
                "text": job["task"], "metadata": {"kind": "subagent", "task_id": job["id"]}}
         record = self.park(need, msg, to)
+        spawn.save(dict(job, parked=record["code"]))
         post_outbox(self.config.home, *to, f"Background task '{job['label']}': {record['question']}")
-        return record["code"]
 
     def take(self, msg: dict, again: bool, agent) -> str | None:
         """For "yes CODE" / "no CODE": the parked turn goes on (go_on), and the answer's own reply

@@ -14,7 +14,7 @@ import uuid
 from lib import maildir
 from lib.agent.context import clock
 from lib.agent.loop import run_turn
-from lib.approvals import ApprovalNeeded
+from lib.approvals import ApprovalNeeded, Approvals
 from lib.errors import ProviderError, ToolError
 from lib.part import Part
 from lib.sessions import Session, now_iso
@@ -85,7 +85,7 @@ class Subagents(Part):
             label = " ".join((label or task).split())[:40]
             job = {"id": task_id, "task": task, "label": label, "origin": {
                 "channel": origin_channel, "chat_id": str(origin_chat)}, "created_at": now_iso()}
-            self._save(job)
+            self.save(job)
             self._launch(job)
         return (f"Started background task '{label}' (id {task_id}); "
                 "its result will arrive as a message.")
@@ -108,15 +108,12 @@ class Subagents(Part):
                 except Stopped:
                     return
                 except ApprovalNeeded as need:  # parked for the owner; the answer relaunches it
-                    from lib.approvals import Approvals
-                    job["parked"] = Approvals(self.config).park_task(need, job)
-                    self._save(job)
-                    return
+                    return Approvals(self.config).park_task(need, job, self)
                 except Exception as e:      # a bug must not lose the task's answer
                     log.exception("background task %s failed", job["id"])
                     result = f"the task failed: {type(e).__name__}: {e}"
                 job["result"] = result[:MAX_RESULT]
-                self._save(job)             # from here on a restart only reports it
+                self.save(job)             # from here on a restart only reports it
             self._report(job)
         finally:
             with self._lock:
@@ -143,7 +140,7 @@ class Subagents(Part):
 
     def relaunch(self, job: dict):
         """Go on with a task that waited for the owner (lib/approvals.py settled its call)."""
-        self._save(job)
+        self.save(job)
         with self._lock:
             self._launch(job)
 
@@ -156,5 +153,5 @@ class Subagents(Part):
                                               "reply_to": origin}}, f"subagent-{job['id']}")
         (self.dir / f"{job['id']}.json").unlink(missing_ok=True)
 
-    def _save(self, job):
+    def save(self, job):
         maildir.atomic_write(self.dir / f"{job['id']}.json", json.dumps(job, ensure_ascii=False))
