@@ -204,12 +204,11 @@ class Gateway:
         if stamp == self._config_stamp:
             return
         self._config_stamp = stamp
-        if stamp and stamp[1] == 0:
-            log.error("config not reloaded, the running one stays: %s is empty", self.config.path)
-            return
         from lib.config import load_config
         from lib.errors import ConfigError
         try:
+            if stamp and not stamp[1]:
+                raise ConfigError(f"{self.config.path} is empty")
             config = load_config(str(self.config.path))
         except ConfigError as e:
             log.error("config not reloaded, the running one stays: %s", e)
