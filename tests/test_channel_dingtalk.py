@@ -135,6 +135,22 @@ def test_nothing_is_lost_or_doubled_across_drops_lost_acks_and_redelivery(gatewa
     assert sorted(ding.texts()) == sorted(f"echo: {t}" for t in asked(llm))
 
 
+
+def test_a_message_redelivered_after_a_crash_is_not_answered_twice(gateway, llm, ding):
+    """The ack is lost and the gateway killed: DingTalk sends the message again to the next
+    process, whose memory of what it has seen is empty. The inbox name (msgId) remembers it."""
+    gateway.start()
+    wait_for(ding.connected, what="first connection")
+    ding.lose_acks(1)
+    ding.message(OWNER, "only once")
+    wait_for(lambda: len(ding.sent) == 1, what="the reply")
+    gateway.kill()
+    gateway.start()
+    wait_for(lambda: ding.connections == 2 and not ding.unacked(), what="the redelivery acked")
+    ding.message(OWNER, "next")
+    wait_for(lambda: len(ding.sent) == 2, what="the next reply")
+    assert asked(llm) == ["only once", "next"]
+
 def test_an_expired_webhook_falls_back_to_batch_send_and_a_rate_limit_is_honoured(home, llm):
     with FakeDingTalk(webhook_ttl=-1) as ding:
         configure(home, llm, ding)

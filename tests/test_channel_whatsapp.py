@@ -123,6 +123,22 @@ def test_a_dropped_connection_loses_nothing_and_sends_nothing_twice(gateway, llm
     assert sorted(asked) == [f"m{i}" for i in range(1, 7)]
 
 
+
+def test_a_message_offered_again_after_a_crash_is_not_answered_twice(gateway, llm, bridge):
+    """nanoclaw dies after the message is in the inbox but before the bridge heard "received":
+    the bridge offers it again to the next process, whose memory is empty."""
+    gateway.start()
+    bridge.lose_received = 1
+    bridge.say("only once")
+    answered(bridge, 1)
+    gateway.kill()
+    gateway.start()
+    bridge.wait_for(lambda: len(bridge.auths) == 2 and len(bridge.received) == 2,
+                    what="the offer again, confirmed")
+    bridge.say("next")
+    answered(bridge, 2)
+    assert [r["messages"][-1]["content"] for r in llm.chat_requests] == ["only once", "next"]
+
 def test_voice_notes_are_transcribed_and_files_passed_on(gateway, llm, bridge, home):
     media = home / "media" / "whatsapp"
     media.mkdir(parents=True)

@@ -110,7 +110,9 @@ class DingTalkChannel(Channel):
         ok = allowed(self.settings.allow_from, staff)     # strangers' files are not fetched
         text, media = self._content(d, ok)
         if staff and chat and (text or media or not ok):    # a stranger is told their id
-            self.receive(chat, staff, text, media, meta)
+            at = d.get("createAt") if isinstance(d.get("createAt"), (int, float)) else None
+            self.receive(chat, staff, text, media, meta, key=msg_id or None,    # the inbox name:
+                         at=at and at / 1000)           # sent again after a crash, it is dropped
         if msg_id:
             self._seen[msg_id] = True
         if len(self._seen) > 2000:

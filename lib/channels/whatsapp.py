@@ -226,7 +226,9 @@ class WhatsAppChannel(Channel):
         if f.get("kind") == "audio" and media:
             heard = self.transcribe(media[0])
             text = f"{text}\n{heard}".strip() if heard else text
-        self.receive(chat, sender, text, media, meta)
+        at = f.get("timestamp") if isinstance(f.get("timestamp"), (int, float)) else None
+        self.receive(chat, sender, text, media, meta, key=f.get("id") or None,  # offered again
+                     at=at)                     # after a crash, the inbox name drops it
 
     def _presence(self, chat: str, state: str):
         self._send({"type": "presence", "to": chat, "state": state})

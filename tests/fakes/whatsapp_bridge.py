@@ -43,6 +43,7 @@ class FakeBridge(FakeServer):
         self._answers = []                      # scripted acks for the next sends
         self._done = set()                      # send ids already sent
         self._pending = {}                      # message id -> frame, until "received"
+        self.lose_received = 0                  # how many "received" frames to drop
         self._clients = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -139,7 +140,10 @@ class FakeBridge(FakeServer):
         if kind == "received":
             self.received.append(f["id"])
             with self._lock:
-                self._pending.pop(f["id"], None)
+                if self.lose_received:      # as if nanoclaw died before its "received" went out
+                    self.lose_received -= 1
+                else:
+                    self._pending.pop(f["id"], None)
         elif kind == "presence":
             self.presence.append({**f, "at": time.monotonic()})
         elif kind == "send":
@@ -185,9 +189,10 @@ if __name__ == "__main__":
     import os
     home = Path(os.environ.get("NANOCLAW_HOME", "."))
     bridge = FakeBridge(os.environ["BRIDGE_TOKEN"], int(os.environ["BRIDGE_PORT"])).start()
-    (home / "bridge-started.json").write_text(json.dumps({
-        "pid": os.getpid(), "argv": sys.argv[1:], "cwd": os.getcwd(),
+    (home / "bridge-started.tmp").write_text(json.dumps({      # whole or not at all: the test
+        "pid": os.getpid(), "argv": sys.argv[1:], "cwd": os.getcwd(),  # reads it as it appears
         **{k: os.environ.get(k) for k in ("BRIDGE_PORT", "BRIDGE_TOKEN", "AUTH_DIR", "MEDIA_DIR")}}))
+    os.replace(home / "bridge-started.tmp", home / "bridge-started.json")
     print(f"whatsapp-bridge: listening on {bridge.url}", flush=True)
     sys.stdin.read()                            # until nanoclaw's end of the pipe closes
     bridge.stop()
