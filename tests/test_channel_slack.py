@@ -118,6 +118,22 @@ def test_nothing_is_lost_or_doubled_across_drops_and_reconnect_requests(gateway,
     assert slack.connections >= 3
 
 
+
+def test_an_event_sent_again_to_a_restarted_gateway_is_not_answered_twice(gateway, llm, slack):
+    """Slack retries an event whose ack it did not see; the next process remembers nothing, but
+    the inbox name (channel and ts) does."""
+    gateway.start()
+    wait_for(slack.connected, what="first connection")
+    slack.dm(OWNER, "pay rent")
+    wait_for(lambda: slack.posts, what="the reply")
+    gateway.kill()
+    gateway.start()
+    wait_for(slack.connected, what="the new connection")
+    slack.redeliver(next(iter(slack._payloads)))
+    slack.dm(OWNER, "next")
+    wait_for(lambda: len(slack.posts) >= 2, what="the next reply")
+    assert asked(llm) == ["pay rent", "next"]
+
 def test_a_rate_limit_is_honoured_and_the_reply_still_arrives(gateway, llm, slack):
     slack.rate_limit("chat.postMessage", retry_after=2)
     gateway.start()

@@ -329,6 +329,7 @@ def test_groups_only_when_enabled_and_addressed(home, tg, channel):
     ch.stop()
     ch = channel(groups=True)
     tg.message("just chatting", user=ALICE, chat=-100, chat_type="supergroup")
+    tg.message("ask @nano_test_bot_fan instead", user=ALICE, chat=-100, chat_type="supergroup")
     tg.message("@nano_test_bot what time is it?", user=ALICE, chat=-100, chat_type="supergroup")
     bot_msg = {"message_id": 5, "date": 0, "chat": {"id": -100, "type": "supergroup"},
                "from": tg.me, "text": "earlier answer"}

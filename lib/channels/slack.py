@@ -109,7 +109,7 @@ class SlackChannel(Channel):
             return                              # ourselves, or another bot (no loops)
         s, im = self.settings, event.get("channel_type") == "im"
         raw = event.get("text") or ""
-        mentioned = kind == "app_mention" or f"<@{self.bot_user}" in raw
+        mentioned = kind == "app_mention" or bool(re.search(rf"<@{self.bot_user}(\|[^>]*)?>", raw))
         if im and (not s.dm.enabled or s.dm.policy == "allowlist" and user not in s.dm.allow_from):
             log.info("slack: direct message from %s ignored (channels.slack.dm)", user)
             return
@@ -133,7 +133,8 @@ class SlackChannel(Channel):
         if s.react_emoji and self._react("reactions_add", chat, ts, s.react_emoji):
             meta["reaction"] = s.react_emoji            # "working on it", removed on reply
         media, notes = self._download(files)
-        self.receive(chat, user, "\n".join(filter(None, [text, *notes])), media, meta)
+        self.receive(chat, user, "\n".join(filter(None, [text, *notes])), media, meta,
+                     key=f"{chat}-{ts}", at=_seconds(ts))   # sent again after a crash: dropped
 
     def _download(self, files) -> tuple[list, list]:
         """Shared files into media/, with the bot token; voice clips transcribed."""
@@ -265,3 +266,11 @@ def _prose(text: str) -> str:
     text = re.sub(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", lambda m: f"*{m[1].strip('*')}*", text,
                   flags=re.M)
     return re.sub("\x00(\\d+)\x00", lambda m: held[int(m[1])], text)
+
+
+def _seconds(ts: str) -> float | None:
+    """A Slack ts ("1712345678.123456") as epoch seconds; None when it is not one."""
+    try:
+        return float(ts)
+    except ValueError:
+        return None

@@ -154,7 +154,8 @@ class TelegramChannel(Channel):
         if chat.type != "private":
             replied = m.reply_to_message and m.reply_to_message.from_user and \
                 m.reply_to_message.from_user.id == self.bot.id
-            if not self.settings.groups or not (replied or f"@{me}".lower() in text.lower()):
+            mention = re.search(rf"@{re.escape(me)}\b", text, re.I)   # /new@bot too; not @bot_fan
+            if not self.settings.groups or not (replied or mention):
                 return
             text = re.sub(rf"(?<![\w/])@{re.escape(me)}\b", "", text, flags=re.I).strip()
         text = re.sub(rf"^(/\w+)@{re.escape(me)}\b", r"\1", text, flags=re.I)     # /new@bot -> /new
