@@ -339,6 +339,20 @@ def test_a_new_sessions_first_batch_is_history_whatever_its_timestamps_say(
         assert first["timeoutMs"] == 0 and first["cursor"] == 0
 
 
+
+def test_a_session_opened_while_running_has_its_first_message_answered(channel, mochat, home,
+                                                                      monkeypatch):
+    """Only what was there when nanoclaw first looked is history: someone who opens a new
+    conversation later is answered, though that session's first batch is new here too."""
+    from lib.channels import mochat as module
+    monkeypatch.setattr(module, "REFRESH_S", 0.2)
+    channel()
+    wait_for(lambda: state(home).get("cursors", {}).get(DM) is not None, what="the first look")
+    mochat.session("session_new")
+    mochat.say("session_new", "hello, I am new here")
+    wait_for(lambda: inbox(home), what="the new session's first message")
+    assert [m["text"] for m in inbox(home)] == ["hello, I am new here"]
+
 # An ack {type: 3, nsp: "/", id: 1, data: [{result: true}]} from Socket.IO's msgpack parser
 ACK = bytes([0x84, 0xA4, *b"type", 0x03, 0xA3, *b"nsp", 0xA1, *b"/", 0xA2, *b"id", 0x01,
              0xA4, *b"data", 0x91, 0x81, 0xA6, *b"result", 0xC3])

@@ -38,6 +38,7 @@ class MochatChannel(Channel):
         self.lock, self.path = threading.RLock(), self.home / "state" / "mochat.json"
         self.state, self.seen, self.saved = {"cursors": {}, "pending": {}}, {}, ""
         self.sessions, self.panels, self.threads, self.timers, self.acks = set(), set(), {}, {}, {}
+        self.opened = set()     # sessions that appeared after the first look: their first batch is new
         self.down = threading.Event()       # the socket is not subscribed: poll over HTTP
         self.http, self.calls = None, 0     # self.ws is the socket once it is connected
 
@@ -200,6 +201,8 @@ class MochatChannel(Channel):
                             if isinstance(x, dict) and (kind == "session" or not x.get("type"))}
         with self.lock:
             new_s, new_p = found["session"] - self.sessions, found["panel"] - self.panels
+            if self.sessions:               # opened since the first look: no history to skip
+                self.opened |= new_s
             self.sessions |= new_s
             self.panels |= new_p
         for sid in new_s:
@@ -263,7 +266,8 @@ class MochatChannel(Channel):
         if not target or not ("*" in names or target in names):
             return
         with self.lock:
-            history = kind == "session" and target not in cursors  # a new session's first batch
+            # a session met at the first look: its first batch is history, never answered
+            history = kind == "session" and target not in cursors and target not in self.opened
             for event in payload.get("events") or ():      # seen ones are skipped by id
                 if not isinstance(event, dict):
                     continue
