@@ -12,10 +12,9 @@
 // (default: $NANOCLAW_HOME/whatsapp-auth and $NANOCLAW_HOME/media/whatsapp), LOG_LEVEL (warn).
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
-import { writeFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
-import { toBridgeMessage } from './lib/mapping.js'
+import { saveBounded, toBridgeMessage } from './lib/mapping.js'
 import { Hub, refusal } from './lib/protocol.js'
 import { Sender } from './lib/send.js'
 
@@ -183,12 +182,10 @@ async function serve () {
     ws.on('error', () => {})
   })
 
-  async function saveMedia (s, m, name) {
-    const data = await downloadMediaMessage(m, 'buffer', {}, { logger: log, reuploadRequest: s.updateMediaMessage })
+  async function saveMedia (s, m, name) { // streamed and counted: never whole in memory
+    const data = await downloadMediaMessage(m, 'stream', {}, { logger: log, reuploadRequest: s.updateMediaMessage })
     const safe = name.replace(/[^A-Za-z0-9._-]/g, '_').slice(-80) || 'file'
-    const path = join(MEDIA_DIR, `${Date.now()}-${randomBytes(4).toString('hex')}-${safe}`)
-    await writeFile(path, data, { mode: 0o600 })
-    return path
+    return saveBounded(data, join(MEDIA_DIR, `${Date.now()}-${randomBytes(4).toString('hex')}-${safe}`))
   }
 
   async function incoming ({ messages, type }, s) {

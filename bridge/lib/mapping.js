@@ -130,3 +130,27 @@ export async function toBridgeMessage (m, { saveMedia, pnFor = async () => null,
     name: m.pushName || ''
   }
 }
+
+// Write a download to `path` as it arrives, counting the bytes: past `limit` it stops, the part
+// written is removed, and it throws. The size a sender announces (fileLength) is the sender's
+// word; what comes down the wire is counted, so a lie cannot fill the Pi's memory or disk.
+export async function saveBounded (stream, path, limit = MAX_MEDIA_BYTES) {
+  const { createWriteStream } = await import('node:fs')
+  const { rm } = await import('node:fs/promises')
+  const { Transform } = await import('node:stream')
+  const { pipeline } = await import('node:stream/promises')
+  let size = 0
+  const count = new Transform({
+    transform (chunk, _, done) {
+      size += chunk.length
+      done(size > limit ? new Error(`larger than ${Math.round(limit / 1048576)} MB`) : null, chunk)
+    }
+  })
+  try {
+    await pipeline(stream, count, createWriteStream(path, { mode: 0o600 }))
+  } catch (e) {
+    await rm(path, { force: true })
+    throw e
+  }
+  return path
+}

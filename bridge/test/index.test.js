@@ -24,7 +24,7 @@ export const DisconnectReason = { connectionClosed: 428, connectionLost: 408, co
 export const Browsers = { appropriate: (browser) => ['Linux', browser, '6.1'] }
 export const fetchLatestWaWebVersion = async () => ({ version: [2, 3000, 1] })
 export const useMultiFileAuthState = async () => ({ state: { creds: {} }, saveCreds: async () => {} })
-export const downloadMediaMessage = async (m) => Buffer.from('bytes of ' + m.key.id)
+export const downloadMediaMessage = async (m) => (await import('node:stream')).Readable.from([Buffer.from('bytes of ' + m.key.id)])
 let sockets = 0
 export default function makeWASocket () {
   const handlers = {}

@@ -1,7 +1,11 @@
 // Baileys message objects (as messages.upsert delivers them) to the JSON nanoclaw reads.
 import assert from 'node:assert/strict'
 import test from 'node:test'
-import { MAX_MEDIA_BYTES, phoneOf, toBridgeMessage, unwrap } from '../lib/mapping.js'
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { MAX_MEDIA_BYTES, phoneOf, saveBounded, toBridgeMessage, unwrap } from '../lib/mapping.js'
 
 const ALICE = '4915112345678@s.whatsapp.net'
 const ALICE_LID = '201234567890123@lid'
@@ -125,4 +129,15 @@ test('phone numbers only come from phone jids', () => {
   assert.equal(phoneOf('15550001@c.us'), '+15550001')
   assert.equal(phoneOf(ALICE_LID), '')
   assert.equal(phoneOf(undefined), '')
+})
+
+test('a download is written as it comes and cut off past the limit, whatever size was announced', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bridge-'))
+  const small = join(dir, 'small.bin')
+  await saveBounded(Readable.from([Buffer.from('ab'), Buffer.from('cd')]), small, 10)
+  assert.equal(readFileSync(small, 'utf8'), 'abcd')
+  const big = join(dir, 'big.bin') // a sender that announced a tiny file and sends on and on
+  const endless = Readable.from((function * () { for (;;) yield Buffer.alloc(4096) })())
+  await assert.rejects(saveBounded(endless, big, 10000), /larger than/)
+  assert.equal(existsSync(big), false)
 })
