@@ -231,6 +231,23 @@ def test_an_imap_restart_loses_nothing_and_answers_each_mail_once(gateway, home,
     assert all("\\Seen" in f for f in imap.flags().values())
 
 
+def test_a_mail_taken_again_after_a_crash_is_not_answered_twice(gateway, home, llm, imap, smtp):
+    """A kill -9 after the mail is in the inbox but before it is marked read and remembered:
+    the next process reads it again, and its inbox name (the Message-ID) drops it."""
+    configure(home, llm, imap, smtp)
+    gateway.start()
+    uid = imap.append(mail(msgid="<once@example.com>", body="only once"))
+    wait_for(lambda: len(smtp.messages) == 1, what="the reply")
+    gateway.kill()
+    with imap.connect() as box:                     # as if the crash came before these two
+        box.uid("STORE", str(uid), "-FLAGS", "(\\Seen)")
+    (home / "state" / "email.json").unlink()
+    gateway.start()
+    wait_for(lambda: seen(imap, uid), what="the mail read again")
+    imap.append(mail(msgid="<next@example.com>", body="next"))
+    wait_for(lambda: len(smtp.messages) == 2, what="the next reply")
+    assert [t.split("\n\n")[1] for t in asked(llm)] == ["only once", "next"]
+
 def test_smtp_421_is_retried_and_550_is_given_up(gateway, home, llm, imap, smtp):
     configure(home, llm, imap, smtp)
     smtp.fail_next(421, "4.7.0 Too many messages, try again later")

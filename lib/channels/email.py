@@ -6,6 +6,7 @@ true). Every handled message is also remembered in state/email.json (UIDVALIDITY
 recent Message-IDs), so a lost connection, a restart or mark_seen: false never answers a mail twice.
 Strangers and spoofed senders are logged, never answered: a reply to a forged address is spam.
 """
+import hashlib
 import imaplib
 import json
 import logging
@@ -16,7 +17,7 @@ import smtplib
 import ssl
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.utils import formatdate, getaddresses, make_msgid
+from email.utils import formatdate, getaddresses, make_msgid, parsedate_to_datetime
 from html.parser import HTMLParser
 
 from lib import maildir
@@ -137,7 +138,7 @@ class EmailChannel(Channel):
         key = (_raw(msg, "Message-ID") or [""])[0][:500] or f"uid:{self._validity}:{uid}"
         if key not in state["ids"]:
             try:
-                self._handle(msg, size if part != "BODY.PEEK[]" else 0)
+                self._handle(msg, size if part != "BODY.PEEK[]" else 0, key)
             except IMAP_ERRORS:
                 raise               # the inbox could not be written: the mail stays unread
             except Exception:
@@ -148,7 +149,7 @@ class EmailChannel(Channel):
         if self.settings.mark_seen:
             imap.uid("STORE", str(uid), "+FLAGS", "(\\Seen)")
 
-    def _handle(self, msg, too_big: int = 0):
+    def _handle(self, msg, too_big: int = 0, key: str = ""):
         s = self.settings
         sender, why = from_address(msg)
         if not sender:
@@ -181,7 +182,12 @@ class EmailChannel(Channel):
         text = "\n\n".join(x for x in (f"Subject: {subject}", body, "\n".join(notes)) if x)
         meta = {"subject": subject, "message_id": _one_line(msg.get("Message-ID", "")),
                 "references": _one_line(msg.get("References", ""))}
-        self.receive(sender, sender, text, media, meta)
+        try:        # the mail's own time and id name its inbox file: read again after a crash, dropped
+            at = parsedate_to_datetime(str(msg.get("Date", ""))).timestamp()
+        except (TypeError, ValueError):
+            at = 0.0
+        self.receive(sender, sender, text, media, meta, at=at,
+                     key=key and hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:32])
 
     def _refuse(self, chat_id, sender_id, metadata):
         """Unlike other channels, a stranger is not told anything: mail senders are trivially
