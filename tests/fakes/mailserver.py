@@ -210,9 +210,9 @@ class Dovecot:
         with self.connect() as imap:
             typ, data = imap.uid("FETCH", "1:*", "(FLAGS)")
             for line in data:
-                if not line:
+                text = line.decode() if isinstance(line, bytes) else ""
+                if "UID " not in text:     # a flag change another session made, told unasked
                     continue
-                text = line.decode()
                 uid = int(text.split("UID ", 1)[1].split()[0].rstrip(")"))
                 out[uid] = set(text.split("FLAGS (", 1)[1].split(")", 1)[0].split())
         return out
