@@ -204,8 +204,12 @@ class TelegramChannel(Channel):
 
     def _typing_sign(self, chat: str):
         """Called by the typing thread; the request runs on the listen thread's loop."""
-        asyncio.run_coroutine_threadsafe(self.bot.send_chat_action(chat, "typing"),
-                                         self.loop).result(timeout=30)
+        call = self.bot.send_chat_action(chat, "typing")
+        try:
+            asyncio.run_coroutine_threadsafe(call, self.loop).result(timeout=30)
+        except RuntimeError:            # the loop has closed (stopping): never awaited, closed
+            call.close()
+            raise
 
     # --- sending (called in the send thread; the work runs on the listen thread's loop) ---
 
