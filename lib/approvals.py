@@ -132,16 +132,16 @@ class Approvals:
     def pending(self) -> list[dict]:
         return [r for r in map(_load, sorted(self.dir.glob("*.json"))) if r]
 
-    def park(self, need: ApprovalNeeded, msg: dict, to: tuple[str, str], session=None) -> dict:
-        """Write the parked turn of `msg` (its conversation: `session`, channel and chat id); the
-        question (with its code) is returned for the chat `to`."""
+    def park(self, need: ApprovalNeeded, msg: dict, to: tuple[str, str]) -> dict:
+        """Write the parked turn of `msg`; the question (with its code) is returned for the chat
+        `to`."""
         import secrets
         self.dir.mkdir(parents=True, exist_ok=True)
         taken = {p.stem for p in self.dir.rglob("*.json")}     # pending, expired, answered
         code = next(c for c in (f"{secrets.randbelow(10000):04d}" for _ in range(1000)) if c not in taken)
         minutes = max(1, round(self.config.tools.approval.timeout_s / 60))
         record = {"code": code, "binding": need.binding, "call": need.call, "msg": msg,
-                  "session": list(session or to), "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
+                  "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
                   "expires_at": time.time() + self.config.tools.approval.timeout_s,
                   "question": f'{need.question} — reply "yes {code}" or "no {code}" '
                               f"(expires in {minutes} min)"}
@@ -174,12 +174,12 @@ class Approvals:
         """The parked call's result into its conversation (settle), then the turn goes on as an
         inbox message of its own, marked `resume` (crash-safe like any); a background task is
         started again instead."""
-        from lib.mail import post_inbox
+        from lib.mail import post_inbox, target
         from lib.sessions import Session
         msg = record["msg"]
         if msg.get("metadata", {}).get("kind") == "subagent":
             return self.resume_task(agent.services.spawn, record, verdict)
-        channel, chat_id = record.get("session") or (msg["channel"], msg["chat_id"])
+        channel, chat_id = target(msg)          # its conversation, as the worker chose it
         self.settle(record, verdict, agent, Session(self.config.home, channel, chat_id), channel, chat_id)
         post_inbox(self.config.home, dict(msg, metadata=dict(msg.get("metadata") or {}, resume=True)),
                    f"approval-{record['code']}-{int(record.get('asked_at', 0))}")
@@ -196,17 +196,16 @@ class Approvals:
         if record is None and again:
             record = _load(self.dir / "answered" / f"{code}.json")
             return (dict(record, again=True), verdict) if record else (None, "")
+        expired = f"Approval {code} has expired; the assistant was told you did not answer."
+        answered = f"Approval {code} was already answered."
         if record is None:          # an unknown code: just words for the assistant ("no 2024")
             done = _load(self.dir / "answered" / f"{code}.json")
-            return None, "" if done is None else f"Approval {code} has expired; the assistant was " \
-                "told you did not answer." if done.get("expired") else f"Approval {code} was already answered."
+            return None, "" if done is None else expired if done.get("expired") else answered
         if not self._may_answer(msg, record):
             return None, f"Approval {code} can only be answered in the chat that was asked, or by the owner."
         if record.get("expires_at", 0) <= time.time():
-            return None, f"Approval {code} has expired; the assistant was told you did not answer."
-        if not self._claim(code):
-            return None, f"Approval {code} was already answered."
-        return record, verdict
+            return None, expired
+        return (record, verdict) if self._claim(code) else (None, answered)
 
     def expire(self, agent):
         """Each pending approval past its time goes on as "did not answer": claimed into expired/,
@@ -217,12 +216,13 @@ class Approvals:
             if record.get("expires_at", 0) <= now and self._claim(record["code"], "expired"):
                 log.info("approval %s expired unanswered", record["code"])
         for path in sorted((self.dir / "expired").glob("*.json")):
+            record = _load(path) or {}
             try:
-                self.go_on(_load(path), "timeout", agent)
+                self.go_on(record, "timeout", agent)
             except Exception:
                 log.exception("the turn parked as approval %s could not go on", path.stem)
             maildir.atomic_write(self.dir / "answered" / path.name,
-                                 json.dumps(dict(_load(path) or {}, expired=True), ensure_ascii=False))
+                                 json.dumps(dict(record, expired=True), ensure_ascii=False))
             path.unlink()
 
     def wait(self, most: float) -> float:

@@ -159,7 +159,7 @@ class Worker(Part):
                 msg)), session, resume=resume)      # a heartbeat in a chat counts as heartbeat
         except ApprovalNeeded as need:      # parked: the next message is taken (SPEC §9)
             to = proactive and owner(self.config) or (channel, chat_id)
-            reply = self.approvals.park(need, msg, to, (channel, chat_id))["question"]
+            reply = self.approvals.park(need, msg, to)["question"]
             (channel, chat_id), proactive = to, False
         except LimitReached as e:
             if proactive:               # heartbeat and cron skip at the cap (SPEC §10)
