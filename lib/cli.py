@@ -269,7 +269,7 @@ def _model_state(cfg) -> str:
         line += f" (then {', '.join(d.fallback_models)})"
     for model, until in usage.skipped_models(cfg.home).items():
         line += f"; {model} skipped for {until - time.time():.0f} s more (it failed 3 times)"
-    down = usage._load(cfg.home / "state" / "model_down.json")
+    down = usage.model_down(cfg.home)
     if down.get("since"):
         line += term.style(f"; not answering since {str(down['since'])[:16].replace('T', ' ')} "
                            f"UTC ({down.get('error')}): messages wait in the inbox", "red")

@@ -14,6 +14,7 @@ from lib.errors import ConfigError, LimitReached, ProviderDown, ProviderError
 from lib.fields import setting, settings
 
 log = logging.getLogger(__name__)
+DOWN_FILE = "state/model_down.json"
 GIVE_UP_S = 24 * 3600   # a message no model answered for this long is answered with regret
 FAILS_TO_SKIP = 3       # failures in a row before a model is skipped for fallback_cooldown_s
 WARN_AT = 0.8           # of a limit: the owner is told once a day
@@ -209,10 +210,8 @@ class Metered:
         self.config, self.ledger = config, Ledger(config)
         self.models = models if models is not None else make_models(config)
         self._fails: dict[str, list] = {        # model -> [failures in a row, skipped until]
-            m: [3, until] for m, until in _load(config.home / "state" / "models.json").items()
-            if isinstance(until, (int, float))}     # skips an earlier process wrote
-        self.down_file = config.home / "state" / "model_down.json"     # while no model answers
-        self._down = _load(self.down_file).get("since")
+            m: [FAILS_TO_SKIP, until] for m, until in skipped_models(config.home).items()}
+        self.down_file = config.home / DOWN_FILE     # while no model answers (any process's)
 
     def complete(self, messages, tools=None, deadline=None, source="chat", session=""):
         why = over_limit(self.config, self.ledger)
@@ -234,17 +233,15 @@ class Metered:
                 continue
             if self._fails.pop(model, None):
                 self._save_skips()
-            if self._down or self.down_file.exists():     # or another process marked it
-                log.info("the model answers again (it did not since %s)",
-                         self._down or _load(self.down_file).get("since"))
+            if since := model_down(self.config.home).get("since"):
+                log.info("the model answers again (it did not since %s)", since)
                 self.down_file.unlink(missing_ok=True)
-                self._down = None
             self._write(line, started, reply.usage, messages, reply)
             self._warn()
             return reply
         from lib import maildir
-        self._down = self._down or _now()       # `status` shows it
-        maildir.atomic_write(self.down_file, json.dumps({"since": self._down, "error": str(error)}))
+        since = model_down(self.config.home).get("since") or _now()     # `status` shows it
+        maildir.atomic_write(self.down_file, json.dumps({"since": since, "error": str(error)}))
         raise error
 
     def _order(self) -> list:
@@ -312,6 +309,11 @@ class Metered:
             post_outbox(self.config.home, *to, text, metadata={"kind": "usage"})
         except (OSError, ValueError) as e:
             log.error("cannot warn the owner at %s:%s: %s", *to, e)
+
+
+def model_down(home) -> dict:
+    """{"since", "error"} while no model answers (state/model_down.json), else {}."""
+    return _load(home / DOWN_FILE)
 
 
 def skipped_models(home) -> dict:

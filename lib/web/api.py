@@ -134,10 +134,11 @@ def _stream(req, text, cid, created, model):
 
 
 def _queued_while_down(web, key: str):
-    """While no model answers (state/model_down.json), a message still queued behind the one the
+    """While no model answers (usage.model_down), a message still queued behind the one the
     worker holds gets 502 now, as that one did, not 504 after api_timeout_s; it stays queued."""
+    from lib.usage import model_down
     home = web.gateway.home
-    if (home / "state" / "model_down.json").exists() and (home / "inbox" / "new" / f"{key}.json").exists():
+    if model_down(home) and (home / "inbox" / "new" / f"{key}.json").exists():
         raise HttpError(502, "The model is not answering right now." + KEPT, "model_unreachable")
 
 
