@@ -347,3 +347,15 @@ def test_a_download_that_drips_is_cut_off_and_nothing_is_kept(config, home, monk
     finally:
         server.shutdown()
     assert not any((home / "media").rglob("*slow.bin"))
+
+
+def test_a_platform_key_of_any_length_or_alphabet_names_one_inbox_file(config, home):
+    """receive()'s key comes from the platform (a Message-ID, a msgId): a long or odd one must
+    still make a valid file name, the same each time, so a redelivery is dropped."""
+    (home / "config.yaml").write_text("channels:\n  telegram: {allow_from: ['1']}\n")
+    from lib.config import load_config
+    ch = Recorder(load_config(), home)
+    for key in ("x" * 1000 + "/../", "x" * 1000 + "/../"):
+        assert ch.receive("1", "1", "hi", key=key, at=1712345678.5)
+    names = [p.name for p in (home / "inbox" / "new").iterdir()]
+    assert len(names) == 1 and len(names[0]) < 120, names

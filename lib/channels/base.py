@@ -7,6 +7,7 @@ here: outbox claiming in order, retries with backoff, failed/ after the last try
 once. What talking to a platform needs (a websocket kept connected, downloads, voice notes) is
 in net.py.
 """
+import hashlib
 import json
 import logging
 import random
@@ -91,7 +92,10 @@ class Channel(Part, Network):
             return False
         name = None
         if key is not None and at is not None:     # sorts among unique_name()s by time
-            name = f"{int(at * 1e9):020d}.{self.name}.{re.sub(r'[^A-Za-z0-9_-]', '_', str(key))}"
+            safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(key))
+            if len(safe) > 64:                      # a long platform id: its hash, same each time
+                safe = hashlib.sha256(str(key).encode("utf-8", "replace")).hexdigest()[:32]
+            name = f"{int(at * 1e9):020d}.{self.name}.{safe}"
         post_inbox(self.home, {"channel": self.name, "chat_id": str(chat_id),
                                "sender_id": str(sender_id), "text": text, "media": list(media),
                                "metadata": metadata or {}}, name)

@@ -6,7 +6,6 @@ true). Every handled message is also remembered in state/email.json (UIDVALIDITY
 recent Message-IDs), so a lost connection, a restart or mark_seen: false never answers a mail twice.
 Strangers and spoofed senders are logged, never answered: a reply to a forged address is spam.
 """
-import hashlib
 import imaplib
 import json
 import logging
@@ -186,8 +185,7 @@ class EmailChannel(Channel):
             at = parsedate_to_datetime(str(msg.get("Date", ""))).timestamp()
         except (TypeError, ValueError):
             at = 0.0
-        self.receive(sender, sender, text, media, meta, at=at,
-                     key=key and hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:32])
+        self.receive(sender, sender, text, media, meta, key=key or None, at=at)
 
     def _refuse(self, chat_id, sender_id, metadata):
         """Unlike other channels, a stranger is not told anything: mail senders are trivially
