@@ -1,5 +1,6 @@
 """Scheduled jobs: $NANOCLAW_HOME/cron/jobs.json, a 5-field cron parser, and the gateway thread
-that posts each due job into the inbox as a "system" message.
+that posts each due job into the inbox as a "system" message, and beats the heartbeat (a built-in
+job, lib/heartbeat.py). In heartbeat.quiet_hours nothing fires; what fell due runs when they end.
 
 Times are read in agents.defaults.timezone ("" is the system's). A wall time the clock skips
 (spring forward) runs at the first minute after the gap: 02:30 on the night Berlin jumps from
@@ -196,7 +197,7 @@ class CronService(Part):
     jobs.json is read whole and replaced whole (atomic_write) under a lock file, so the CLI, the
     tool and the gateway never lose each other's edits; a file that cannot be read is left alone."""
 
-    def __init__(self, config, post=None):
+    def __init__(self, config, post=None, clock=_now):
         from lib.mail import post_inbox
         self.config = config
         self.path = config.home / "cron" / "jobs.json"
@@ -205,6 +206,8 @@ class CronService(Part):
         self.post = post or (lambda msg, name=None: post_inbox(config.home, msg, name))
         super().__init__()
         self._jobs, self._stamp, self._seen = [], "unread", {}
+        self.clock = clock              # the gateway part's; tests pass a day in a second
+        self._beat = clock()            # the heartbeat's last: the first comes an interval on
 
     @property
     def tz(self):
@@ -316,9 +319,9 @@ class CronService(Part):
     name = "cron"
 
     def tick(self) -> float:
-        """Reload jobs.json if it changed, post what is due; the seconds until the next job."""
+        """Reload jobs.json if it changed, post what is due, beat; the seconds until the next."""
         from lib.usage import quiet_until
-        now, stamp, retry = _now(), maildir.stamp(self.path), False
+        now, stamp, retry = self.clock(), maildir.stamp(self.path), False
         quiet = quiet_until(self.config, now)       # due jobs wait for the end of quiet hours
         if stamp != self._stamp or not quiet and any(_due(job, now) for job in self._jobs):
             try:
@@ -328,13 +331,34 @@ class CronService(Part):
             except CronError as e:          # said once: this version is not read again
                 log.error("cron: %s", e)
                 self._jobs, self._stamp = [], stamp
-                return MAX_SLEEP_S
-            self._jobs, self._stamp = jobs, self._saved
+            else:
+                self._jobs, self._stamp = jobs, self._saved
         times = [t for j in self._jobs if j.get("enabled") and (t := _parse_iso(j.get("next_run")))]
-        wait = min([(max(t, quiet or t) - _now()).total_seconds() for t in times] + [MAX_SLEEP_S])
+        times.append(self._heartbeat(now) if not quiet else self._beat + self._interval)
+        wait = min([(max(t, quiet or t) - self.clock()).total_seconds() for t in times] + [MAX_SLEEP_S])
         return MAX_SLEEP_S if retry else max(wait, 0.0)
 
     step = tick         # the gateway part: Part runs step() in a thread
+
+    @property
+    def _interval(self) -> timedelta:
+        return timedelta(seconds=self.config.heartbeat.interval_s)
+
+    def _heartbeat(self, now) -> datetime:
+        """Beat when an interval has passed since the last beat, enabled or not (a reload may
+        turn it on; the gateway wakes this part then, so a new interval counts at once). When
+        the next beat is due."""
+        from lib import heartbeat
+        from lib.usage import over_limit
+        self._beat = min(self._beat, now)       # the clock was set back (NTP on a Pi)
+        if now - self._beat >= self._interval:
+            self._beat = now
+            msg = self.config.heartbeat.enabled and heartbeat.message(self.config)
+            if msg and over_limit(self.config):
+                log.info("heartbeat skipped: a daily limit is reached (limits.*)")
+            elif msg:
+                self.post(msg, maildir.unique_name() + heartbeat.SUFFIX)
+        return self._beat + self._interval
 
     def _reconcile(self, jobs, now):
         """Give enabled jobs without a next run one; a schedule edited by hand starts afresh."""

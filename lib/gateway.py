@@ -1,4 +1,4 @@
-"""The 24/7 service: wires channels, the worker, cron and the heartbeat together, and owns
+"""The 24/7 service: wires channels, the worker, cron (which beats the heartbeat) together, and owns
 start-up and shutdown. Every part is a thread with start() and stop(); a file watcher wakes them.
 """
 import logging
@@ -116,15 +116,14 @@ class Gateway:
         self._config_stamp = maildir.stamp(self.config.path)    # after _web(): it may add the token
 
     def _optional_parts(self):
-        """The parts that wake the assistant without a user: heartbeat, sub-agents, cron."""
+        """The parts that wake the assistant without a user: sub-agents, cron (and the heartbeat)."""
         from lib.agent.subagent import Subagents
         from lib.cron import CronService
-        from lib.heartbeat import Heartbeat
         post = partial(post_inbox, self.home)
         self.services.cron = CronService(self.config, post)
         self.services.spawn = Subagents(self.config, self.agent.provider, post)
         self.watcher.watch(self.home / "cron", self.services.cron.wake)
-        return [Heartbeat(self.config, post), self.services.spawn, self.services.cron]
+        return [self.services.spawn, self.services.cron]
 
     def run(self) -> int:
         self.build()

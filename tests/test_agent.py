@@ -365,5 +365,5 @@ def test_links_planted_in_the_workspace_never_lead_the_gateway_out(config, llm, 
     assert "SECRET-KEY-123" not in json.dumps(llm.chat_requests)
     assert outside.read_text() == "untouched\n" and list(inbox.iterdir()) == []
     assert os.path.islink(mem / "MEMORY.md") and "SECRET-KEY-123" in secret.read_text()
-    from lib.heartbeat import Heartbeat
-    assert Heartbeat(config, lambda *a: pytest.fail("posted the keys")).beat() is False
+    from lib import heartbeat
+    assert heartbeat.message(config) is None

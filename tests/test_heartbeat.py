@@ -1,13 +1,14 @@
-"""The heartbeat part on a real home folder, and one beat through the worker and the fake model."""
+"""The heartbeat, a built-in job of the cron part, on a real home folder, and one beat through
+the worker and the fake model."""
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 
 import pytest
 
 from lib import maildir
-from lib.heartbeat import Heartbeat
+from lib.cron import CronService
 from lib.mail import post_inbox
 from lib.worker import Worker
 from tests import conftest
@@ -32,11 +33,29 @@ def folders(home):
     maildir.ensure(home / "outbox", ("sent", "failed"))
 
 
+class Beats(CronService):
+    """The cron part on a clock of its own: beat() lets an interval pass and ticks once; True
+    when that posted a heartbeat."""
+
+    def __init__(self, config, post=None):
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self.posted = []
+        super().__init__(config, post or self._post, lambda: self.now)
+
+    def _post(self, msg, name=None):
+        self.posted.append(msg)
+        return post_inbox(self.config.home, msg, name)
+
+    def beat(self) -> bool:
+        before = len(self.posted)
+        self.now += self._interval
+        self.tick()
+        return len(self.posted) > before
+
+
 @pytest.fixture
 def beat(config):
-    hb = Heartbeat(config, lambda msg, name=None: post_inbox(config.home, msg, name))
-    yield hb
-    hb.stop()
+    return Beats(config)
 
 
 def write_tasks(config, text):
@@ -98,7 +117,7 @@ def test_no_pile_up_while_the_last_beat_waits_or_runs(config, beat):
 def test_a_tiny_interval_beats_again_and_again_until_stopped(config):
     config = with_interval(config, 0.01)
     write_tasks(config, "- water the plants\n")
-    hb = Heartbeat(config, lambda msg, name=None: post_inbox(config.home, msg, name))
+    hb = CronService(config, lambda msg, name=None: post_inbox(config.home, msg, name))
     hb.start()
     try:
         for _ in range(3):                  # play the worker: take each beat as it comes
@@ -113,9 +132,9 @@ def test_a_tiny_interval_beats_again_and_again_until_stopped(config):
 def test_a_disabled_heartbeat_never_beats(config):
     config = with_interval(config, 0.01, enabled=False)
     write_tasks(config, "- water the plants\n")
-    hb = Heartbeat(config, lambda msg, name=None: pytest.fail("posted while disabled"))
-    hb._last -= timedelta(seconds=1)        # an interval has passed
-    assert 0 < hb.step() <= 0.01 and hb.alive()
+    hb = CronService(config, lambda msg, name=None: pytest.fail("posted while disabled"))
+    hb._beat -= timedelta(seconds=1)        # an interval has passed
+    assert 0 < hb.step() <= 0.01
 
 
 @pytest.mark.parametrize("answer, where", [("HEARTBEAT_OK", "sent"), ("Disk is 95% full!", "new")])
@@ -139,7 +158,7 @@ def test_a_reload_that_turns_the_heartbeat_on_or_off_is_obeyed_at_once(config):
     disabling stops them."""
     write_tasks(config, "- water the plants\n")
     posted = []
-    off = Heartbeat(with_interval(config, 0.01, enabled=False), lambda *a: posted.append(a))
+    off = CronService(with_interval(config, 0.01, enabled=False), lambda *a: posted.append(a))
     off.start()
     try:
         assert off.alive()
@@ -148,10 +167,11 @@ def test_a_reload_that_turns_the_heartbeat_on_or_off_is_obeyed_at_once(config):
         wait_for(lambda: posted, what="a beat once enabled")
     finally:
         off.stop()
-    on = Heartbeat(with_interval(config, 3600), lambda *a: pytest.fail("posted while disabled"))
-    on._last -= timedelta(seconds=3600)     # an interval has passed
+    on = CronService(with_interval(config, 3600), lambda *a: pytest.fail("posted while disabled"))
+    on._beat -= timedelta(seconds=3600)     # an interval has passed
     on.config = with_interval(config, 3600, enabled=False)
-    assert 3590 < on.step() <= 3600 and on.alive()
+    on.step()
+    assert (on._beat - datetime.now(timezone.utc)).total_seconds() > -10    # it counted anew
 
 
 def test_the_owner_setting_wins_over_the_last_active_chat(config, beat, home):
@@ -165,3 +185,11 @@ def test_the_owner_setting_wins_over_the_last_active_chat(config, beat, home):
     assert beat.beat()
     assert json.loads(inbox(config)[0].read_text())["metadata"]["reply_to"] == {
         "channel": "slack", "chat_id": "C0OWNER"}
+
+
+def test_a_broken_jobs_file_does_not_stop_the_heartbeat(config, beat):
+    """The heartbeat is a built-in job: a jobs.json the owner mangled stops the jobs, not it."""
+    write_tasks(config, "- water the plants\n")
+    beat.path.write_text("{not json")
+    assert beat.beat()
+    assert beat.path.read_text() == "{not json"         # left as it is

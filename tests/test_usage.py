@@ -282,10 +282,10 @@ def test_quiet_hours_across_midnight_and_within_a_day(home, llm):
 
 
 def beats_over_a_day(cfg, start, template=None):
-    """Run the heartbeat part's rounds over 24 hours of an injected clock; what it posted."""
-    from lib.heartbeat import Heartbeat
+    """Run the cron part's rounds over 24 hours of an injected clock; the beats it posted."""
+    from lib.cron import CronService
     posted, clock = [], [start]
-    hb = Heartbeat(cfg, lambda msg, name=None: posted.append((clock[0], msg)), lambda: clock[0])
+    hb = CronService(cfg, lambda msg, name=None: posted.append((clock[0], msg)), lambda: clock[0])
     if template is not None:
         (cfg.workspace / "HEARTBEAT.md").write_text(template)
     while clock[0] < start + timedelta(days=1):
@@ -312,14 +312,13 @@ def test_a_heartbeat_with_a_task_beats_each_interval_and_waits_out_quiet_hours(h
 
 def test_heartbeat_and_cron_skip_at_the_cap(home, llm):
     from lib.cron import CronService
-    from lib.heartbeat import Heartbeat
     cfg = setup(home, llm, extra="limits: {daily_tokens: 10}\n")
     cfg.workspace.mkdir(parents=True, exist_ok=True)
     (cfg.workspace / "HEARTBEAT.md").write_text("- water the plants\n")
     fill(home, cfg, 10)
-    assert Heartbeat(cfg, lambda *a: pytest.fail("posted")).beat() is False
     posted = []
     cron = CronService(cfg, lambda msg, name=None: posted.append(msg))
+    cron._beat -= cron._interval            # a beat is due too
     job = cron.add("j", "do it", {"kind": "every", "every_s": 60})
     jobs = json.loads(cron.path.read_text())
     jobs["jobs"][0]["next_run"] = "2000-01-01T00:00:00Z"
