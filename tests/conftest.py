@@ -165,6 +165,19 @@ def run_channel(home):
         ch.stop()
 
 
+def kill_mid_download(gateway, fake, send, also=lambda: True):
+    """send() a message whose file the fake holds back, kill -9 the gateway while it downloads
+    (and once `also()` holds; nothing in the inbox yet), then let the file through and start
+    the gateway again."""
+    fake.downloads_open.clear()
+    send()
+    wait_for(lambda: fake.downloads and also(), what="the download begun")
+    gateway.kill()
+    assert not list((gateway.home / "inbox").glob("*/*.json"))
+    fake.downloads_open.set()
+    gateway.start()
+
+
 def inbox(home):
     """The messages waiting in inbox/new, oldest name first."""
     return [json.loads(p.read_text()) for p in sorted((home / "inbox" / "new").glob("*.json"))]

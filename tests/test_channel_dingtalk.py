@@ -11,7 +11,7 @@ from lib.config import load_config
 from lib.errors import ConfigError
 from lib.mail import post_outbox
 from tests.fakes.dingtalk_server import FakeDingTalk
-from tests.conftest import Gateway, model_yaml, wait_for, write_config
+from tests.conftest import Gateway, inbox, model_yaml, wait_for, write_config
 
 OWNER = "manager4711"
 
@@ -193,6 +193,26 @@ def test_pictures_are_downloaded_and_voice_uses_dingtalks_transcript(gateway, ll
     assert rich == "look at this\n[file picture1.jpg could not be downloaded]"
     first = json.loads(sorted((gateway.home / "inbox" / "done").glob("*.json"))[0].read_text())
     assert first["media"] == [str(saved[0])]
+
+
+def test_a_slow_download_holds_up_neither_the_ack_nor_a_ping(home, llm, ding, run_channel):
+    """The socket thread only keeps the message on disk and acks it; the file comes after, on
+    another thread, so DingTalk's pings are answered meanwhile and no resend is provoked."""
+    from lib.channels.dingtalk import DingTalkChannel
+    configure(home, llm, ding)
+    run_channel(DingTalkChannel)
+    wait_for(ding.connected, what="stream connection")
+    picture = ding.add_file("photo.jpg", b"\xff\xd8a large picture")
+    ding.downloads_open.clear()
+    msg_id = ding.message(OWNER, msgtype="picture", content={"downloadCode": picture})
+    wait_for(lambda: ding.downloads, what="the download begun")
+    data = ding.ping()
+    wait_for(lambda: [a for a in ding.acks if a["data"] == data], what="the ping answered")
+    assert not list((home / "inbox" / "new").glob("*.json"))   # the file still comes
+    assert len(ding.acks) == 2 and not ding.unacked()
+    ding.downloads_open.set()
+    msg = wait_for(lambda: inbox(home), what="the message")[0]
+    assert msg["metadata"]["msg_id"] == msg_id and len(msg["media"]) == 1
 
 
 def test_a_proactive_message_goes_to_a_staff_id_or_a_group(home, llm, ding):

@@ -10,7 +10,7 @@ import pytest
 from lib.channels import wsgateway
 from lib.mail import post_outbox
 from tests.fakes.discord_server import BOT_ID, FakeDiscord
-from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
+from tests.conftest import inbox, kill_mid_download, model_yaml, replies, wait_for, write_config
 
 
 @pytest.fixture
@@ -144,6 +144,20 @@ def test_voice_notes_are_transcribed_and_files_downloaded(gateway, llm, discord)
     assert any(r["path"] == "/v1/audio/transcriptions" for r in llm.requests)
 
 
+def test_a_message_in_hand_when_the_gateway_is_killed_is_answered_after_the_restart(
+        gateway, llm, discord):
+    """Discord sends an event once: one read from the socket but not yet in the inbox (its file
+    still coming) must survive a kill -9, and the new session does not bring it again."""
+    gateway.start()
+    discord.wait_for(lambda: discord.connected, what="IDENTIFY")
+    big = discord.attachment("big.bin", b"a large file")
+    kill_mid_download(gateway, discord, lambda: discord.say("keep this", attachments=[big]))
+    assert answered(discord, 1)[0].startswith("echo: keep this\n[attached: ")
+    assert len(llm.chat_requests) == 1 and discord.identifies == 2
+    wait_for(lambda: not list((gateway.home / "state" / "discord" / "pending").glob("*")),
+             what="the kept message removed")
+
+
 # --- in-process: the channel object and the gateway protocol's corners ---
 
 @pytest.fixture
@@ -245,3 +259,17 @@ def test_files_follow_the_text_and_one_too_large_or_gone_is_named(channel, disco
     assert [m["body"].get("content") for m in ok[1:]] == [
         "[attachment big.bin could not be sent: Discord answered 413: Request entity too large]",
         "[attachment gone.txt could not be sent: it no longer exists]"]
+
+
+def test_a_message_that_cannot_be_kept_is_resumed_and_sent_again(channel, discord, home, caplog):
+    """A full disk (here: a file where the folder goes) must not count the event as received:
+    the session resumes from the one before it, and Discord replays it."""
+    (home / "state" / "discord").mkdir(parents=True)
+    (home / "state" / "discord" / "pending").write_text("in the way")
+    channel()
+    discord.wait_for(lambda: discord.connected, what="IDENTIFY")
+    discord.say("still there?")
+    wait_for(lambda: "cannot keep a MESSAGE_CREATE event" in caplog.text, what="the failed keep")
+    (home / "state" / "discord" / "pending").unlink()
+    msg = wait_for(lambda: inbox(home), what="the message after the resume")[0]
+    assert msg["text"] == "still there?" and discord.resumes >= 1 and discord.identifies == 1

@@ -14,7 +14,7 @@ from lib.config import load_config
 from lib.errors import ConfigError
 from lib.mail import post_outbox
 from tests.fakes.qq_server import FakeQQ
-from tests.conftest import inbox, model_yaml, replies, wait_for, write_config
+from tests.conftest import inbox, kill_mid_download, model_yaml, replies, wait_for, write_config
 
 ALICE, MALLORY = "OPENID_ALICE", "OPENID_MALLORY"
 
@@ -120,6 +120,18 @@ def test_a_dropped_connection_loses_nothing(gateway, llm, qq):
     assert len(resumes) >= 3 and all(r["seq"] and r["session_id"] for r in resumes)
     assert all(r["token"].startswith("QQBot ") for r in resumes)
     assert sum(m["op"] == 2 for m in qq.received) == 1              # never identified again
+
+
+def test_a_message_in_hand_when_the_gateway_is_killed_is_answered_after_the_restart(
+        gateway, llm, qq):
+    """QQ sends an event once: one read but not yet in the inbox (its file still coming) must
+    survive a kill -9."""
+    gateway.start()
+    qq.wait_for(lambda: qq.connected, what="IDENTIFY")
+    big = qq.attachment("big.bin", b"a large file")
+    kill_mid_download(gateway, qq, lambda: qq.say("keep this", attachments=[big]))
+    assert answered(qq, 1)[0].startswith("echo: keep this\n[attached: ")
+    assert len(llm.chat_requests) == 1
 
 
 # --- in-process: the channel object ---

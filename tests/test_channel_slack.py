@@ -6,7 +6,7 @@ import pytest
 from lib.channels.slack import LIMIT, SlackChannel, to_mrkdwn
 from lib.config import load_config
 from tests.fakes.slack_server import BOT_USER, FakeSlack
-from tests.conftest import model_yaml, wait_for, write_config
+from tests.conftest import inbox, kill_mid_download, model_yaml, wait_for, write_config
 
 OWNER = "U0OWNER"
 
@@ -134,6 +134,21 @@ def test_an_event_sent_again_to_a_restarted_gateway_is_not_answered_twice(gatewa
     wait_for(lambda: len(slack.posts) >= 2, what="the next reply")
     assert asked(llm) == ["pay rent", "next"]
 
+def test_an_event_acked_before_a_crash_is_taken_up_at_the_next_start(gateway, llm, slack):
+    """Slack forgets an event once it is acked: the ack must not wait for the download (3 s),
+    and a message acked but not yet in the inbox must survive a kill -9."""
+    gateway.start()
+    wait_for(slack.connected, what="first connection")
+    big = slack.add_file("big.bin", b"a large file", "application/octet-stream")
+    kill_mid_download(gateway, slack, lambda: slack.dm(OWNER, "keep this", subtype="file_share",
+                                                       files=[big]), also=lambda: slack.acks)
+    post = wait_for(lambda: slack.posts, what="the reply after the restart")[0]
+    assert post["text"].startswith("echo: keep this\n[attached: ")
+    assert len(slack.acks) == 1 and len(llm.chat_requests) == 1
+    wait_for(lambda: not list((gateway.home / "state" / "slack" / "pending").glob("*")),
+             what="the kept event removed")
+
+
 def test_a_rate_limit_is_honoured_and_the_reply_still_arrives(gateway, llm, slack):
     slack.rate_limit("chat.postMessage", retry_after=2)
     gateway.start()
@@ -230,3 +245,21 @@ def test_files_follow_the_text_in_the_thread_and_a_gone_one_is_named(home, llm, 
         "files.getUploadURLExternal", "files.completeUploadExternal",
         "files.getUploadURLExternal", "files.completeUploadExternal"]
     assert slack.texts().count("Here are the _results_") == 1
+
+
+def test_an_event_that_cannot_be_kept_is_not_acked_and_its_resend_is_taken(home, llm, slack,
+                                                                          run_channel, caplog):
+    """A full disk (here: a file where the folder goes) must not ack a message it could not
+    keep, and the event id must not be remembered, or Slack's resend would be dropped."""
+    configure(home, llm, slack)
+    (home / "state" / "slack").mkdir(parents=True)
+    (home / "state" / "slack" / "pending").write_text("in the way")
+    run_channel(SlackChannel)
+    wait_for(slack.connected, what="the connection")
+    slack.dm(OWNER, "still there?")
+    wait_for(lambda: "cannot keep an event" in caplog.text, what="the failed keep")
+    (home / "state" / "slack" / "pending").unlink()
+    assert slack.acks == []
+    slack.drop()                            # Slack sends unacked envelopes on the next connection
+    msg = wait_for(lambda: inbox(home), what="the message after the resend")[0]
+    assert msg["text"] == "still there?" and len(slack.acks) == 1

@@ -4,16 +4,19 @@ from the outbox.
 A channel subclass writes `listen()` (receive until stopped; call `self.receive(...)` for each
 message) and `deliver(msg)` (send one outbox message; raise SendError on failure). The rest is
 here: outbox claiming in order, retries with backoff, failed/ after the last try, parts sent
-once. What talking to a platform needs (a websocket kept connected, downloads, voice notes) is
+once. A platform that wants its events acked fast keeps each one on disk first (`keep()`), acks
+it, and handles it in `handle_kept()` on a thread of its own. What talking to a platform needs (a websocket kept connected, downloads, voice notes) is
 in net.py.
 """
 import hashlib
 import json
 import logging
+import queue
 import random
 import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from lib import maildir
@@ -57,6 +60,8 @@ class Channel(Part, Network):
         self.backoff = 1.0          # seconds before the first retry; doubles each time
         self.ws = None              # the open websocket, if any: stop() aborts it
         self.connected = False      # set by a session that got through: the backoff starts over
+        self.kept = self.home / "state" / self.name / "pending"     # events acked, not yet handled
+        self._kept = queue.Queue()
 
     @property
     def settings(self):
@@ -65,10 +70,12 @@ class Channel(Part, Network):
     # --- lifecycle ---
 
     def loops(self) -> list:
-        return [self.listen, self._send_loop]
+        kept = type(self).handle_kept is not Channel.handle_kept
+        return [self.listen, self._send_loop] + [self._handle_kept_loop] * kept
 
     def stop(self, timeout: float = 2.0):
         self.stopping.set()
+        self._kept.put(None)        # wakes the kept events' thread
         ws = self.ws
         if ws is not None:
             ws.abort()              # wakes the listen thread out of its blocking read
@@ -100,6 +107,46 @@ class Channel(Part, Network):
                                "sender_id": str(sender_id), "text": text, "media": list(media),
                                "metadata": metadata or {}}, name)
         return True
+
+    def keep(self, key: str, event: bytes | str | dict) -> Path:
+        """Keep an event on disk (written whole, fsynced) under the platform's id for it, and queue
+        it for handle_kept(): call this before acking the event, and do not ack on OSError. The
+        ack then waits for no download, and an event acked just before a crash is handled at the
+        next start. The same event kept again replaces its file; inbox names make it harmless."""
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:100] or hashlib.sha256(str(event).encode()).hexdigest()
+        path = self.kept / f"{name}.json"
+        maildir.atomic_write(path, event if isinstance(event, (bytes, str)) else json.dumps(event))
+        self._kept.put(path)
+        return path
+
+    def handle_kept(self, event: dict):
+        """Turn one kept event into a message (downloads, receive()). Channels that keep() override."""
+
+    def _handle_kept_loop(self):
+        """The kept events in the order they came, those a crash left first; a file goes once its
+        event is handled, and one that fails is tried again at the next start."""
+        left = sorted(self.kept.glob("*.json"), key=lambda p: p.stat().st_mtime_ns) \
+            if self.kept.is_dir() else []
+        for path in left:
+            self._kept.put(path)
+        while not self.stopping.is_set():
+            if (path := self._kept.get()) is None:
+                continue                            # stop() woke us
+            try:
+                if not isinstance(event := json.loads(path.read_bytes()), dict):
+                    raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                continue                            # kept twice, handled already
+            except ValueError as e:
+                log.error("%s: %s is unreadable (%s); moved aside", self.name, path, e)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            try:
+                self.handle_kept(event)
+                path.unlink(missing_ok=True)
+            except Exception:
+                log.exception("%s: cannot handle an event; it is tried again at the next start",
+                              self.name)
 
     def admits(self, sender_id, metadata=None) -> bool:
         """Whether allow_from lets in `sender_id`, or one of metadata's sender_aliases."""
@@ -167,6 +214,14 @@ class Channel(Part, Network):
                 return          # stays in cur/: recovered and sent at the next start
         log.error("%s: giving up on %s: %s", self.name, path.name, error)
         fail_outbox(path, str(error), msg)
+
+
+def epoch(iso) -> float | None:
+    """Epoch seconds of a platform's ISO 8601 time (receive()'s `at`); None when it is not one."""
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def json_of(response) -> dict:

@@ -3,7 +3,9 @@
 Receiving: `POST /v1.0/gateway/connections/open` (client id and secret) hands out an endpoint and
 a one-time ticket. Frames are JSON `{type: SYSTEM|EVENT|CALLBACK, headers, data}` and every one is
 acked with its `messageId`; DingTalk sends a frame again (after a reconnect) until it is acked, so
-a bot message is acked only once it is in the inbox, and messages are deduplicated on `msgId`.
+a bot message is acked only once it is kept on disk (state/dingtalk/pending/); its files are
+fetched after, on another thread, so a slow download holds up no ping. Messages are deduplicated
+on `msgId`.
 SYSTEM `ping` is answered with its own data; SYSTEM `disconnect` means: open a new connection now.
 
 Sending: through the message's `sessionWebhook` while it is valid (about 90 minutes), else (and
@@ -86,17 +88,20 @@ class DingTalkChannel(Channel):
         elif kind == "CALLBACK":
             try:
                 if topic == BOT_TOPIC:
-                    self._message(json.loads(data))
-            except Exception:           # not acked as done: DingTalk will send it again
-                log.exception("dingtalk: cannot handle a message")
+                    d = json.loads(data)
+                    self.keep(str(d.get("msgId") or headers.get("messageId") or ""), d)
+            except OSError as e:        # not acked as done: DingTalk will send it again
+                log.error("dingtalk: cannot keep a message (%s)", e)
                 code = 500
+            except (ValueError, AttributeError) as e:      # sent again, it would fail again
+                log.error("dingtalk: a message that is not a JSON object was dropped (%s)", e)
             data = json.dumps({"response": None})
         ws.send(json.dumps({"code": code, "headers": {"messageId": headers.get("messageId"),
                             "contentType": "application/json"},
                             "message": "OK" if code == 200 else "error", "data": data}))
         return kind == "SYSTEM" and topic == "disconnect"
 
-    def _message(self, d: dict):
+    def handle_kept(self, d: dict):
         msg_id = d.get("msgId") or ""
         if msg_id and msg_id in self._seen:
             return                              # sent again: its ack was lost

@@ -1,8 +1,10 @@
 """Discord: gateway v10 for incoming messages (lib/channels/wsgateway.py), REST for replies.
 
-Direct messages are always read; in a server channel only messages that mention the bot. Each
-reply answers the message it is for (message_reference) and is split at 2,000 characters; the
-"typing…" sign is renewed every 8 s until the reply is out.
+Direct messages are always read; in a server channel only messages that mention the bot. A
+message is kept on disk as it comes (state/discord/pending/) and its files fetched after, so one
+in hand when nanoclaw stops or is killed is answered after the restart. Each reply answers the
+message it is for (message_reference) and is split at 2,000 characters; the "typing…" sign is
+renewed every 8 s until the reply is out.
 """
 import collections
 import json
@@ -11,7 +13,7 @@ import re
 import sys
 
 from lib.channels.attachments import Attachment, note, with_files
-from lib.channels.base import Channel, SendError, json_of, split_message
+from lib.channels.base import Channel, SendError, epoch, json_of, split_message
 from lib.channels.typing_sign import Typing
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,18 @@ class DiscordChannel(Channel):
         author = d.get("author") or {}
         if author.get("bot") or str(author.get("id")) == self.user_id or d.get("id") in self._seen:
             return
+        mentioned = any(str(m.get("id")) == self.user_id for m in d.get("mentions") or ())
+        if d.get("guild_id") and not mentioned:
+            return                      # in a server, only messages that mention the bot
+        if d.get("content") or d.get("attachments"):
+            self.keep(str(d.get("id") or ""), {"d": d, "me": self.user_id})    # OSError: resent
         self._seen.append(d.get("id"))
+
+    def handle_kept(self, kept: dict):
+        d, author = kept["d"], kept["d"].get("author") or {}
         text, chat = d.get("content") or "", str(d["channel_id"])
         if d.get("guild_id"):
-            if not any(str(m.get("id")) == self.user_id for m in d.get("mentions") or ()):
-                return                  # in a server, only messages that mention the bot
-            text = re.sub(rf"<@!?{self.user_id}>", "", text).strip()
+            text = re.sub(rf"<@!?{kept['me']}>", "", text).strip()
         attachments = d.get("attachments") or ()
         if not text and not attachments:
             return
@@ -108,7 +116,7 @@ class DiscordChannel(Channel):
         if self.admits(author.get("id"), meta):     # strangers' files are not fetched
             self.typing.start(chat)
             text, media = self._attachments(text, attachments)
-        self.receive(chat, author.get("id"), text, media, meta)
+        self.receive(chat, author.get("id"), text, media, meta, key=d.get("id"), at=_time(d))
 
     def _attachments(self, text: str, attachments) -> tuple[str, list]:
         media = []
@@ -156,3 +164,10 @@ class DiscordChannel(Channel):
             raise SendError(f"rate limited for {wait:.2f}s", retry_after=wait)
         why = f"Discord answered {r.status_code}: {body.get('message') or r.text[:200]}"
         raise SendError(why, permanent=r.status_code < 500)
+
+
+def _time(d: dict) -> float | None:
+    """When a message was written: its timestamp, else the time in its id (a snowflake)."""
+    if (at := epoch(d.get("timestamp"))) is None and str(d.get("id")).isdigit():
+        at = (int(d["id"]) >> 22) / 1000 + 1420070400
+    return at

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import mimetypes
-import queue
 import re
 import threading
 import time
@@ -56,8 +55,6 @@ class FeishuChannel(Channel):
         self._token, self._token_until, self._token_lock = "", 0.0, threading.Lock()
         self._seen = collections.OrderedDict()          # message ids already handled
         self._parts = {}                                # fragmented event id -> [time, parts]
-        self._events = queue.Queue()                    # the kept events' files, in order
-        self.pending = self.home / "state" / "feishu" / "pending"
 
     def url(self, path: str) -> str:
         return self.settings.domain.rstrip("/") + path
@@ -106,10 +103,6 @@ class FeishuChannel(Channel):
     # --- receiving ---
 
     def listen(self):
-        kept = self.pending.glob("*.json") if self.pending.is_dir() else ()
-        for path in sorted(kept, key=lambda p: p.stat().st_mtime_ns):  # acked, then a crash
-            self._events.put(path)
-        threading.Thread(target=self._dispatcher, name="feishu-dispatch", daemon=True).start()
         self.keep_connected(self._session)
 
     def connection_lost(self, error, attempt):
@@ -196,10 +189,11 @@ class FeishuChannel(Channel):
         self._take(ws, frame, payload)
 
     def _take(self, ws, frame, payload: bytes):
-        """Keep the event on disk, ack it, and queue it: the ack never waits for a download."""
-        t0, path = time.monotonic(), None
+        """Keep a message event on disk, then ack it: the ack never waits for a download."""
+        t0, header = time.monotonic(), _loads(payload).get("header") or {}
         try:
-            path = self._keep(payload)
+            if header.get("event_type") == "im.message.receive_v1":
+                self.keep(str(header.get("event_id") or ""), payload)
             frame.payload = b'{"code": 200}'
         except OSError as e:
             log.error("feishu: cannot keep an event (%s); Feishu will send it again", e)
@@ -209,39 +203,8 @@ class FeishuChannel(Channel):
             ws.send_binary(pbframe.encode(frame))
         except Exception as e:                  # the connection is gone: it comes again
             log.info("feishu: cannot ack an event: %s", e)
-        if path:
-            self._events.put(path)
 
-    def _keep(self, payload: bytes):
-        """The event's file in pending/ (written whole, fsynced), or None for an event we do not
-        handle."""
-        header = _loads(payload).get("header") or {}
-        if header.get("event_type") != "im.message.receive_v1":
-            return None
-        name = str(header.get("event_id") or hashlib.sha256(payload).hexdigest()[:32])
-        path = self.pending / (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:100] + ".json")
-        maildir.atomic_write(path, payload)
-        return path
-
-    def _dispatcher(self):
-        """The kept events in order, off the socket's thread: downloads and transcriptions hold
-        up neither a ping nor an ack. A record goes once its message is in the inbox."""
-        while not self.stopping.is_set():
-            try:
-                path = self._events.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            try:
-                raw = path.read_bytes()
-            except FileNotFoundError:
-                continue                            # a resent event, handled already
-            try:
-                self._event(_loads(raw))
-                path.unlink(missing_ok=True)
-            except Exception:
-                log.exception("feishu: cannot handle an event; it is tried again at the next start")
-
-    def _event(self, body: dict):
+    def handle_kept(self, body: dict):
         if (body.get("header") or {}).get("event_type") != "im.message.receive_v1":
             return
         event = body.get("event") or {}

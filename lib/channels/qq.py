@@ -1,5 +1,6 @@
 """QQ (official bot API v2), private chats only: the Discord-style gateway in
-lib/channels/wsgateway.py brings C2C_MESSAGE_CREATE events; replies go over REST.
+lib/channels/wsgateway.py brings C2C_MESSAGE_CREATE events, each kept on disk as it comes
+(state/qq/pending/) and its files fetched after; replies go over REST.
 
 Every call carries an app access token (POST token_url with appId and clientSecret), cached and
 fetched again a minute before it expires, or at once when QQ answers 401. A reply answers the
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from lib.channels.attachments import Attachment, note, with_files
-from lib.channels.base import Channel, SendError, json_of, split_message
+from lib.channels.base import Channel, SendError, epoch, json_of, split_message
 from lib.channels.wsgateway import FatalError, GatewaySession
 from lib.channels import allowed
 
@@ -143,7 +144,12 @@ class QQChannel(Channel):
             return
         if event != "C2C_MESSAGE_CREATE" or d.get("id") in self._seen:
             return
+        openid = (d.get("author") or {}).get("user_openid")
+        if openid and ((d.get("content") or "").strip() or d.get("attachments")):
+            self.keep(str(d.get("id") or ""), d)       # OSError: resumed, sent again
         self._seen.append(d.get("id"))
+
+    def handle_kept(self, d: dict):
         openid = (d.get("author") or {}).get("user_openid")
         text, attachments = (d.get("content") or "").strip(), d.get("attachments") or ()
         if not openid or not text and not attachments:
@@ -152,7 +158,8 @@ class QQChannel(Channel):
         if allowed(self.settings.allow_from, openid):     # strangers' files are not fetched
             self._typing(openid, d.get("id"))
             text, media = self._attachments(text, attachments)
-        self.receive(openid, openid, text, media, {"message_id": d.get("id")})
+        self.receive(openid, openid, text, media, {"message_id": d.get("id")}, key=d.get("id"),
+                     at=epoch(d.get("timestamp")))
 
     def _typing(self, openid: str, msg_id: str):
         body = {"msg_type": 6, "input_notify": {"input_type": 1, "input_second": TYPING_SECONDS},

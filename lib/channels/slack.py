@@ -2,9 +2,10 @@
 
 Receiving: `apps.connections.open` (app token, xapp-…) hands out a single-use websocket URL.
 Slack sends `hello`, then envelopes, and from time to time `disconnect` (routine recycling: we
-ask for a new URL at once). Each envelope is acked before any work is done on it (Slack wants
-the ack within 3 s and sends the envelope again otherwise), and events are deduplicated on
-`event_id`. Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient; files after
+ask for a new URL at once). Slack wants each envelope acked within 3 s and forgets it then, so a
+message for us is first kept on disk (state/slack/pending/), then acked; the reaction, downloads
+and transcription come after, on another thread, and a kept message a crash cut off is taken up
+at the next start. Events are deduplicated on `event_id` and on channel and ts. Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient; files after
 the text, each through Slack's external upload (files_upload_v2), in the same thread.
 
 slack-sdk's own SocketModeClient runs its own threads and reconnects on its own schedule
@@ -70,9 +71,11 @@ class SlackChannel(Channel):
             return True
         ws = self.connect(url)
         for frame in self.read_json(ws):
-            if frame.get("envelope_id"):
-                ws.send(json.dumps({"envelope_id": frame["envelope_id"]}))    # ack first
             kind = frame.get("type")
+            if kind == "events_api" and not self._keep_event(frame.get("payload") or {}):
+                continue                # not acked: Slack sends it again
+            if frame.get("envelope_id"):
+                ws.send(json.dumps({"envelope_id": frame["envelope_id"]}))
             if kind == "hello":
                 self.connected = True
                 log.info("slack: connected as %s", self.bot_user)
@@ -82,12 +85,22 @@ class SlackChannel(Channel):
                     raise ConnectionError("Socket Mode is off in the Slack app's settings")
                 log.info("slack: asked to reconnect (%s)", frame.get("reason"))
                 return True
-            elif kind == "events_api":
-                try:
-                    self._event(frame.get("payload") or {})
-                except Exception:       # already acked: log it, keep the connection
-                    log.exception("slack: cannot handle an event")
         return False
+
+    def _keep_event(self, payload: dict) -> bool:
+        """Keep a message for us on disk before its ack; False (no ack) when it cannot be kept."""
+        job = None
+        try:
+            if job := self._event(payload):
+                self.keep(f"{job['chat']}-{job['ts']}", job)
+        except OSError as e:            # forgotten, so that Slack's resend is taken
+            for key in (payload.get("event_id"), job and (job["chat"], job["ts"])):
+                self._seen.pop(key, None)
+            log.error("slack: cannot keep an event (%s); Slack will send it again", e)
+            return False
+        except Exception:               # a bug: acked all the same, the connection kept
+            log.exception("slack: cannot handle an event")
+        return True
 
     def _first(self, key) -> bool:
         if key in self._seen:
@@ -97,7 +110,8 @@ class SlackChannel(Channel):
             self._seen.popitem(last=False)
         return True
 
-    def _event(self, payload: dict):
+    def _event(self, payload: dict) -> dict | None:
+        """A message addressed to us, as handle_kept() takes it; None for any other event."""
         event = payload.get("event") or {}
         if payload.get("event_id") and not self._first(payload["event_id"]):
             return                              # delivered again after a reconnect
@@ -127,13 +141,17 @@ class SlackChannel(Channel):
         meta = {"ts": ts, "thread_ts": event.get("thread_ts") or
                 (ts if s.reply_in_thread and not im else None), "channel_type": event.get(
                     "channel_type") or "channel", "is_group": not im}
+        return {"chat": chat, "user": user, "ts": ts, "text": text, "files": files, "meta": meta}
+
+    def handle_kept(self, job: dict):
+        s, chat, user, ts, meta = self.settings, job["chat"], job["user"], job["ts"], job["meta"]
         if not allowed(s.allow_from, user):
-            self.receive(chat, user, text, (), meta)    # refused (and told their id once a day)
+            self.receive(chat, user, job["text"], (), meta)     # refused (told their id once a day)
             return
         if s.react_emoji and self._react("reactions_add", chat, ts, s.react_emoji):
             meta["reaction"] = s.react_emoji            # "working on it", removed on reply
-        media, notes = self._download(files)
-        self.receive(chat, user, "\n".join(filter(None, [text, *notes])), media, meta,
+        media, notes = self._download(job["files"])
+        self.receive(chat, user, "\n".join(filter(None, [job["text"], *notes])), media, meta,
                      key=f"{chat}-{ts}", at=_seconds(ts))   # sent again after a crash: dropped
 
     def _download(self, files) -> tuple[list, list]:

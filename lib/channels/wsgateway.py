@@ -2,16 +2,16 @@
 drop, op 7 Reconnect, op 9 Invalid Session and fatal close codes. Discord speaks it, and the QQ
 bot gateway uses the same op codes, so both channels run this class on websocket-client.
 
-One thread reads the socket and sends the heartbeats between reads (every read has a timeout);
-events go, in order, to a second thread that calls `dispatch`, so slow work there (downloads,
-transcription) never delays a heartbeat.
+One thread reads the socket, sends the heartbeats between reads (every read has a timeout) and
+calls `dispatch` for each event. Dispatch must be quick: the channels keep a message on disk
+there (Channel.keep) and do the slow work (downloads, transcription) on another thread. An event
+dispatch cannot keep (OSError) is not counted as received: the session is resumed from the one
+before it, and the server sends it again.
 """
 import json
 import logging
-import queue
 import random
 import struct
-import threading
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -48,12 +48,10 @@ class GatewaySession:
         self.new_session = new_session
         self.session_id = self.resume_url = self.seq = None
         self.healthy = False            # this connection reached READY or RESUMED
-        self._events = queue.Queue()
 
     def run(self):
         """Stay connected until `stopping` is set. After a fatal error, log it and idle."""
         import websocket
-        threading.Thread(target=self._dispatcher, name=f"{self.name}-dispatch", daemon=True).start()
         attempt = 0
         while not self.stopping.is_set():
             self.healthy = False
@@ -111,11 +109,11 @@ class GatewaySession:
             if msg is None:
                 continue
             op, data = msg.get("op"), msg.get("d")
+            if op == DISPATCH:
+                self._dispatched(msg.get("t"), data or {})  # first: its `s` counts once kept
             if msg.get("s") is not None:
                 self.seq = msg["s"]
-            if op == DISPATCH:
-                self._dispatched(msg.get("t"), data or {})
-            elif op == ACK:
+            if op == ACK:
                 acked = True
             elif op == HEARTBEAT:
                 self._send(ws, HEARTBEAT, self.seq)
@@ -135,7 +133,13 @@ class GatewaySession:
             log.info("%s: gateway session %s ready", self.name, self.session_id)
         elif event == "RESUMED":
             log.info("%s: gateway session %s resumed at %s", self.name, self.session_id, self.seq)
-        self._events.put((event, data))
+        try:
+            self.dispatch(event, data)
+        except OSError as e:
+            log.error("%s: cannot keep a %s event (%s); it is asked for again", self.name, event, e)
+            raise _Reconnect("resuming before the event it could not keep") from None
+        except Exception:
+            log.exception("%s: handling %s failed", self.name, event)
 
     def _payload(self, frame):
         """The JSON of a text frame; a close frame ends the connection as its code says."""
@@ -156,17 +160,6 @@ class GatewaySession:
     @staticmethod
     def _send(ws, op, data):
         ws.send(json.dumps({"op": op, "d": data}))
-
-    def _dispatcher(self):
-        while not self.stopping.is_set():
-            try:
-                event, data = self._events.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            try:
-                self.dispatch(event, data)
-            except Exception:
-                log.exception("%s: handling %s failed", self.name, event)
 
 
 def with_query(url: str, query: str) -> str:

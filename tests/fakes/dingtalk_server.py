@@ -55,6 +55,8 @@ class FakeDingTalk(FakeServer):
         self._limits, self._tickets, self._hooks, self._tokens = {}, set(), {}, {}
         self._lost_acks = 0
         self._ws = None
+        self.downloads, self.downloads_open = [], threading.Event()   # cleared: downloads wait
+        self.downloads_open.set()
         self._ids = itertools.count(1)
 
     # --- lifecycle ---
@@ -108,6 +110,7 @@ class FakeDingTalk(FakeServer):
         self._push("SYSTEM", "disconnect", {"reason": "server restarting"}, keep=False)
 
     def drop(self):
+        self.downloads_open.set()               # nothing hangs on when the fake stops
         with self.lock:
             ws, self._ws = self._ws, None
         if ws:
@@ -288,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         code = url.path[len("/files/"):]
         if url.path.startswith("/files/") and code in self.ding.files:
+            self.ding.downloads.append(code)
+            self.ding.downloads_open.wait(60)
             data = self.ding.files[code][1]
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")

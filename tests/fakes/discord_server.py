@@ -81,7 +81,7 @@ class FakeDiscord(GatewayServer):
     def _rest(self, h, method, path):
         route = path[len("/api/v10"):] if path.startswith("/api/v10/") else None
         if path in self.files and method == "GET":
-            return 200, self.files[path]
+            return self.download(path)
         if route is None:
             return 404, {"message": "404: Not Found", "code": 0}
         if h.headers.get("Authorization") != f"Bot {self.token}":

@@ -39,6 +39,8 @@ class GatewayServer(FakeServer):
         self.received, self.closes, self.gateway_urls = [], [], []
         self.identifies = self.resumes = 0
         self.files = {}                         # attachment path -> bytes
+        self.downloads, self.downloads_open = [], threading.Event()   # cleared: downloads wait
+        self.downloads_open.set()
         self._limits = []                       # retry_after values still to answer with
         self._ids = itertools.count(first_id)
         self._lock = threading.RLock()
@@ -87,7 +89,14 @@ class GatewayServer(FakeServer):
     def rate_limit(self, *retry_after: float):
         self._limits.extend(retry_after)
 
+    def download(self, path):
+        """An attachment's answer, after the test lets downloads through."""
+        self.downloads.append(path)
+        self.downloads_open.wait(60)
+        return 200, self.files[path]
+
     def drop(self):
+        self.downloads_open.set()               # nothing hangs on when the fake stops
         with self._lock:
             ws, self._ws = self._ws, None
         if ws:

@@ -156,7 +156,7 @@ class FakeQQ(GatewayServer):
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         body = json.loads(raw) if raw else {}
         if method == "GET" and path in self.files:
-            return 200, self.files[path]
+            return self.download(path)
         if method == "POST" and path == TOKEN_PATH:
             return self._issue(body)
         auth = h.headers.get("Authorization", "")

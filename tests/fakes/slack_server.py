@@ -57,6 +57,8 @@ class FakeSlack(FakeServer):
         self._pending = {}              # envelope id -> envelope, until acked
         self._payloads = {}             # event id -> payload, for redelivery
         self._ws = None
+        self.downloads_open = threading.Event()     # cleared: file downloads wait (a large file)
+        self.downloads_open.set()
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
 
@@ -131,6 +133,7 @@ class FakeSlack(FakeServer):
                      "debug_info": {"host": "applink-fake"}})
 
     def drop(self):
+        self.downloads_open.set()               # nothing hangs on when the fake stops
         with self.lock:
             ws, self._ws = self._ws, None
         if ws:
@@ -319,6 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not ok:
                 return self._send(200, {}, b"<!DOCTYPE html><title>Sign in | Slack</title>",
                                   "text/html; charset=utf-8")
+            self.slack.downloads_open.wait(60)
             data, mimetype = self.slack._files[url.path]
             return self._send(200, {}, data, mimetype)
         self._api(dict(parse_qsl(url.query)))
