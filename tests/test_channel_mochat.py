@@ -216,7 +216,7 @@ def test_panel_messages_without_a_mention_are_batched_after_the_delay(channel, m
     mochat.say(DM, "a DM is not held back")
     wait_for(lambda: len(inbox(home)) == 2, what="the DM and the batch")
     arrived = time.monotonic()
-    dm, batch = inbox(home)
+    dm, batch = sorted(inbox(home), key=lambda m: m["chat_id"] != DM)   # named by when written
     assert dm["text"] == "a DM is not held back"
     assert batch["text"] == "alice: first\nbob: second" and batch["chat_id"] == "panel_general"
     assert batch["metadata"]["batched"] == 2 and batch["metadata"]["kind"] == "panel"
@@ -402,3 +402,53 @@ def test_a_missing_package_is_one_line_naming_it(home, llm, mochat, monkeypatch)
     with pytest.raises(ConfigError, match="needs the Python package websocket-client: "
                                           r"\.venv/bin/pip install -r requirements\.txt"):
         enabled(load_config(), home)
+
+
+def test_a_message_the_inbox_cannot_take_is_fetched_again_not_skipped(channel, mochat, home,
+                                                                       caplog):
+    """A full disk (here: a file where inbox/tmp goes) must not move the session's cursor past
+    the message: the socket is opened again from the cursor, and the message comes back."""
+    channel()
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    (home / "inbox" / "tmp").rmdir()
+    (home / "inbox" / "tmp").write_text("in the way")
+    mochat.say(DM, "m1")
+    wait_for(lambda: "cannot put a message in the inbox" in caplog.text, what="the failed write")
+    (home / "inbox" / "tmp").unlink()
+    mochat.say(DM, "m2")
+    wait_for(lambda: len(inbox(home)) == 2, what="m1 again, and m2")
+    assert [m["text"] for m in inbox(home)] == ["m1", "m2"]
+    wait_for(lambda: state(home)["cursors"][DM] == 2, what="the cursor saved")
+
+
+def test_a_batch_taken_again_after_a_kill_is_not_answered_twice(channel, mochat, home):
+    """A kill after a message reached the inbox but before the cursor was saved: the same events
+    come again, and the inbox name (the message id) drops them."""
+    mochat.refuse_socket = True                     # the long poll: it asks from the cursor
+    ch = channel()
+    wait_for(lambda: DM in state(home).get("cursors", {}), what="the first look")
+    before = state(home)
+    mochat.say(DM, "m1")
+    wait_for(lambda: inbox(home), what="m1")
+    ch.stop()
+    (home / "state" / "mochat.json").write_text(json.dumps(before))    # as if killed before saving
+    channel()
+    mochat.say(DM, "m2")
+    wait_for(lambda: len(inbox(home)) >= 2, what="m2")
+    wait_for(lambda: state(home)["cursors"][DM] == 2, what="the cursor saved")
+    assert [m["text"] for m in inbox(home)] == ["m1", "m2"]
+
+
+def test_held_panel_messages_the_inbox_cannot_take_stay_held(channel, mochat, home, caplog):
+    mochat.panel("panel_general")
+    channel(reply_delay_mode="non-mention", reply_delay_ms=200, allow_from=[OWNER, "user-alice"])
+    mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
+    (home / "inbox" / "tmp").rmdir()
+    (home / "inbox" / "tmp").write_text("in the way")
+    mochat.post("panel_general", "anyone around?", author="user-alice", name="alice")
+    wait_for(lambda: "cannot put held messages in the inbox" in caplog.text, what="the failure")
+    assert "anyone around?" in json.dumps(state(home)["pending"])
+    (home / "inbox" / "tmp").unlink()
+    msg = wait_for(lambda: inbox(home), what="the held message, tried again")[0]
+    assert msg["text"] == "anyone around?"
+    wait_for(lambda: not state(home)["pending"], what="nothing left held")

@@ -6,7 +6,10 @@ server's ping "2" and our pong "3" are text; Socket.IO packets (CONNECT with `{t
 calls and their acks) are what the service's parser speaks: by default msgpack, one binary frame
 holding the map {type, nsp, data, id} (socket.io-msgpack-parser, as the reference clients use);
 with `socket_disable_msgpack` JSON text `4<type><id><data>`. Cursors, seen message ids and
-held-back panel messages live in state/mochat.json, so a restart neither repeats nor loses one.
+held-back panel messages live in state/mochat.json, so a restart neither repeats nor loses one:
+a session's cursor passes a message only once it is in the inbox (a full disk: the socket is
+opened again, or the long poll asked again, from there), and the inbox name carries the message
+id, so a batch taken again after a kill is not answered twice.
 """
 import json
 import logging
@@ -19,7 +22,7 @@ from urllib.parse import urlsplit
 from lib import maildir
 from lib.channels import allowed, msgpack
 from lib.channels.attachments import with_notes
-from lib.channels.base import Channel, SendError, json_of, split_message, unsent
+from lib.channels.base import Channel, SendError, epoch, json_of, split_message, unsent
 
 log = logging.getLogger(__name__)
 LIMIT = 4000
@@ -252,7 +255,10 @@ class MochatChannel(Channel):
                     events = [{"type": "message.add", "payload": {"groupId": got.get("groupId"),
                                                                   **m}}
                               for m in reversed(got.get("messages") or []) if isinstance(m, dict)]
-                    self.handle("panel", {"sessionId": pid, "events": events})
+                    try:
+                        self.handle("panel", {"sessionId": pid, "events": events})
+                    except OSError:
+                        live = False            # polled again, socket or not
                 if self.stopping.wait(0 if live else PANEL_POLL_S):
                     return
 
@@ -271,14 +277,19 @@ class MochatChannel(Channel):
             for event in payload.get("events") or ():      # seen ones are skipped by id
                 if not isinstance(event, dict):
                     continue
+                p = event.get("payload")
+                if event.get("type") == "message.add" and isinstance(p, dict) and history:
+                    self.remember(message_id(p))          # seen, whatever its timestamps say
+                elif event.get("type") == "message.add" and isinstance(p, dict):
+                    try:
+                        self.message(kind, target, p, event.get("timestamp"))
+                    except OSError as e:                  # the cursor stays before it
+                        self.seen.pop(message_id(p), None)
+                        log.error("mochat: cannot put a message in the inbox (%s); it is "
+                                  "fetched again", e)
+                        raise
                 if kind == "session" and isinstance(event.get("seq"), int):
                     cursors[target] = max(cursors.get(target, 0), event["seq"])
-                if event.get("type") != "message.add" or not isinstance(event.get("payload"), dict):
-                    continue
-                if history:                                # seen, whatever its timestamps say
-                    self.remember(message_id(event["payload"]))
-                else:
-                    self.message(kind, target, event["payload"], event.get("timestamp"))
             if kind == "session":
                 got = payload.get("cursor") if isinstance(payload.get("cursor"), int) else 0
                 cursors[target] = max(cursors.get(target, 0), got)
@@ -298,7 +309,8 @@ class MochatChannel(Channel):
             json.dumps(content, ensure_ascii=False) if content is not None else ""
         entry = {"text": text or "[empty message]", "author": author, "message_id": mid,
                  "name": info.get("nickname") or info.get("email") or info.get("agentId") or "",
-                 "group_id": str(p.get("groupId") or ""), "mentioned": mentions(p, s.agent_user_id)}
+                 "group_id": str(p.get("groupId") or ""), "mentioned": mentions(p, s.agent_user_id),
+                 "at": epoch(str(p.get("createdAt") or stamp).replace("Z", "+00:00"))}
         if not allowed(s.allow_from, author):
             if kind == "session" or entry["mentioned"]:     # refused (and told) by receive()
                 self.dispatch(kind, target, [entry])
@@ -333,9 +345,14 @@ class MochatChannel(Channel):
             timer = self.timers.pop(key, None)
             if timer:
                 timer.cancel()
-            held = self.state["pending"].pop(key, None)
-            if held and held["entries"]:
-                self.dispatch(held["kind"], held["target"], held["entries"])
+            held = self.state["pending"].get(key)
+            try:
+                if held and held["entries"]:
+                    self.dispatch(held["kind"], held["target"], held["entries"])
+            except OSError as e:            # they stay held, and are tried again
+                log.error("mochat: cannot put held messages in the inbox (%s); trying again", e)
+                return self.arm(key)
+            self.state["pending"].pop(key, None)
             self.save()
 
     def dispatch(self, kind, target, entries):
@@ -345,7 +362,8 @@ class MochatChannel(Channel):
         self.receive(target, last["author"], text, metadata={
             "kind": kind, "is_group": kind == "panel", "message_id": last["message_id"],
             "group_id": last["group_id"], "sender_name": last["name"],
-            "mentioned": any(e["mentioned"] for e in entries), "batched": len(entries)})
+            "mentioned": any(e["mentioned"] for e in entries), "batched": len(entries)},
+            key=last["message_id"] or None, at=last.get("at"))     # taken again: dropped
 
     # --- state ---
 
