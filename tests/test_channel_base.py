@@ -359,3 +359,26 @@ def test_a_platform_key_of_any_length_or_alphabet_names_one_inbox_file(config, h
         assert ch.receive("1", "1", "hi", key=key, at=1712345678.5)
     names = [p.name for p in (home / "inbox" / "new").iterdir()]
     assert len(names) == 1 and len(names[0]) < 120, names
+
+
+def test_waits_the_platform_asks_for_are_not_failures_but_are_bounded(config, home, outbox,
+                                                                      monkeypatch):
+    """A long reply under a rate limit is sent, however many parts are told to wait; a limit
+    that never lifts ends in failed/ once the waits add up to RATE_LIMITED_S."""
+    ch = run(Recorder(config, home, [SendError("slow down", retry_after=0.01)] * 8 +
+                      [SendError("down")] * 3))
+    try:
+        post_outbox(home, "telegram", "1", "patient")
+        ch.wake()
+        wait_for(lambda: ch.sent == ["patient"])
+    finally:
+        ch.stop()
+    monkeypatch.setattr("lib.channels.base.RATE_LIMITED_S", 0.05)
+    ch = run(Recorder(config, home, [SendError("slow down", retry_after=0.01)] * 100))
+    try:
+        post_outbox(home, "telegram", "1", "never")
+        ch.wake()
+        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+        assert 90 <= len(ch.failures) <= 95 and ch.sent == []
+    finally:
+        ch.stop()

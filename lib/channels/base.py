@@ -9,6 +9,7 @@ it, and handles it in `handle_kept()` on a thread of its own. What talking to a 
 in net.py.
 """
 import hashlib
+import itertools
 import json
 import logging
 import queue
@@ -27,7 +28,8 @@ from lib.mail import fail_outbox, post_inbox, post_outbox
 
 log = logging.getLogger(__name__)
 RESCAN_S = 5.0
-TRIES = 5
+TRIES = 5                   # failures of a send before the message goes to outbox/failed/
+RATE_LIMITED_S = 900        # the longest the "too many requests" waits of one message add up to
 
 
 _refused_lock = threading.Lock()
@@ -194,8 +196,8 @@ class Channel(Part, Network):
         except (OSError, ValueError, TypeError) as e:       # TypeError: not a JSON object
             maildir.fail(path, f"unreadable outbox file: {e}")
             return
-        error = None
-        for attempt in range(TRIES):
+        failures, waited = 0, 0.0       # a wait the platform asks for is not a failure
+        for attempt in itertools.count(1):
             try:
                 self.deliver(msg)
                 maildir.finish(path, "sent")
@@ -204,12 +206,14 @@ class Channel(Part, Network):
                 error = e
             except Exception as e:          # a network library's own error
                 error = SendError(f"{type(e).__name__}: {e}")
-            if error.permanent or attempt == TRIES - 1:
+            failures += error.retry_after is None
+            waited += error.retry_after or 0.0
+            if error.permanent or failures == TRIES or waited > RATE_LIMITED_S:
                 break
             delay = error.retry_after if error.retry_after is not None else \
-                self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
+                self.backoff * 2 ** (failures - 1) * random.uniform(0.8, 1.2)
             log.warning("%s: sending %s failed (%s); retry %d in %.1fs", self.name, path.name,
-                        error, attempt + 1, delay)
+                        error, attempt, delay)
             if self.stopping.wait(delay):
                 return          # stays in cur/: recovered and sent at the next start
         log.error("%s: giving up on %s: %s", self.name, path.name, error)
