@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lib import maildir
+from lib.mail import post_outbox
 from lib.channels.telegram import render, to_html
 from tests.fakes.telegram_server import TOKEN, FakeTelegram, parse_html
 from tests.conftest import inbox, wait_for, write_config
@@ -366,6 +367,20 @@ def test_a_bad_gateway_answer_while_polling_means_reconnect(home, tg, channel):
     tg.message("still there?", user=ALICE)
     wait_for(lambda: inbox(home), what="the message after the 502")
     assert len(tg.calls_of("getUpdates")) >= 2
+
+
+
+def test_replies_go_out_soon_after_a_polling_error_not_after_the_next_long_poll(home, tg, channel):
+    """Replies wait while polling fails; once a quick poll gets through they go, without
+    waiting for a long poll that finds nothing (25 s)."""
+    tg.fail_next("getUpdates", 502)
+    ch = channel()
+    wait_for(lambda: len(tg.calls_of("getUpdates")) >= 2, what="the poll after the 502")
+    post_outbox(home, "telegram", "42", "the reply")
+    ch.wake()
+    wait_for(lambda: tg.calls_of("sendMessage"), what="the reply, before the long poll ends",
+             timeout=10)
+    assert tg.calls_of("getUpdates")[1]["params"].get("timeout") in ("0", 0)
 
 
 # --- markdown to Telegram HTML ---

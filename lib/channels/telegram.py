@@ -89,7 +89,8 @@ class TelegramChannel(Channel):
 
     async def _poll(self):
         from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
-        offset, attempt, connected = self._load_offset(), 0, False
+        offset, attempt, connected = self._load_offset(), 0, False    # after an error, replies
+        quick = False           # wait for a poll to get through: a quick one, not a 25 s one
         while not self.stopping.is_set():
             try:
                 if not connected:
@@ -99,9 +100,10 @@ class TelegramChannel(Channel):
                         await self.bot.set_my_commands(COMMANDS)
                     connected = True
                     self._ready.set()
-                updates = await self.bot.get_updates(offset=offset, timeout=POLL_S,
+                updates = await self.bot.get_updates(offset=offset, timeout=0 if quick else POLL_S,
                                                      allowed_updates=["message"])
                 self._ready.set()
+                quick = False
                 for update in updates:
                     try:
                         if update.message:
@@ -130,6 +132,7 @@ class TelegramChannel(Channel):
             except (TelegramError, OSError) as e:   # network, 5xx, a download cut off, disk
                 log.warning("telegram: polling failed (%s); reconnecting", e)
                 self._ready.clear()                 # replies wait rather than use up retries
+                quick = True
             if not await asyncio.to_thread(self.reconnect_wait, attempt):
                 return
             attempt += 1
