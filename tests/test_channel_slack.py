@@ -263,3 +263,18 @@ def test_an_event_that_cannot_be_kept_is_not_acked_and_its_resend_is_taken(home,
     slack.drop()                            # Slack sends unacked envelopes on the next connection
     msg = wait_for(lambda: inbox(home), what="the message after the resend")[0]
     assert msg["text"] == "still there?" and len(slack.acks) == 1
+
+
+def test_a_kept_message_waits_out_a_full_inbox_without_a_restart(home, llm, slack, run_channel,
+                                                                 caplog):
+    configure(home, llm, slack)
+    run_channel(SlackChannel)
+    wait_for(slack.connected, what="the connection")
+    (home / "inbox" / "tmp").rmdir()
+    (home / "inbox" / "tmp").write_text("in the way")       # a full disk, as receive() sees it
+    slack.dm(OWNER, "patience")
+    wait_for(lambda: "cannot put a message in the inbox" in caplog.text, what="the failure")
+    assert slack.acks                                       # kept, so acked
+    (home / "inbox" / "tmp").unlink()
+    msg = wait_for(lambda: inbox(home), what="the message once there is room")[0]
+    assert msg["text"] == "patience"

@@ -5,8 +5,8 @@ A channel subclass writes `listen()` (receive until stopped; call `self.receive(
 message) and `deliver(msg)` (send one outbox message; raise SendError on failure). The rest is
 here: outbox claiming in order, retries with backoff, failed/ after the last try, parts sent
 once. A platform that wants its events acked fast keeps each one on disk first (`keep()`), acks
-it, and handles it in `handle_kept()` on a thread of its own. What talking to a platform needs (a websocket kept connected, downloads, voice notes) is
-in net.py.
+it, and handles it in `handle_kept()` on a thread of its own. What talking to a platform needs
+(a websocket kept connected, downloads, voice notes) is in net.py.
 """
 import hashlib
 import itertools
@@ -115,18 +115,20 @@ class Channel(Part, Network):
         it for handle_kept(): call this before acking the event, and do not ack on OSError. The
         ack then waits for no download, and an event acked just before a crash is handled at the
         next start. The same event kept again replaces its file; inbox names make it harmless."""
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:100] or hashlib.sha256(str(event).encode()).hexdigest()
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:100] or \
+            hashlib.sha256(str(event).encode()).hexdigest()     # no id: the same event, one name
         path = self.kept / f"{name}.json"
         maildir.atomic_write(path, event if isinstance(event, (bytes, str)) else json.dumps(event))
         self._kept.put(path)
         return path
 
     def handle_kept(self, event: dict):
-        """Turn one kept event into a message (downloads, receive()). Channels that keep() override."""
+        """Turn one kept event into a message (downloads, receive()); channels that keep() say how."""
 
     def _handle_kept_loop(self):
         """The kept events in the order they came, those a crash left first; a file goes once its
-        event is handled, and one that fails is tried again at the next start."""
+        event is handled. A full disk is waited out (the events after it wait too); an event
+        that fails otherwise is tried again at the next start."""
         left = sorted(self.kept.glob("*.json"), key=lambda p: p.stat().st_mtime_ns) \
             if self.kept.is_dir() else []
         for path in left:
@@ -143,12 +145,19 @@ class Channel(Part, Network):
                 log.error("%s: %s is unreadable (%s); moved aside", self.name, path, e)
                 path.rename(path.with_suffix(".bad"))
                 continue
-            try:
-                self.handle_kept(event)
-                path.unlink(missing_ok=True)
-            except Exception:
-                log.exception("%s: cannot handle an event; it is tried again at the next start",
-                              self.name)
+            for wait in (min(60, 2 ** n) for n in itertools.count()):
+                try:
+                    self.handle_kept(event)
+                    path.unlink(missing_ok=True)
+                except OSError as e:
+                    log.error("%s: cannot put a message in the inbox (%s); trying again in %d s",
+                              self.name, e, wait)
+                    if not self.stopping.wait(wait):
+                        continue
+                except Exception:
+                    log.exception("%s: cannot handle an event; it is tried again at the next "
+                                  "start", self.name)
+                break
 
     def admits(self, sender_id, metadata=None) -> bool:
         """Whether allow_from lets in `sender_id`, or one of metadata's sender_aliases."""

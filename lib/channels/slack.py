@@ -5,8 +5,10 @@ Slack sends `hello`, then envelopes, and from time to time `disconnect` (routine
 ask for a new URL at once). Slack wants each envelope acked within 3 s and forgets it then, so a
 message for us is first kept on disk (state/slack/pending/), then acked; the reaction, downloads
 and transcription come after, on another thread, and a kept message a crash cut off is taken up
-at the next start. Events are deduplicated on `event_id` and on channel and ts. Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient; files after
-the text, each through Slack's external upload (files_upload_v2), in the same thread.
+at the next start. Events are deduplicated on `event_id` and on channel and ts.
+
+Sending: the Web API (bot token, xoxb-…) through slack-sdk's WebClient; files after the text,
+each through Slack's external upload (files_upload_v2), in the same thread.
 
 slack-sdk's own SocketModeClient runs its own threads and reconnects on its own schedule
 (re-running a used single-use URL every half second, then a fresh one without backoff); this
