@@ -24,8 +24,12 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
-    _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data, mode=mode)
-    os.replace(tmp, path)
+    try:
+        _write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data, mode=mode)
+        os.replace(tmp, path)
+    except OSError:                 # a full disk: no half-written file left to eat space
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Clash(FileExistsError):

@@ -382,3 +382,25 @@ def test_waits_the_platform_asks_for_are_not_failures_but_are_bounded(config, ho
         assert 90 <= len(ch.failures) <= 95 and ch.sent == []
     finally:
         ch.stop()
+
+
+def test_a_platform_that_says_wait_0_s_is_not_hammered(config, home, outbox, monkeypatch):
+    """Retry-After: 0 (or less) still waits the back-off, so the waits add up and end (found in
+    review: a zero wait looped for ever without pause)."""
+    monkeypatch.setattr("lib.channels.base.RATE_LIMITED_S", 0.05)
+    ch = run(Recorder(config, home, [SendError("slow down", retry_after=r) for r in (0, -1) * 500]))
+    try:
+        post_outbox(home, "telegram", "1", "never")
+        ch.wake()
+        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+        assert len(ch.failures) >= 990            # a handful of tries, not thousands
+    finally:
+        ch.stop()
+
+
+def test_kept_events_with_ids_alike_but_not_equal_get_files_of_their_own(config, home):
+    """DingTalk and QQ ids hold characters a file name cannot: a+b= and a/b= must not share one."""
+    ch = Recorder(config, home)
+    first, second = ch.keep("msg/a+b=", {"n": 1}), ch.keep("msg/a/b=", {"n": 2})
+    assert first != second and json.loads(first.read_text()) == {"n": 1}
+    assert ch.keep("msg/a+b=", {"n": 3}) == first           # the same id again: the same file

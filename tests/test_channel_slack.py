@@ -147,6 +147,8 @@ def test_an_event_acked_before_a_crash_is_taken_up_at_the_next_start(gateway, ll
     assert len(slack.acks) == 1 and len(llm.chat_requests) == 1
     wait_for(lambda: not list((gateway.home / "state" / "slack" / "pending").glob("*")),
              what="the kept event removed")
+    wait_for(lambda: [r for r in slack.reactions if r[0] == "remove"],   # added before the kill:
+             what="the reaction removed with the reply")                # already_reacted after
 
 
 def test_a_rate_limit_is_honoured_and_the_reply_still_arrives(gateway, llm, slack):

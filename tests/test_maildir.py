@@ -74,3 +74,12 @@ def test_prune_and_recover_leave_a_folder_alone_and_go_on(tmp_path):
     assert sorted(p.name for p in (box / "done").iterdir()) == ["a-folder", "new.json"]
     maildir.recover(box)
     assert (box / "tmp" / "stale-folder").is_dir()
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    """A write that fails (a full disk; here: a folder where the file goes) must not leave its
+    half-written temporary file behind, or each retry eats more of the space just freed."""
+    (tmp_path / "box" / "state.json").mkdir(parents=True)
+    with pytest.raises(OSError):
+        maildir.atomic_write(tmp_path / "box" / "state.json", "{}")
+    assert [p.name for p in (tmp_path / "box").iterdir()] == ["state.json"]

@@ -115,10 +115,12 @@ class Channel(Part, Network):
         it for handle_kept(): call this before acking the event, and do not ack on OSError. The
         ack then waits for no download, and an event acked just before a crash is handled at the
         next start. The same event kept again replaces its file; inbox names make it harmless."""
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:100] or \
-            hashlib.sha256(str(event).encode()).hexdigest()     # no id: the same event, one name
-        path = self.kept / f"{name}.json"
-        maildir.atomic_write(path, event if isinstance(event, (bytes, str)) else json.dumps(event))
+        data = event if isinstance(event, (bytes, str)) else json.dumps(event)
+        key = key or hashlib.sha256(data if isinstance(data, bytes) else data.encode()).hexdigest()
+        digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]    # ids that
+        path = self.kept / f"{re.sub(r'[^A-Za-z0-9_-]', '_', key)[:60]}-{digest}.json"  # differ
+        maildir.atomic_write(path, data)
+        maildir.sync(path.parent)           # its name survives a power cut too
         self._kept.put(path)
         return path
 
@@ -215,12 +217,15 @@ class Channel(Part, Network):
                 error = e
             except Exception as e:          # a network library's own error
                 error = SendError(f"{type(e).__name__}: {e}")
-            failures += error.retry_after is None
-            waited += error.retry_after or 0.0
-            if error.permanent or failures == TRIES or waited > RATE_LIMITED_S:
+            asked = error.retry_after
+            failures += asked is None
+            if error.permanent or failures == TRIES or asked is not None and waited >= RATE_LIMITED_S:
                 break
-            delay = error.retry_after if error.retry_after is not None else \
-                self.backoff * 2 ** (failures - 1) * random.uniform(0.8, 1.2)
+            if asked is None:
+                delay = self.backoff * 2 ** (failures - 1) * random.uniform(0.8, 1.2)
+            else:                           # "wait 0 s" is not a reason to hammer it
+                delay = min(max(asked, self.backoff), RATE_LIMITED_S - waited)
+                waited += delay
             log.warning("%s: sending %s failed (%s); retry %d in %.1fs", self.name, path.name,
                         error, attempt, delay)
             if self.stopping.wait(delay):

@@ -193,6 +193,8 @@ class SlackChannel(Channel):
             getattr(self.web, method)(channel=chat, timestamp=ts, name=emoji)
             return True
         except SlackApiError as e:
+            if e.response.get("error") == "already_reacted":    # before a crash, as now
+                return True
             log.info("slack: %s", _describe(e.response))
         except OSError as e:
             log.info("slack: %s %s failed: %s", method, emoji, e)
