@@ -8,12 +8,14 @@
 //   node index.js --supervised   serve as nanoclaw's child: never shows a QR code (waits for
 //                                --login to link), and exits when nanoclaw's end of stdin closes
 //
-// Environment: BRIDGE_TOKEN (required to serve), BRIDGE_PORT (3001), AUTH_DIR and MEDIA_DIR
-// (default: $NANOCLAW_HOME/whatsapp-auth and $NANOCLAW_HOME/media/whatsapp), LOG_LEVEL (warn).
+// Environment: BRIDGE_TOKEN (required to serve), BRIDGE_PORT (3001), AUTH_DIR, MEDIA_DIR and
+// KEPT_DIR (default: $NANOCLAW_HOME/whatsapp-auth, $NANOCLAW_HOME/media/whatsapp and
+// $NANOCLAW_HOME/state/whatsapp/bridge: messages until nanoclaw confirms them), LOG_LEVEL (warn).
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
+import { Kept } from './lib/kept.js'
 import { saveBounded, toBridgeMessage } from './lib/mapping.js'
 import { Hub, refusal } from './lib/protocol.js'
 import { Sender } from './lib/send.js'
@@ -22,6 +24,7 @@ const args = new Set(process.argv.slice(2))
 const HOME = process.env.NANOCLAW_HOME || join(homedir(), '.nanoclaw')
 const AUTH_DIR = process.env.AUTH_DIR || join(HOME, 'whatsapp-auth')
 const MEDIA_DIR = process.env.MEDIA_DIR || join(HOME, 'media', 'whatsapp')
+const KEPT_DIR = process.env.KEPT_DIR || join(HOME, 'state', 'whatsapp', 'bridge')
 const PORT = Number(process.env.BRIDGE_PORT || 3001)
 const TOKEN = process.env.BRIDGE_TOKEN || ''
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error']
@@ -56,7 +59,7 @@ function logger (bindings = {}) {
   return out
 }
 
-const { default: makeWASocket, Browsers, DisconnectReason, downloadMediaMessage,
+const { default: makeWASocket, Browsers, BufferJSON, DisconnectReason, downloadMediaMessage,
   fetchLatestWaWebVersion, useMultiFileAuthState } = await need('baileys')
 const log = logger()
 
@@ -162,7 +165,9 @@ async function serve () {
       if (sentCache.size > 200) sentCache.delete(sentCache.keys().next().value)
     }
   })
-  const hub = new Hub({ token: TOKEN, onSend: (f) => sender.handle(f), onPresence: (f) => sender.presence(f), log: say })
+  const kept = new Kept(KEPT_DIR, BufferJSON)
+  let replayed = false // what a kill or a restart left in KEPT_DIR: offered at the first connection
+  const hub = new Hub({ token: TOKEN, onSend: (f) => sender.handle(f), onPresence: (f) => sender.presence(f), onReceived: (id) => kept.drop(id), log: say })
 
   const wss = new WebSocketServer({
     host: '127.0.0.1',
@@ -188,9 +193,18 @@ async function serve () {
     return saveBounded(data, join(MEDIA_DIR, `${Date.now()}-${randomBytes(4).toString('hex')}-${safe}`))
   }
 
+  // 'notify' is live; 'append' is what WhatsApp queued while we were away (and the echoes of what
+  // we sent, which toBridgeMessage drops): both are new to nanoclaw. Baileys has acked each to
+  // WhatsApp already, so it is kept on disk before anything else, until nanoclaw confirms it.
   async function incoming ({ messages, type }, s) {
-    if (type !== 'notify') return // history syncs and our own echoes
+    if (type !== 'notify' && type !== 'append') return
     for (const m of messages) {
+      const id = m.key?.id
+      try {
+        if (id && !m.key.fromMe) kept.keep(id, m)
+      } catch (e) {
+        say(`cannot keep message ${id} on disk (${e.message}); it is passed on all the same`)
+      }
       try {
         const frame = await toBridgeMessage(m, {
           saveMedia: (m, kind, name) => saveMedia(s, m, name),
@@ -198,8 +212,9 @@ async function serve () {
           self: [s.user?.id, s.user?.lid]
         })
         if (frame) hub.publish(frame)
+        else if (id) kept.drop(id) // nothing for nanoclaw
       } catch (e) {
-        say(`cannot read message ${m.key?.id}: ${e.message}`)
+        say(`cannot read message ${id}: ${e.message}`) // kept: tried again at the next start
       }
     }
   }
@@ -221,6 +236,11 @@ async function serve () {
       attempt = 0
       say(`connected to WhatsApp as ${phone(s.user?.id)}`)
       hub.setStatus('connected')
+      if (!replayed) {
+        replayed = true
+        const left = kept.all(say)
+        if (left.length) queue = queue.then(() => incoming({ messages: left, type: 'notify' }, s))
+      }
     }
     if (update.connection !== 'close') return
     connected = false

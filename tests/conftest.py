@@ -165,6 +165,15 @@ def run_channel(home):
         ch.stop()
 
 
+def block(folder):
+    """A file where `folder` goes, so that writing there fails as on a full disk; the undo."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir():
+        folder.rmdir()
+    folder.write_text("in the way")
+    return folder.unlink
+
+
 def kill_mid_download(gateway, fake, send, also=lambda: True):
     """send() a message whose file the fake holds back, kill -9 the gateway while it downloads
     (and once `also()` holds; nothing in the inbox yet), then let the file through and start

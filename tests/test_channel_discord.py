@@ -10,7 +10,8 @@ import pytest
 from lib.channels import wsgateway
 from lib.mail import post_outbox
 from tests.fakes.discord_server import BOT_ID, FakeDiscord
-from tests.conftest import inbox, kill_mid_download, model_yaml, replies, wait_for, write_config
+from tests.conftest import (block, inbox, kill_mid_download, model_yaml,
+                            replies, wait_for, write_config)
 
 
 @pytest.fixture
@@ -264,12 +265,11 @@ def test_files_follow_the_text_and_one_too_large_or_gone_is_named(channel, disco
 def test_a_message_that_cannot_be_kept_is_resumed_and_sent_again(channel, discord, home, caplog):
     """A full disk (here: a file where the folder goes) must not count the event as received:
     the session resumes from the one before it, and Discord replays it."""
-    (home / "state" / "discord").mkdir(parents=True)
-    (home / "state" / "discord" / "pending").write_text("in the way")
+    unblock = block(home / "state" / "discord" / "pending")
     channel()
     discord.wait_for(lambda: discord.connected, what="IDENTIFY")
     discord.say("still there?")
     wait_for(lambda: "cannot keep a MESSAGE_CREATE event" in caplog.text, what="the failed keep")
-    (home / "state" / "discord" / "pending").unlink()
+    unblock()
     msg = wait_for(lambda: inbox(home), what="the message after the resume")[0]
     assert msg["text"] == "still there?" and discord.resumes >= 1 and discord.identifies == 1

@@ -12,7 +12,7 @@ from lib.agent import skills
 from lib.config import load_config
 from lib.mail import post_outbox
 from tests.fakes.mochat_server import AGENT, OWNER, FakeMochat
-from tests.conftest import Gateway, inbox, model_yaml, wait_for, write_config
+from tests.conftest import block, Gateway, inbox, model_yaml, wait_for, write_config
 
 DM = "session_dm"
 
@@ -410,11 +410,10 @@ def test_a_message_the_inbox_cannot_take_is_fetched_again_not_skipped(channel, m
     the message: the socket is opened again from the cursor, and the message comes back."""
     channel()
     mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
-    (home / "inbox" / "tmp").rmdir()
-    (home / "inbox" / "tmp").write_text("in the way")
+    unblock = block(home / "inbox" / "tmp")
     mochat.say(DM, "m1")
     wait_for(lambda: "cannot put a message in the inbox" in caplog.text, what="the failed write")
-    (home / "inbox" / "tmp").unlink()
+    unblock()
     mochat.say(DM, "m2")
     wait_for(lambda: len(inbox(home)) == 2, what="m1 again, and m2")
     assert [m["text"] for m in inbox(home)] == ["m1", "m2"]
@@ -443,12 +442,11 @@ def test_held_panel_messages_the_inbox_cannot_take_stay_held(channel, mochat, ho
     mochat.panel("panel_general")
     channel(reply_delay_mode="non-mention", reply_delay_ms=200, allow_from=[OWNER, "user-alice"])
     mochat.wait_for(lambda: mochat.connected, what="the socket subscription")
-    (home / "inbox" / "tmp").rmdir()
-    (home / "inbox" / "tmp").write_text("in the way")
+    unblock = block(home / "inbox" / "tmp")
     mochat.post("panel_general", "anyone around?", author="user-alice", name="alice")
     wait_for(lambda: "cannot put held messages in the inbox" in caplog.text, what="the failure")
     assert "anyone around?" in json.dumps(state(home)["pending"])
-    (home / "inbox" / "tmp").unlink()
+    unblock()
     msg = wait_for(lambda: inbox(home), what="the held message, tried again")[0]
     assert msg["text"] == "anyone around?"
     wait_for(lambda: not state(home)["pending"], what="nothing left held")

@@ -6,7 +6,7 @@ import pytest
 from lib.channels.slack import LIMIT, SlackChannel, to_mrkdwn
 from lib.config import load_config
 from tests.fakes.slack_server import BOT_USER, FakeSlack
-from tests.conftest import inbox, kill_mid_download, model_yaml, wait_for, write_config
+from tests.conftest import block, inbox, kill_mid_download, model_yaml, wait_for, write_config
 
 OWNER = "U0OWNER"
 
@@ -254,13 +254,12 @@ def test_an_event_that_cannot_be_kept_is_not_acked_and_its_resend_is_taken(home,
     """A full disk (here: a file where the folder goes) must not ack a message it could not
     keep, and the event id must not be remembered, or Slack's resend would be dropped."""
     configure(home, llm, slack)
-    (home / "state" / "slack").mkdir(parents=True)
-    (home / "state" / "slack" / "pending").write_text("in the way")
+    unblock = block(home / "state" / "slack" / "pending")
     run_channel(SlackChannel)
     wait_for(slack.connected, what="the connection")
     slack.dm(OWNER, "still there?")
     wait_for(lambda: "cannot keep an event" in caplog.text, what="the failed keep")
-    (home / "state" / "slack" / "pending").unlink()
+    unblock()
     assert slack.acks == []
     slack.drop()                            # Slack sends unacked envelopes on the next connection
     msg = wait_for(lambda: inbox(home), what="the message after the resend")[0]
@@ -272,11 +271,10 @@ def test_a_kept_message_waits_out_a_full_inbox_without_a_restart(home, llm, slac
     configure(home, llm, slack)
     run_channel(SlackChannel)
     wait_for(slack.connected, what="the connection")
-    (home / "inbox" / "tmp").rmdir()
-    (home / "inbox" / "tmp").write_text("in the way")       # a full disk, as receive() sees it
+    unblock = block(home / "inbox" / "tmp")                 # a full disk, as receive() sees it
     slack.dm(OWNER, "patience")
     wait_for(lambda: "cannot put a message in the inbox" in caplog.text, what="the failure")
     assert slack.acks                                       # kept, so acked
-    (home / "inbox" / "tmp").unlink()
+    unblock()
     msg = wait_for(lambda: inbox(home), what="the message once there is room")[0]
     assert msg["text"] == "patience"

@@ -14,7 +14,8 @@ from lib.config import load_config
 from lib.errors import ConfigError
 from lib.mail import post_outbox
 from tests.fakes.whatsapp_bridge import FakeBridge
-from tests.conftest import ROOT, inbox, model_yaml, replies, run_cli, wait_for, write_config
+from tests.conftest import (block, inbox, model_yaml, replies,
+                            ROOT, run_cli, wait_for, write_config)
 
 ALICE, BOB = "+15550001", "+4915112345678"
 ALICE_JID = "15550001@s.whatsapp.net"
@@ -177,6 +178,21 @@ def test_a_rate_limit_is_honoured(channel, bridge, home):
     assert not limited["ok"] and ok["ok"] and ok["to"] == ALICE
     assert ok["at"] - limited["at"] >= 0.6          # waited retry_after, not the 0.05 s backoff
     wait_for(lambda: list((home / "outbox" / "sent").glob("whatsapp.*")), what="sent/")
+
+
+def test_a_message_that_cannot_be_kept_is_not_confirmed_and_comes_again(channel, bridge, home,
+                                                                       caplog):
+    """A full disk (here: a file where the folder goes): no "received" goes to the bridge, the
+    connection is opened again, and the bridge offers the message again."""
+    unblock = block(home / "state" / "whatsapp" / "pending")
+    channel()
+    bridge.wait_for(lambda: bridge.connected, what="the connection")
+    bridge.say("still there?")
+    wait_for(lambda: "cannot keep message" in caplog.text, what="the failed keep")
+    assert bridge.received == []
+    unblock()
+    msg = wait_for(lambda: inbox(home), what="the message, offered again")[0]
+    assert msg["text"] == "still there?" and len(bridge.auths) >= 2
 
 
 def test_files_go_with_the_last_part_and_one_gone_since_is_named(channel, bridge, home, tmp_path):

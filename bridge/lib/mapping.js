@@ -46,10 +46,12 @@ export function phoneOf (jid) {
   return isPhoneJid(jid) ? '+' + jid.split('@')[0].split(':')[0] : ''
 }
 
-/** A plain number from a protobuf Long, a number or a string. */
+/** A plain number from a protobuf Long (or one read back from JSON), a number or a string. */
 export function num (value) {
   if (value == null) return 0
-  return typeof value.toNumber === 'function' ? value.toNumber() : Number(value)
+  if (typeof value.toNumber === 'function') return value.toNumber()
+  if (typeof value === 'object' && 'low' in value) return (value.high >>> 0) * 2 ** 32 + (value.low >>> 0)
+  return Number(value)
 }
 
 export function textOf (content) {

@@ -28,13 +28,14 @@ export function sameToken (given, expected) {
  * A client must send {"type": "auth", "token"} first (within authTimeoutMs); anything else, or a
  * wrong token, closes the connection with 4001. Then it gets the current status (and QR code),
  * and every message it has not confirmed with {"type": "received", "id"}: messages survive a
- * dropped connection and are sent again after the next auth. `send` frames go to onSend, whose
- * answer becomes {"type": "ack", "id", ...}; `presence` frames go to onPresence. */
+ * dropped connection and are sent again after the next auth; onReceived(id) hears each
+ * confirmation. `send` frames go to onSend, whose answer becomes {"type": "ack", "id", ...};
+ * `presence` frames go to onPresence. */
 export class Hub {
-  constructor ({ token, onSend, onPresence = async () => {}, authTimeoutMs = AUTH_TIMEOUT_MS,
-    maxPending = MAX_PENDING, log = () => {} }) {
+  constructor ({ token, onSend, onPresence = async () => {}, onReceived = () => {},
+    authTimeoutMs = AUTH_TIMEOUT_MS, maxPending = MAX_PENDING, log = () => {} }) {
     if (!token) throw new Error('the bridge needs a token (BRIDGE_TOKEN)')
-    Object.assign(this, { token, onSend, onPresence, authTimeoutMs, maxPending, log })
+    Object.assign(this, { token, onSend, onPresence, onReceived, authTimeoutMs, maxPending, log })
     this.clients = new Set()
     this.pending = new Map() // message id -> frame, in arrival order
     this.state = 'disconnected'
@@ -128,6 +129,7 @@ export class Hub {
           .catch((e) => this.log(`presence for ${frame.to} failed: ${e.message}`))
       case 'received':
         this.pending.delete(frame.id)
+        try { this.onReceived(frame.id) } catch (e) { this.log(`cannot forget ${frame.id}: ${e.message}`) }
         return
       case 'auth':
         return

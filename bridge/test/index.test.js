@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -22,6 +22,7 @@ const record = (entry) => appendFileSync(process.env.FAKE_WA_LOG, JSON.stringify
 export const DisconnectReason = { connectionClosed: 428, connectionLost: 408, connectionReplaced: 440,
   timedOut: 408, loggedOut: 401, badSession: 500, restartRequired: 515 }
 export const Browsers = { appropriate: (browser) => ['Linux', browser, '6.1'] }
+export const BufferJSON = { replacer: (k, v) => v, reviver: (k, v) => v }
 export const fetchLatestWaWebVersion = async () => ({ version: [2, 3000, 1] })
 export const useMultiFileAuthState = async () => ({ state: { creds: {} }, saveCreds: async () => {} })
 export const downloadMediaMessage = async (m) => (await import('node:stream')).Readable.from([Buffer.from('bytes of ' + m.key.id)])
@@ -38,6 +39,8 @@ export default function makeWASocket () {
     }
     emit('connection.update', { connection: 'open' })
     emit('messages.upsert', { type: 'notify', messages: JSON.parse(process.env.FAKE_WA_MESSAGES || '[]') })
+    // what WhatsApp queued while the bridge was away comes as 'append', with our own echoes
+    emit('messages.upsert', { type: 'append', messages: JSON.parse(process.env.FAKE_WA_OFFLINE || '[]') })
   }, 50)
   return {
     user: { id: '4915550000:3@s.whatsapp.net', lid: '99887766554433:3@lid' },
@@ -168,4 +171,63 @@ test('login: shows the QR code, reconnects after the restart WhatsApp asks for, 
   const [again, said] = await run()
   assert.equal(again, 0)
   assert.match(said, /Already linked to WhatsApp as \+4915550000/)
+})
+
+// The bridge as nanoclaw runs it, and a client that authenticated: frames it got, and what said.
+async function runBridge (t, dir, env) {
+  const { default: WebSocket } = await import('ws')
+  const port = await freePort()
+  const child = spawn(process.execPath, ['--import', pathToFileURL(join(dir, 'hook.mjs')).href, 'index.js', '--supervised'], {
+    cwd: BRIDGE,
+    stdio: ['pipe', 'inherit', 'pipe'],
+    env: { ...process.env, BRIDGE_PORT: String(port), BRIDGE_TOKEN: 'tok', NANOCLAW_HOME: dir, AUTH_DIR: join(dir, 'auth'), MEDIA_DIR: join(dir, 'media'), FAKE_WA_LOG: join(dir, 'log'), ...env }
+  })
+  let stderr = ''
+  child.stderr.on('data', (d) => { stderr += d })
+  t.after(() => child.kill('SIGKILL'))
+  for (let i = 0; !stderr.includes('listening'); i++) {
+    assert.ok(i < 100 && child.exitCode === null, `the bridge did not start: ${stderr}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`)
+  const frames = []
+  ws.on('message', (data) => frames.push(JSON.parse(data)))
+  await once(ws, 'open')
+  ws.send(JSON.stringify({ type: 'auth', token: 'tok' }))
+  const waitFor = async (check, what) => {
+    for (let i = 0; i < 100; i++) {
+      if (frames.some(check)) return frames.find(check)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    assert.fail(`no ${what} in ${JSON.stringify(frames)} (${stderr})`)
+  }
+  return { child, ws, frames, waitFor }
+}
+
+test('what WhatsApp queued while we were away is passed on, and what nanoclaw has not confirmed survives a kill', { skip: !installed && 'run `npm ci` in bridge/ first' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bridge-kept-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  setUp(dir)
+  const offline = [
+    { key: { remoteJid: ALICE, fromMe: false, id: 'OFF1' }, message: { conversation: 'written while you were away' }, messageTimestamp: { low: 1767225500, high: 0, unsigned: true } },
+    { key: { remoteJid: ALICE, fromMe: true, id: 'MINE2' }, message: { conversation: 'our own echo' } }
+  ]
+  const kept = join(dir, 'state', 'whatsapp', 'bridge')
+  const first = await runBridge(t, dir, { FAKE_WA_MESSAGES: JSON.stringify(MESSAGES.slice(0, 1)), FAKE_WA_OFFLINE: JSON.stringify(offline) })
+  const away = await first.waitFor((f) => f.id === 'OFF1', 'the message queued while away')
+  assert.equal(away.text, 'written while you were away')
+  assert.equal(away.timestamp, 1767225500)
+  await first.waitFor((f) => f.id === 'IN1', 'the live message')
+  first.ws.send(JSON.stringify({ type: 'received', id: 'OFF1' }))
+  for (let i = 0; existsSync(join(kept, 'OFF1.json')) && i < 100; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  assert.deepEqual(readdirSync(kept), ['IN1.json']) // confirmed: gone; our echo: never kept
+  assert.ok(!first.frames.some((f) => f.id === 'MINE2'))
+  first.child.kill('SIGKILL') // nanoclaw never confirmed IN1
+
+  const second = await runBridge(t, dir, {}) // WhatsApp has nothing more to say
+  const again = await second.waitFor((f) => f.id === 'IN1', 'the unconfirmed message, again')
+  assert.equal(again.text, 'hello bridge')
+  second.ws.send(JSON.stringify({ type: 'received', id: 'IN1' }))
+  for (let i = 0; readdirSync(kept).length && i < 100; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  assert.deepEqual(readdirSync(kept), [])
 })

@@ -85,7 +85,8 @@ test('a send that throws is acked as failed, not dropped', async () => {
 })
 
 test('messages wait for a client and are sent again until confirmed', async () => {
-  const h = hub()
+  const confirmed = []
+  const h = hub({ onReceived: (id) => confirmed.push(id) })
   h.publish({ type: 'message', id: 'A', text: 'while nobody listened' })
   const first = conn()
   const one = h.attach(first)
@@ -93,6 +94,7 @@ test('messages wait for a client and are sent again until confirmed', async () =
   h.publish({ type: 'message', id: 'B', text: 'live' })
   assert.deepEqual(first.frames.map((f) => f.id ?? f.type), ['status', 'A', 'B'])
   one.message(JSON.stringify({ type: 'received', id: 'A' }))
+  assert.deepEqual(confirmed, ['A']) // the kept copy goes
   one.closed() // the connection dropped before B was confirmed
   const second = conn()
   h.attach(second).message(JSON.stringify({ type: 'auth', token: 's3cret' }))

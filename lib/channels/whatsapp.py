@@ -4,8 +4,10 @@ With `start_bridge` the channel runs `node bridge/index.js --supervised` as a ch
 when it dies and stops it on stop() (it also exits when its stdin closes: a killed gateway leaves
 no bridge behind). The channel connects to `bridge_url`, authenticates with the token and speaks
 JSON: `message` (media as file paths), `status`, `qr` in; `send` (answered by `ack`), `presence`
-(typing) and `received` (the message is in the inbox) out. The bridge sends unconfirmed messages
-again after a reconnect and never sends a `send` id twice: a drop loses nothing.
+(typing) and `received` (the message is kept on disk here; typing, transcription and the inbox
+come after, on another thread) out. The bridge keeps each message on disk until it is confirmed,
+sends unconfirmed ones again after a reconnect or its own restart, and never sends a `send` id
+twice: a drop, a kill or a full disk loses nothing.
 """
 import collections
 import json
@@ -186,11 +188,10 @@ class WhatsAppChannel(Channel):
                     entry[0].set()
         elif kind == "message":
             if f.get("id") not in self._seen:
-                try:
-                    self._message(f)
-                except Exception:           # not confirmed: the bridge offers it again later
-                    log.exception("whatsapp: cannot take message %s", f.get("id"))
-                    return
+                try:                        # on disk before it is confirmed; the rest after
+                    self.keep(str(f.get("id") or ""), f)
+                except OSError as e:        # not confirmed: offered again on the next connection
+                    raise ConnectionError(f"cannot keep message {f.get('id')} ({e})") from None
                 self._seen[f.get("id")] = True
                 if len(self._seen) > 2000:
                     self._seen.popitem(last=False)
@@ -198,7 +199,7 @@ class WhatsAppChannel(Channel):
         elif kind == "error":
             log.warning("whatsapp: the bridge says: %s", f.get("error"))
 
-    def _message(self, f: dict):
+    def handle_kept(self, f: dict):
         chat, jid, phone = f.get("chat") or "", f.get("sender") or f.get("chat") or "", \
             f.get("phone") or ""
         number = jid.split("@")[0].split(":")[0]
