@@ -404,3 +404,31 @@ def test_kept_events_with_ids_alike_but_not_equal_get_files_of_their_own(config,
     first, second = ch.keep("msg/a+b=", {"n": 1}), ch.keep("msg/a/b=", {"n": 2})
     assert first != second and json.loads(first.read_text()) == {"n": 1}
     assert ch.keep("msg/a+b=", {"n": 3}) == first           # the same id again: the same file
+
+
+def test_a_sent_message_that_cannot_be_filed_is_not_sent_again(config, home, outbox, caplog):
+    """Filing into sent/ failing (here: a file where the folder goes) is not a failed send: the
+    platform has the message, so it is not delivered again (an email would go out five times)."""
+    conftest.block(outbox / "sent")
+    ch = run(Recorder(config, home))
+    try:
+        post_outbox(home, "telegram", "1", "once")
+        ch.wake()
+        wait_for(lambda: "was sent but cannot be filed" in caplog.text)
+        assert ch.sent == ["once"] and ch.alive()
+    finally:
+        ch.stop()
+
+
+def test_a_failure_that_cannot_be_filed_leaves_the_channel_running(config, home, outbox, caplog):
+    conftest.block(outbox / "failed")
+    ch = run(Recorder(config, home, [SendError("chat not found", permanent=True)]))
+    try:
+        post_outbox(home, "telegram", "1", "to nobody")
+        ch.wake()
+        wait_for(lambda: "waits in outbox/cur/" in caplog.text)
+        post_outbox(home, "telegram", "1", "the next one")
+        ch.wake()
+        wait_for(lambda: ch.sent == ["the next one"])
+    finally:
+        ch.stop()

@@ -197,8 +197,12 @@ class Channel(Part, Network):
                 if self.stopping.is_set():
                     return
                 path = maildir.claim(self.outbox, name)
-                if path:
-                    self._send_one(path)
+                try:
+                    if path:
+                        self._send_one(path)
+                except OSError as e:            # it cannot be filed (a full disk)
+                    log.error("%s: %s: %s; it waits in outbox/cur/ for the next start",
+                              self.name, name, e)
             self._wake.wait(RESCAN_S)
 
     def _send_one(self, path: Path):
@@ -211,12 +215,17 @@ class Channel(Part, Network):
         for attempt in itertools.count(1):
             try:
                 self.deliver(msg)
-                maildir.finish(path, "sent")
-                return
             except SendError as e:
                 error = e
             except Exception as e:          # a network library's own error
                 error = SendError(f"{type(e).__name__}: {e}")
+            else:
+                try:                        # sent: never delivered again, whatever comes now
+                    maildir.sync(maildir.finish(path, "sent").parent)   # not after a power cut
+                except OSError as e:
+                    log.error("%s: %s was sent but cannot be filed in outbox/sent/ (%s)",
+                              self.name, path.name, e)
+                return
             asked = error.retry_after
             failures += asked is None
             if error.permanent or failures == TRIES or asked is not None and waited >= RATE_LIMITED_S:
