@@ -59,8 +59,8 @@ function logger (bindings = {}) {
   return out
 }
 
-const { default: makeWASocket, Browsers, BufferJSON, DisconnectReason, downloadMediaMessage,
-  fetchLatestWaWebVersion, useMultiFileAuthState } = await need('baileys')
+const { default: makeWASocket, Browsers, DisconnectReason, downloadMediaMessage,
+  fetchLatestWaWebVersion, proto, useMultiFileAuthState } = await need('baileys')
 const log = logger()
 
 function linkedAs () {
@@ -165,7 +165,7 @@ async function serve () {
       if (sentCache.size > 200) sentCache.delete(sentCache.keys().next().value)
     }
   })
-  const kept = new Kept(KEPT_DIR, BufferJSON)
+  const kept = new Kept(KEPT_DIR)
   let replayed = false // what a kill or a restart left in KEPT_DIR: offered at the first connection
   const hub = new Hub({ token: TOKEN, onSend: (f) => sender.handle(f), onPresence: (f) => sender.presence(f), onReceived: (id) => kept.drop(id), log: say })
 
@@ -194,17 +194,25 @@ async function serve () {
   }
 
   // 'notify' is live; 'append' is what WhatsApp queued while we were away (and the echoes of what
-  // we sent, which toBridgeMessage drops): both are new to nanoclaw. Baileys has acked each to
-  // WhatsApp already, so it is kept on disk before anything else, until nanoclaw confirms it.
+  // we sent): both are new to nanoclaw. Baileys has acked each to WhatsApp already, so each is
+  // kept on disk at once, as the event comes (downloads wait in a queue), until nanoclaw has it.
+  const wanted = (type) => type === 'notify' || type === 'append'
+  function keepAll ({ messages, type }) {
+    for (const m of wanted(type) ? messages : []) {
+      const chat = m.key?.remoteJid
+      if (!m.key?.id || m.key.fromMe || !chat || /@(broadcast|newsletter)$/.test(chat)) continue
+      try {
+        kept.keep(m.key.id, m)
+      } catch (e) {
+        say(`cannot keep message ${m.key.id} on disk (${e.message}); it is passed on all the same`)
+      }
+    }
+  }
+
   async function incoming ({ messages, type }, s) {
-    if (type !== 'notify' && type !== 'append') return
+    if (!wanted(type)) return
     for (const m of messages) {
       const id = m.key?.id
-      try {
-        if (id && !m.key.fromMe) kept.keep(id, m)
-      } catch (e) {
-        say(`cannot keep message ${id} on disk (${e.message}); it is passed on all the same`)
-      }
       try {
         const frame = await toBridgeMessage(m, {
           saveMedia: (m, kind, name) => saveMedia(s, m, name),
@@ -238,8 +246,11 @@ async function serve () {
       hub.setStatus('connected')
       if (!replayed) {
         replayed = true
-        const left = kept.all(say)
-        if (left.length) queue = queue.then(() => incoming({ messages: left, type: 'notify' }, s))
+        const left = kept.all(say).map((m) => ({ ...m, message: m.message && proto.Message.fromObject(m.message) }))
+        if (left.length) { // bytes and longs as Baileys had them (media keys: a re-upload needs them)
+          queue = queue.then(() => incoming({ messages: left, type: 'notify' }, s))
+            .catch((e) => say(`cannot read kept messages: ${e.message}`))
+        }
       }
     }
     if (update.connection !== 'close') return
@@ -270,6 +281,7 @@ async function serve () {
     const made = (s) => {
       sock = s
       s.ev.on('messages.upsert', (event) => {
+        keepAll(event)
         queue = queue.then(() => incoming(event, s)).catch((e) => say(`cannot read messages: ${e.message}`))
       })
     }

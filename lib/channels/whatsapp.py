@@ -191,6 +191,7 @@ class WhatsAppChannel(Channel):
                 try:                        # on disk before it is confirmed; the rest after
                     self.keep(str(f.get("id") or ""), f)
                 except OSError as e:        # not confirmed: offered again on the next connection
+                    self.connected = False      # which waits the back-off, growing
                     raise ConnectionError(f"cannot keep message {f.get('id')} ({e})") from None
                 self._seen[f.get("id")] = True
                 if len(self._seen) > 2000:
