@@ -334,3 +334,25 @@ def test_the_fake_speaks_the_same_frames():
         (7, 9, SERVICE_ID, 1, b"{}")
     back = read_frame(pbframe.encode(frame))
     assert back["headers"] == [("type", "event"), ("seq", "0")] and back["SeqID"] == 7
+
+
+def test_an_event_kept_before_a_crash_knows_who_the_bot_is(channel, feishu, home):
+    """Kept events are taken up as the channel starts, maybe before the connection has read the
+    bot's own id: a group message that @mentions someone else must not count as ours then."""
+    from tests.fakes.feishu_server import APP_ID, TENANT
+    message = {"message_id": "om_kept", "chat_id": "oc_group", "chat_type": "group",
+               "message_type": "text", "create_time": "1767225600000",
+               "content": json.dumps({"text": "@_user_1 can you check?"}),
+               "mentions": [{"key": "@_user_1", "name": "Carol", "tenant_key": TENANT,
+                             "id": {"open_id": "ou_carol"}}]}
+    kept = home / "state" / "feishu" / "pending"
+    kept.mkdir(parents=True)
+    (kept / "evt-kept.json").write_text(json.dumps({"schema": "2.0", "header": {
+        "event_id": "evt", "event_type": "im.message.receive_v1", "app_id": APP_ID}, "event": {
+        "sender": {"sender_id": {"open_id": "ou_alice"}, "sender_type": "user"},
+        "message": message}}))
+    channel(feishu)
+    feishu.say("and you?", chat_id="oc_group", chat_type="group", mention_bot=True)
+    msgs = wait_for(lambda: inbox(home), what="the message that mentions the bot")
+    assert [m["text"] for m in msgs] == ["and you?"]
+    assert not list(kept.glob("*.json"))

@@ -129,14 +129,18 @@ class FeishuChannel(Channel):
         if isinstance(conf, dict) and conf.get("PingInterval", 0) > 0:
             self.ping_s = float(conf["PingInterval"])
 
-    def _session(self):
-        import websocket
-        url = self._endpoint()
+    def _own_id(self):
+        """The bot's open id, read once: it tells its @mentions from others' in groups."""
         if not self.bot_open_id:
             try:
                 self.bot_open_id = self.api("GET", "/open-apis/bot/v3/info")["bot"]["open_id"]
             except Exception as e:          # then any @mention in a group counts as ours
                 log.warning("feishu: cannot read the bot's own id: %s", e)
+
+    def _session(self):
+        import websocket
+        url = self._endpoint()
+        self._own_id()
         service = int((parse_qs(urlsplit(url).query).get("service_id") or ["0"])[0])
         ws = websocket.create_connection(url, timeout=30, enable_multithread=True)
         try:
@@ -213,6 +217,8 @@ class FeishuChannel(Channel):
         if not mid or mid in self._seen or sender.get("sender_type") == "app":
             return
         mentions = msg.get("mentions") or []
+        if mentions:
+            self._own_id()                      # a kept event may come before the connection
         ours = [m for m in mentions if not self.bot_open_id or
                 (m.get("id") or {}).get("open_id") == self.bot_open_id]
         if msg.get("chat_type") == "group" and not ours:
