@@ -308,3 +308,28 @@ def test_files_are_uploaded_as_base64_and_sent_as_rich_media_after_the_text(chan
     sent = [m["body"] for m in qq.sent]
     assert [(b["msg_type"], b["msg_id"], b["msg_seq"]) for b in sent] == [
         (0, "M1", 1), (7, "M1", 2), (7, "M1", 3), (0, "M1", 4), (0, "M1", 5)]
+
+
+def test_past_five_passive_replies_the_rest_goes_unprompted(channel, qq, home):
+    """QQ takes five passive calls per message (the input notice counts); a reply in more parts
+    sends the rest without msg_id instead of having them refused (22009)."""
+    ch = channel()
+    qq.wait_for(lambda: qq.connected, what="IDENTIFY")
+    msg_id = qq.say("tell me everything")
+    wait_for(lambda: inbox(home), what="the message")
+    qq.wait_for(lambda: qq.typing, what="the input notice")
+    send(ch, home, "\n\n".join(f"Part {i}: " + "w" * 1900 for i in range(6)), msg_id)
+    wait_for(lambda: list((home / "outbox" / "sent").glob("qq.*")), what="sent/")
+    texts = [m for m in qq.sent if m["body"].get("msg_type") == 0]
+    assert all(m["status"] == 200 for m in texts) and len(texts) == 6
+    assert [bool(m["body"].get("msg_id")) for m in texts] == [True] * 4 + [False] * 2
+
+
+def test_a_message_whose_replies_an_earlier_run_used_up_is_answered_unprompted(channel, qq,
+                                                                                home):
+    ch = channel()
+    qq.use_replies("ROBOT1.0_used", 5)
+    send(ch, home, "still an answer", "ROBOT1.0_used")
+    wait_for(lambda: list((home / "outbox" / "sent").glob("qq.*")), what="sent/")
+    refused, ok = [m for m in qq.sent if m["body"].get("msg_type") == 0]
+    assert refused["status"] == 400 and "msg_id" not in ok["body"] and ok["status"] == 200

@@ -6,7 +6,9 @@ Every call carries an app access token (POST token_url with appId and clientSecr
 fetched again a minute before it expires, or at once when QQ answers 401. A reply answers the
 user's message: `msg_id` of that message and a `msg_seq` that must be new for that msg_id (QQ
 drops a repeated one as a duplicate), so each part of a long reply gets the next number and a
-retried part keeps its own. "Typing…" is QQ's input notice (msg_type 6).
+retried part keeps its own. "Typing…" is QQ's input notice (msg_type 6). QQ takes five such
+passive calls per message (notices, texts and files alike); what comes after them is sent
+unprompted, as when the reply window (60 minutes) is over.
 
 Files go after the text: each is uploaded with its bytes in base64 (`file_data`; QQ also takes
 a public `url`, which a file on the Pi does not have) to POST /v2/users/{openid}/files, and the
@@ -38,7 +40,8 @@ AUDIO = (".silk", ".amr", ".wav", ".mp3", ".ogg", ".m4a")
 FILE_TYPES = {".png": 1, ".jpg": 1, ".jpeg": 1, ".mp4": 2, ".silk": 3}   # as QQ documents them;
                                                                         # anything else: 4, a file
 DUPLICATE = 40054005                    # this msg_seq was already used for this msg_id
-RATE_LIMITED = {22009}                  # "msg limit exceed"
+RATE_LIMITED = {22009}                  # "msg limit exceed": with a 429, wait; else see below
+PASSIVE = 5                             # calls with one msg_id QQ takes (notices, texts, files)
 RATE_WAIT = 2.0                         # when a rate-limit answer names no time
 REPLY_WINDOW_GONE = {40034005, 40034128, 304103, 304027, 40034024, 40034025, 40034026, 40034027}
 NEW_SESSION = {4006, 4007}              # session invalid, bad seq: IDENTIFY again (4009 resumes)
@@ -70,6 +73,7 @@ class QQChannel(Channel):
         self._token, self._token_until = "", 0.0
         self._token_lock, self._seq_lock = threading.Lock(), threading.Lock()
         self._seqs = collections.OrderedDict()          # msg_id -> last msg_seq used
+        self._replies = collections.Counter()           # msg_id -> passive calls QQ took
         self._seen = collections.deque(maxlen=512)      # message ids, in case one comes twice
         self._unconfirmed = False       # an IDENTIFY/RESUME went out without READY/RESUMED since
 
@@ -165,7 +169,8 @@ class QQChannel(Channel):
         body = {"msg_type": 6, "input_notify": {"input_type": 1, "input_second": TYPING_SECONDS},
                 "msg_id": msg_id, "msg_seq": self._next_seq(msg_id)}
         try:
-            self.api("POST", f"/v2/users/{openid}/messages", json=body, timeout=10)
+            if self.api("POST", f"/v2/users/{openid}/messages", json=body, timeout=10).ok:
+                self._replies[msg_id] += 1      # it counts against the message's five
         except Exception as e:
             log.debug("qq: input notice: %s", e)
 
@@ -204,6 +209,8 @@ class QQChannel(Channel):
             self._seqs[msg_id] = seq
             while len(self._seqs) > 1000:
                 self._seqs.popitem(last=False)
+            while len(self._replies) > 1000:
+                del self._replies[next(iter(self._replies))]
             return seq
 
     def deliver(self, msg: dict):
@@ -238,6 +245,10 @@ class QQChannel(Channel):
         retry = part in seqs
         for _ in range(5):
             body = {k: v for k, v in body.items() if k not in ("msg_id", "msg_seq")}
+            if msg_id and self._replies[msg_id] >= PASSIVE:
+                log.info("qq: message %s has had its %d replies; the rest goes unprompted",
+                         msg_id, PASSIVE)
+                msg["_unprompted"], msg_id = True, None
             if msg_id:
                 seqs[part] = seqs.get(part) or self._next_seq(msg_id)
                 body.update(msg_id=msg_id, msg_seq=seqs[part])
@@ -246,9 +257,13 @@ class QQChannel(Channel):
             except BadCredentials as e:
                 raise SendError(str(e), permanent=True) from None
             if r.status_code < 300:
+                self._replies[msg_id] += bool(msg_id)
                 return
             err = json_of(r)
             code = err.get("code")
+            if code in RATE_LIMITED and msg_id and r.status_code != 429:   # the five are used
+                self._replies[msg_id] = PASSIVE     # (an earlier run): the loop goes unprompted
+                continue
             if code == DUPLICATE and msg_id:
                 if retry:
                     return          # the earlier try got through; only its answer was lost

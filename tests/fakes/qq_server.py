@@ -17,7 +17,9 @@ attempt, with its status and the token used). A reply's `msg_id` + `msg_seq` (1 
 may be used once: again is a 400 with code 40054005, as QQ deduplicates. msg_type 6 (the input
 notice) also lands in `typing`. `rate_limit(*seconds)` answers the next sends with 429
 `{"code": 22009}` and a Retry-After header; `expire_tokens()` revokes every token made so far;
-`expire_reply(msg_id)` makes passive replies to that message fail with 40034128.
+`expire_reply(msg_id)` makes passive replies to that message fail with 40034128. Five passive
+calls (with msg_id: input notices, texts, files) are taken per message; a sixth is a 400 with
+code 22009 "msg limit exceed"; `use_replies(msg_id, n)` spends n of them, as an earlier run.
 Attachments are served at `/files/...` without a token.
 
 Rich media: `POST /v2/users/{openid}/files {file_type, url | file_data, srv_send_msg}` takes a
@@ -53,7 +55,7 @@ class FakeQQ(GatewayServer):
         super().__init__(heartbeat_ms)
         self.app_id, self.secret, self.expires_in = app_id, secret, expires_in
         self.tokens = []
-        self._used, self._stale = set(), set()
+        self._used, self._stale, self._replies = set(), set(), {}   # _replies: msg_id -> passive calls
         self.uploads, self.refuse_file_types = {}, set()    # uploads: file_info -> upload
 
     @property
@@ -97,6 +99,9 @@ class FakeQQ(GatewayServer):
 
     def expire_reply(self, msg_id):
         self._stale.add(msg_id)
+
+    def use_replies(self, msg_id, n):
+        self._replies[msg_id] = self._replies.get(msg_id, 0) + n
 
     def use_seq(self, msg_id, seq):
         """Mark msg_seq `seq` of `msg_id` as used, as by an earlier run of the bot."""
@@ -218,6 +223,9 @@ class FakeQQ(GatewayServer):
                 if key in self._used:
                     return 400, {"message": "duplicate msg_seq for this msg_id (deduplicated)",
                                  "code": 40054005}
+                if self._replies.get(msg_id, 0) >= 5:
+                    return 400, {"message": "msg limit exceed", "code": 22009}
                 self._used.add(key)
+                self._replies[msg_id] = self._replies.get(msg_id, 0) + 1
         return 200, {"id": f"BOT_MSG_{next(self._ids)}",
                      "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+08:00")}
