@@ -257,7 +257,8 @@ class QQChannel(Channel):
             except BadCredentials as e:
                 raise SendError(str(e), permanent=True) from None
             if r.status_code < 300:
-                self._replies[msg_id] += bool(msg_id)
+                if msg_id:
+                    self._replies[msg_id] += 1
                 return
             err = json_of(r)
             code = err.get("code")
