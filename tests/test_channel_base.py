@@ -41,6 +41,22 @@ def run(channel):
     return channel
 
 
+@pytest.fixture
+def sending(config, home, outbox):
+    """sending(text, failures) starts a Recorder that raises `failures` first and posts `text`
+    to it (woken); every one started is stopped after the test."""
+    started = []
+
+    def start(text, failures=()):
+        started.append(ch := run(Recorder(config, home, failures)))
+        post_outbox(home, "telegram", "1", text)
+        ch.wake()
+        return ch
+    yield start
+    for ch in started:
+        ch.stop()
+
+
 def test_messages_are_sent_in_order_and_filed_in_sent(config, home, outbox):
     for i in range(3):
         post_outbox(home, "telegram", "1", f"m{i}")
@@ -55,39 +71,24 @@ def test_messages_are_sent_in_order_and_filed_in_sent(config, home, outbox):
         ch.stop()
 
 
-def test_failures_are_retried_then_sent(config, home, outbox):
-    ch = run(Recorder(config, home, [SendError("timeout"), ConnectionError("reset"),
-                                     SendError("slow down", retry_after=0.01)]))
-    try:
-        post_outbox(home, "telegram", "1", "persistent")
-        ch.wake()
-        wait_for(lambda: ch.sent == ["persistent"])
-    finally:
-        ch.stop()
+def test_failures_are_retried_then_sent(sending):
+    ch = sending("persistent", [SendError("timeout"), ConnectionError("reset"),
+                                SendError("slow down", retry_after=0.01)])
+    wait_for(lambda: ch.sent == ["persistent"])
 
 
-def test_after_the_last_try_the_message_goes_to_failed_with_the_error(config, home, outbox):
-    ch = run(Recorder(config, home, [SendError(f"down {i}") for i in range(10)]))
-    try:
-        post_outbox(home, "telegram", "1", "doomed")
-        ch.wake()
-        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
-        msg = json.loads(next((outbox / "failed").glob("telegram.*.json")).read_text())
-        assert msg["text"] == "doomed" and msg["error"] == "down 4"
-        assert len(ch.failures) == 5        # five tries
-    finally:
-        ch.stop()
+def test_after_the_last_try_the_message_goes_to_failed_with_the_error(sending, outbox):
+    ch = sending("doomed", [SendError(f"down {i}") for i in range(10)])
+    wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+    msg = json.loads(next((outbox / "failed").glob("telegram.*.json")).read_text())
+    assert msg["text"] == "doomed" and msg["error"] == "down 4"
+    assert len(ch.failures) == 5        # five tries
 
 
-def test_a_permanent_error_is_not_retried(config, home, outbox):
-    ch = run(Recorder(config, home, [SendError("chat not found", permanent=True)]))
-    try:
-        post_outbox(home, "telegram", "1", "to nobody")
-        ch.wake()
-        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
-        assert ch.sent == []
-    finally:
-        ch.stop()
+def test_a_permanent_error_is_not_retried(sending, outbox):
+    ch = sending("to nobody", [SendError("chat not found", permanent=True)])
+    wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+    assert ch.sent == []
 
 
 def test_stopping_during_a_retry_leaves_the_message_in_cur_for_the_next_start(config, home, outbox):
@@ -361,41 +362,26 @@ def test_a_platform_key_of_any_length_or_alphabet_names_one_inbox_file(config, h
     assert len(names) == 1 and len(names[0]) < 120, names
 
 
-def test_waits_the_platform_asks_for_are_not_failures_but_are_bounded(config, home, outbox,
+def test_waits_the_platform_asks_for_are_not_failures_but_are_bounded(sending, outbox,
                                                                       monkeypatch):
     """A long reply under a rate limit is sent, however many parts are told to wait; a limit
     that never lifts ends in failed/ once the waits add up to RATE_LIMITED_S."""
-    ch = run(Recorder(config, home, [SendError("slow down", retry_after=0.01)] * 8 +
-                      [SendError("down")] * 3))
-    try:
-        post_outbox(home, "telegram", "1", "patient")
-        ch.wake()
-        wait_for(lambda: ch.sent == ["patient"])
-    finally:
-        ch.stop()
+    ch = sending("patient", [SendError("slow down", retry_after=0.01)] * 8 + [SendError("down")] * 3)
+    wait_for(lambda: ch.sent == ["patient"])
+    ch.stop()
     monkeypatch.setattr("lib.channels.base.RATE_LIMITED_S", 0.05)
-    ch = run(Recorder(config, home, [SendError("slow down", retry_after=0.01)] * 100))
-    try:
-        post_outbox(home, "telegram", "1", "never")
-        ch.wake()
-        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
-        assert 90 <= len(ch.failures) <= 95 and ch.sent == []
-    finally:
-        ch.stop()
+    ch = sending("never", [SendError("slow down", retry_after=0.01)] * 100)
+    wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+    assert 90 <= len(ch.failures) <= 95 and ch.sent == []
 
 
-def test_a_platform_that_says_wait_0_s_is_not_hammered(config, home, outbox, monkeypatch):
+def test_a_platform_that_says_wait_0_s_is_not_hammered(sending, outbox, monkeypatch):
     """Retry-After: 0 (or less) still waits the back-off, so the waits add up and end (found in
     review: a zero wait looped for ever without pause)."""
     monkeypatch.setattr("lib.channels.base.RATE_LIMITED_S", 0.05)
-    ch = run(Recorder(config, home, [SendError("slow down", retry_after=r) for r in (0, -1) * 500]))
-    try:
-        post_outbox(home, "telegram", "1", "never")
-        ch.wake()
-        wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
-        assert len(ch.failures) >= 990            # a handful of tries, not thousands
-    finally:
-        ch.stop()
+    ch = sending("never", [SendError("slow down", retry_after=r) for r in (0, -1) * 500])
+    wait_for(lambda: list((outbox / "failed").glob("telegram.*.json")))
+    assert len(ch.failures) >= 990            # a handful of tries, not thousands
 
 
 def test_kept_events_with_ids_alike_but_not_equal_get_files_of_their_own(config, home):
@@ -406,29 +392,20 @@ def test_kept_events_with_ids_alike_but_not_equal_get_files_of_their_own(config,
     assert ch.keep("msg/a+b=", {"n": 3}) == first           # the same id again: the same file
 
 
-def test_a_sent_message_that_cannot_be_filed_is_not_sent_again(config, home, outbox, caplog):
+def test_a_sent_message_that_cannot_be_filed_is_not_sent_again(sending, outbox, caplog):
     """Filing into sent/ failing (here: a file where the folder goes) is not a failed send: the
     platform has the message, so it is not delivered again (an email would go out five times)."""
     conftest.block(outbox / "sent")
-    ch = run(Recorder(config, home))
-    try:
-        post_outbox(home, "telegram", "1", "once")
-        ch.wake()
-        wait_for(lambda: "was sent but cannot be filed" in caplog.text)
-        assert ch.sent == ["once"] and ch.alive()
-    finally:
-        ch.stop()
+    ch = sending("once")
+    wait_for(lambda: "was sent but cannot be filed" in caplog.text)
+    assert ch.sent == ["once"] and ch.alive()
 
 
-def test_a_failure_that_cannot_be_filed_leaves_the_channel_running(config, home, outbox, caplog):
+def test_a_failure_that_cannot_be_filed_leaves_the_channel_running(sending, home, outbox,
+                                                                   caplog):
     conftest.block(outbox / "failed")
-    ch = run(Recorder(config, home, [SendError("chat not found", permanent=True)]))
-    try:
-        post_outbox(home, "telegram", "1", "to nobody")
-        ch.wake()
-        wait_for(lambda: "waits in outbox/cur/" in caplog.text)
-        post_outbox(home, "telegram", "1", "the next one")
-        ch.wake()
-        wait_for(lambda: ch.sent == ["the next one"])
-    finally:
-        ch.stop()
+    ch = sending("to nobody", [SendError("chat not found", permanent=True)])
+    wait_for(lambda: "waits in outbox/cur/" in caplog.text)
+    post_outbox(home, "telegram", "1", "the next one")
+    ch.wake()
+    wait_for(lambda: ch.sent == ["the next one"])
