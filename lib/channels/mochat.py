@@ -310,7 +310,7 @@ class MochatChannel(Channel):
         entry = {"text": text or "[empty message]", "author": author, "message_id": mid,
                  "name": info.get("nickname") or info.get("email") or info.get("agentId") or "",
                  "group_id": str(p.get("groupId") or ""), "mentioned": mentions(p, s.agent_user_id),
-                 "at": epoch(str(p.get("createdAt") or stamp).replace("Z", "+00:00"))}
+                 "at": epoch(p.get("createdAt") or stamp)}
         if not allowed(s.allow_from, author):
             if kind == "session" or entry["mentioned"]:     # refused (and told) by receive()
                 self.dispatch(kind, target, [entry])

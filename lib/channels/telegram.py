@@ -89,8 +89,8 @@ class TelegramChannel(Channel):
 
     async def _poll(self):
         from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
-        offset, attempt, connected = self._load_offset(), 0, False    # after an error, replies
-        quick = False           # wait for a poll to get through: a quick one, not a 25 s one
+        offset, attempt, connected = self._load_offset(), 0, False
+        quick = False       # after an error replies wait for a poll to get through: a short one
         while not self.stopping.is_set():
             try:
                 if not connected:
