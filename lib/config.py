@@ -154,21 +154,17 @@ def home_dir() -> Path:
 
 def config_path(explicit: str | None = None) -> Path:
     """The file to read: --config, $NANOCLAW_CONFIG, config.yaml, else an existing config.json."""
-    given = explicit or os.environ.get("NANOCLAW_CONFIG")
-    if given:
+    if given := explicit or os.environ.get("NANOCLAW_CONFIG"):
         return Path(given).expanduser()
-    yaml_path = home_dir() / "config.yaml"
-    json_path = home_dir() / "config.json"
+    yaml_path, json_path = home_dir() / "config.yaml", home_dir() / "config.json"
     return json_path if not yaml_path.exists() and json_path.exists() else yaml_path
 
 
 def load_config(explicit: str | None = None) -> Config:
     path = config_path(explicit)
-    data, lines = {}, {}
-    if path.exists():
-        data, lines = _read(path)
-    elif explicit or os.environ.get("NANOCLAW_CONFIG"):
+    if not path.exists() and (explicit or os.environ.get("NANOCLAW_CONFIG")):
         raise ConfigError(f"{path}: no such config file")
+    data, lines = _read(path) if path.exists() else ({}, {})
     cfg = _build(Config, migrate(data), (), lines, path)
     if lines.get("ignored"):
         log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
@@ -192,8 +188,6 @@ def _read(path: Path):
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)} {context}"
                           .rstrip()) from None
     lines, budget = {}, [MAX_VALUES]
-    if node is None:
-        return {}, lines
 
     def walk(n, p):
         budget[0] -= 1          # aliases can repeat each other into billions of values
@@ -219,7 +213,7 @@ def _read(path: Path):
 
     loader = yaml.SafeLoader("")
     try:
-        return walk(node, ()), lines
+        return (walk(node, ()) if node is not None else {}), lines    # None: an empty file
     except RecursionError:
         raise ConfigError(f"{path}: nested too deep, or an alias (*name) inside what it names") from None
 
@@ -252,8 +246,7 @@ def _build(cls, data, path, lines, file):
     for key, value in data.items():
         name, at = snake(key), path + (key,)
         if name not in known:
-            line = lines.get(at)
-            where = ".".join(at) + (f" (line {line})" if line else "")
+            where = ".".join(at) + (f" (line {lines[at]})" if at in lines else "")
             if ".".join(map(snake, at)) in LEGACY_IGNORED:
                 lines.setdefault("ignored", []).append(where)    # one warning for them all
                 continue
@@ -268,15 +261,13 @@ def _value(typ, fld, value, at, lines, file, fail):
     if dataclasses.is_dataclass(typ):
         return _build(typ, {} if value is None else value, at, lines, file)
     origin = typing.get_origin(typ)
+    if origin in (list, dict) and value is None:
+        return origin()
     if origin is list:
-        if value is None:
-            return []
         if not isinstance(value, list):
             fail(f"must be a list, got {_show(value)}", at)
         return [_value(typing.get_args(typ)[0], fld, v, at, lines, file, fail) for v in value]
     if origin is dict:
-        if value is None:
-            return {}
         item = typing.get_args(typ)[1]      # str, or the settings of a named thing (McpServer)
         if not isinstance(value, dict):
             fail(f"must be a mapping (name: value), got {_show(value)}", at)

@@ -5,9 +5,10 @@ import random
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from lib.errors import ProviderDown, ProviderError, TurnTimeout
-from lib.providers.registry import Resolved
+from lib.providers.registry import Resolved, resolve
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429}
@@ -36,7 +37,6 @@ class Reply:
 def make_provider(config, model: str | None = None, provider: str | None = None,
                   retries: int = 3) -> "OpenAIProvider":
     """The provider for the configured model (or `model` at `provider`): timeout, back-off."""
-    from lib.providers.registry import resolve
     d = config.agents.defaults
     return OpenAIProvider(resolve(config, model, provider), max_tokens=d.max_tokens, retries=retries,
                           temperature=d.temperature, timeout=d.model_timeout_s,
@@ -48,28 +48,22 @@ class OpenAIProvider:
 
     def __init__(self, resolved: Resolved, max_tokens=8192, temperature=0.7, retries=3,
                  timeout=90.0, backoff=1.0):
-        self.r, self.retries, self.backoff = resolved, retries, backoff
+        self.r, self.retries, self.backoff, self.timeout = resolved, retries, backoff, timeout
         asked = {"max_tokens": max_tokens, "temperature": temperature}
-        self.params = dict(asked)
-        for key, value in resolved.overrides.items():
-            if isinstance(value, str) and value.startswith("$"):
-                value = asked.get(value[1:])    # the value asked for, even if overridden above
-            self.params[key] = value
-        self.params = {k: v for k, v in self.params.items() if v is not None}
-        self.timeout = timeout
-        self._client = None
+        params = asked | {k: asked.get(v[1:]) if isinstance(v, str) and v.startswith("$") else v
+                          for k, v in resolved.overrides.items()}     # "$x": the x asked for
+        self.params = {k: v for k, v in params.items() if v is not None}
 
     @property
     def name(self) -> str:
         return self.r.spec.display_name
 
+    @cached_property
     def client(self):
-        if self._client is None:
-            import openai   # heavy: only when a model is really called
-            self._client = openai.OpenAI(api_key=self.r.api_key, base_url=self.r.api_base,
-                                         default_headers=self.r.extra_headers or None,
-                                         timeout=self.timeout, max_retries=0)
-        return self._client
+        import openai   # heavy: only when a model is really called
+        return openai.OpenAI(api_key=self.r.api_key, base_url=self.r.api_base,
+                             default_headers=self.r.extra_headers or None,
+                             timeout=self.timeout, max_retries=0)
 
     def complete(self, messages: list, tools: list | None = None, deadline: float | None = None,
                  source: str = "chat", session: str = "") -> Reply:
@@ -81,7 +75,7 @@ class OpenAIProvider:
         for attempt in range(self.retries + 1):
             try:
                 # the raw JSON: building the SDK's pydantic objects would cost ~1 MB for nothing
-                raw = self.client().chat.completions.with_raw_response.create(
+                raw = self.client.chat.completions.with_raw_response.create(
                     **kwargs, timeout=self._time_left(deadline, self.timeout))
                 return _reply(raw.text)
             except (openai.APIConnectionError, openai.APIStatusError) as e:   # timeouts included
@@ -96,8 +90,7 @@ class OpenAIProvider:
                 if attempt == self.retries:
                     raise ProviderDown(f"{self.name} at {self.r.api_base} is not answering "
                                        f"({reason}, {attempt + 1} {'try' if attempt == 0 else 'tries'})") from None
-                delay = _retry_after(e)
-                if delay is None:
+                if (delay := _retry_after(e)) is None:
                     delay = self.backoff * 2 ** attempt * random.uniform(0.8, 1.2)
                 delay = self._time_left(deadline, min(delay, 60), need=min(delay, 60))
                 log.info("%s: %s; retrying in %.1fs", self.name, reason, delay)    # --logs shows it
@@ -125,16 +118,16 @@ class OpenAIProvider:
 
 def _reply(body: str) -> Reply:
     try:
-        choice = json.loads(body)["choices"][0]
+        data = json.loads(body)
+        choice = data["choices"][0]
         msg = choice["message"]
         calls = [{"id": c["id"], "name": c["function"]["name"],
                   "arguments": _json_text(c["function"].get("arguments") or "{}")}
                  for c in msg.get("tool_calls") or []]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ProviderError(f"the model's answer is not a chat completion: {body[:200]!r}") from None
-    usage = json.loads(body).get("usage") or {}
     return Reply(msg.get("content"), calls, msg.get("reasoning_content") or msg.get("reasoning"),
-                 choice.get("finish_reason") or "stop", usage)
+                 choice.get("finish_reason") or "stop", data.get("usage") or {})
 
 
 def _json_text(arguments) -> str:

@@ -83,16 +83,12 @@ def resolve(cfg, model: str | None = None, provider: str | None = None) -> Resol
     """Pick the provider for the configured model (or `model`, sent to `provider` if given)."""
     model = model or cfg.agents.defaults.model
     chosen = provider or cfg.agents.defaults.provider
-    if chosen != "auto":
-        spec = BY_NAME[chosen]
-        if not usable(spec, cfg.provider(chosen)) and not spec.is_local:
-            raise ConfigError(_missing_key(cfg, spec))
-    else:
-        spec = _auto(cfg, model)
+    spec = _auto(cfg, model) if chosen == "auto" else BY_NAME[chosen]
     pc = cfg.provider(spec.name)
+    if not pc.api_key and not spec.is_local:     # _auto picks only a provider with a key or local
+        raise ConfigError(_missing_key(cfg, spec))
     spec = _detect_gateway(pc) or spec
-    api_base = pc.api_base or spec.api_base
-    if not api_base:
+    if not (api_base := pc.api_base or spec.api_base):
         raise ConfigError(f"{cfg.path}: providers.{spec.name}.api_base is not set; "
                           "it needs the URL of an OpenAI-compatible endpoint")
     return Resolved(spec, pc.api_key or "no-key", api_base.rstrip("/"), _model_name(spec, model),
