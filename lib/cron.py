@@ -63,12 +63,9 @@ def _field(expr, text, name, lo, hi, words) -> set:
         if slash and (not step.isdigit() or int(step) == 0):
             raise CronError(f"cron expression {expr!r}: step {step!r} in the {name} field must be "
                             "a whole number of at least 1")
-        if base == "*":
-            first, last = lo, hi
-        else:
-            a, dash, b = base.partition("-")
-            first = number(a)
-            last = number(b) if dash else hi if slash else first
+        a, dash, b = (f"{lo}-{hi}" if base == "*" else base).partition("-")     # * is lo-hi
+        first = number(a)
+        last = number(b) if dash else hi if slash else first
         if first > last:
             raise CronError(f"cron expression {expr!r}: {name} range {base} goes backwards")
         values.update(range(first, last + 1, int(step) if slash else 1))
@@ -125,16 +122,13 @@ def next_time(schedule: dict, after: datetime, tz) -> datetime | None:
     minutes, hours, days, months, weekdays, either = parse_cron(schedule["expr"])
     start = after.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
     start += timedelta(minutes=1)
-    day = start.date()
-    for _ in range(366 * 28):           # a leap day on a given weekday comes back within 28 years
+    # a leap day on a given weekday comes back within 28 years
+    for day in (start.date() + timedelta(days=n) for n in range(366 * 28)):
         dom, dow = day.day in days, day.isoweekday() % 7 in weekdays
         if day.month in months and ((dom or dow) if either else (dom and dow)):
-            for h in hours:
-                for m in minutes:
-                    wall = datetime.combine(day, dtime(h, m))
-                    if wall >= start and (when := _resolve(wall, tz)) > after:
-                        return when
-        day += timedelta(days=1)
+            for wall in (datetime.combine(day, dtime(h, m)) for h in hours for m in minutes):
+                if wall >= start and (when := _resolve(wall, tz)) > after:
+                    return when
     return None
 
 
@@ -379,9 +373,7 @@ class CronService(Part):
         daily limit (SPEC §10) a due job is skipped: no post, and it moves on."""
         from lib.usage import over_limit
         retry, capped = False, over_limit(self.config)
-        for job in list(jobs):
-            if not (due := _due(job, now)):
-                continue
+        for job, due in [(j, when) for j in jobs if (when := _due(j, now))]:
             name = f"cron-{job['id']}-{int(due.timestamp())}"
             try:
                 if capped:

@@ -65,17 +65,14 @@ def _name(message: str) -> str:
 
 def _list(service) -> str:
     from lib.cron import describe
-    jobs = service.jobs()
-    if not jobs:
-        return "No scheduled jobs."
     lines = []
-    for j in jobs:
+    for j in service.jobs():
         to = (f"replies to {j.get('channel')}:{j.get('to')}" if j.get("deliver")
               else "replies to the owner")
         state = f"next run {service.local(j.get('next_run'))}" if j.get("enabled") else "disabled"
         lines.append(f"- {j['id']} {describe(j.get('schedule', {}))}; {state}; {to}; "
                      f"message: {j.get('message', '')}")
-    return "\n".join(lines)
+    return "\n".join(lines) or "No scheduled jobs."
 
 
 TOOLS = [cron]
