@@ -66,23 +66,19 @@ class Session:
         self.consolidation_failures = 0     # in a row, since the last success
         self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
         self._size = 0                  # the file's size as this object last saw it
-        if not self.path.exists():
-            return
-        self._size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
+        with suppress(FileNotFoundError), open(self.path, "rb") as f:
+            self._size = os.fstat(f.fileno()).st_size
             for n, raw in enumerate(f, 1):
                 try:
                     obj = json.loads(raw)
                     if not isinstance(obj, dict):
                         raise ValueError("not an object")
-                    kind = obj.get("_type")
                     self._apply(obj)
+                    if obj.get("_type") is None and "role" in obj:
+                        self.messages.append(obj)
                 except (ValueError, TypeError):     # TypeError: "upto": null
                     if raw.strip():
                         log.warning("%s line %d is torn or corrupt; skipped", self.path, n)
-                    continue
-                if kind is None and "role" in obj:
-                    self.messages.append(obj)
 
     def append(self, msg: dict):
         """Write one message now, flushed (it survives a kill -9), None fields left out."""
@@ -134,17 +130,15 @@ class Session:
         for m in self.messages[start:]:
             if m.get("role") == "tool" and any(c.get("id") == m.get("tool_call_id") for c in unanswered):
                 unanswered = [c for c in unanswered if c.get("id") != m.get("tool_call_id")]
-            elif m.get("role") == "tool":
-                # a result that came after other turns (a parked call, approved later): its call
-                # was answered "interrupted" in their requests, and the API takes no tool result
-                # without its call just before, so the model is told it as news
-                out += [interrupted(c) for c in unanswered] + [{"role": "user", "content": (
-                    f"[The result of your earlier {m.get('name')} call, which came later]\n"
-                    f"{m.get('content')}")}]
-                unanswered = []
-                continue
             else:
                 out += [interrupted(c) for c in unanswered]
+                if m.get("role") == "tool":
+                    # a result that came after other turns (a parked call, approved later): its call
+                    # was answered "interrupted" in their requests, and the API takes no tool result
+                    # without its call just before, so the model is told it as news
+                    m = {"role": "user", "content": (
+                        f"[The result of your earlier {m.get('name')} call, which came later]\n"
+                        f"{m.get('content')}")}
                 unanswered = list(m.get("tool_calls") or [])
             out.append({k: m[k] for k in _MODEL_KEYS if k in m})
         return out + [interrupted(c) for c in unanswered]

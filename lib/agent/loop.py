@@ -104,8 +104,7 @@ class Agent:
                 " I saved a summary of the last one to memory." if saved else
                 " (The model could not summarise the last one; it is kept in sessions/archive/.)")
         mine = [m for m in session.messages if resume and msg_id and m.get("id") == msg_id]
-        done = self._resume(session, mine) if mine else None
-        if done is not None:
+        if mine and (done := self._resume(session, mine)) is not None:
             return done
         user = {"role": "user", "content": text + "".join(f"\n[attached: {p}]" for p in media)}
         first = [] if mine else [dict(user, media=list(media) or None, group=group or None)]

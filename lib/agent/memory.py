@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -150,10 +151,8 @@ def _arguments(reply) -> dict | None:
     text = reply.content or ""      # some models answer with the JSON as text instead of calling
     candidates.append(text[text.find("{"):text.rfind("}") + 1])
     for raw in candidates:
-        try:
+        with suppress(ValueError):      # not JSON: the next candidate
             data = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and ("history_entry" in data or "memory_update" in data):
-            return data
+            if isinstance(data, dict) and ("history_entry" in data or "memory_update" in data):
+                return data
     return None

@@ -3,10 +3,12 @@ env}, always: the format is in README.md, Skills) says what the skill is and nee
 skills (workspace/skills/) override the bundled ones (workspace_template/skills/); the original
 project's `metadata: {"nanobot": {"requires": …, "always": …}}` form is read too."""
 import functools
+import json
 import logging
 import os
 import re
 import shutil
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +50,7 @@ def _parse(path: Path, version: tuple) -> Skill | None:     # the version is in 
         log.warning("skill %s cannot be read: %s", path, e)
         return None
     meta, body = {}, text
-    m = _FRONT.match(text)
-    if m:
+    if m := _FRONT.match(text):
         import yaml
         try:
             meta = yaml.safe_load(m.group(1)) or {}
@@ -59,11 +60,8 @@ def _parse(path: Path, version: tuple) -> Skill | None:     # the version is in 
         body = text[m.end():]
     legacy = meta.get("metadata")
     if isinstance(legacy, str):
-        import json
-        try:
+        with suppress(ValueError):      # not JSON: no legacy metadata
             legacy = json.loads(legacy)
-        except ValueError:
-            legacy = {}
     if isinstance(legacy, dict):
         legacy = next((v for v in legacy.values() if isinstance(v, dict)), {})
         meta = {**legacy, **meta}

@@ -120,21 +120,19 @@ class Subagents(Part):
                 self._running.pop(job["id"], None)
 
     def _work(self, job) -> str:
-        ws = self.config.workspace
+        ws, d = self.config.workspace, self.config.agents.defaults
         prompt = ("You are a background worker for nanoclaw, a personal assistant. Do the task "
                   "below with your tools; nobody can answer questions, so decide for yourself. "
                   "End with a concise result: what you found or did, and where any files are.\n"
-                  f"- Time: {clock(self.config.agents.defaults.timezone)}\n"
+                  f"- Time: {clock(d.timezone)}\n"
                   f"- Workspace: {ws} (relative paths start here)")
         session = Session(self.config.home, "subagent", job["id"])
         if not job.get("resumed"):
             session.append({"role": "user", "content": job["task"]})
-        ctx = Context(self.config, ws, "subagent", job["id"],
-                      deadline=time.monotonic() + self.config.agents.defaults.turn_timeout_s,
-                      source="subagent")
+        ctx = Context(self.config, ws, "subagent", job["id"], source="subagent",
+                      deadline=time.monotonic() + d.turn_timeout_s)
         new = run_turn([{"role": "system", "content": prompt}, *session.history(10**6)], self,
-                       self.tools, ctx, self.config.agents.defaults.max_tool_iterations,
-                       session.append)
+                       self.tools, ctx, d.max_tool_iterations, session.append)
         session.sync()
         return (new[-1].get("content") or "").strip() or "(the sub-agent gave no answer)"
 
@@ -145,12 +143,11 @@ class Subagents(Part):
             self._launch(job)
 
     def _report(self, job):
-        origin = job["origin"]
         text = (f"[Background task '{job['label']}' finished]\nTask: {job['task']}\n"
                 f"Result: {job['result']}\nTell the user the outcome briefly in your own words.")
         self.post({"channel": "system", "chat_id": f"subagent:{job['id']}", "sender_id": "subagent",
                    "text": text, "metadata": {"kind": "subagent", "task_id": job["id"],
-                                              "reply_to": origin}}, f"subagent-{job['id']}")
+                                              "reply_to": job["origin"]}}, f"subagent-{job['id']}")
         (self.dir / f"{job['id']}.json").unlink(missing_ok=True)
 
     def save(self, job):
