@@ -11,6 +11,7 @@ from contextlib import suppress
 from functools import partial
 
 from lib import maildir
+from lib.errors import ConfigError, UserError
 from lib.part import Part
 from lib.mail import fail_outbox, post_inbox, post_outbox
 from lib.worker import Worker
@@ -22,8 +23,7 @@ RELOAD_QUIET_S = 1.0    # a changed config is read once it has rested this long
 
 def notify(state: str):
     """Tell systemd how we are (READY=1, WATCHDOG=1, STOPPING=1) when it asked to be told."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
+    if not (address := os.environ.get("NOTIFY_SOCKET")):
         return
     if address.startswith("@"):
         address = "\0" + address[1:]            # an abstract socket
@@ -86,8 +86,7 @@ class Gateway:
         from lib.agent.loop import Agent, agent_tools
         from lib.tools import Services
         from lib.usage import Metered
-        self.config = config
-        self.home = config.home
+        self.config, self.home = config, config.home
         self.services = Services()          # filled by build()
         self.agent = agent or Agent(config, Metered(config), agent_tools(config),
                                     send=partial(post_outbox, self.home), services=self.services)
@@ -204,7 +203,6 @@ class Gateway:
             return
         self._config_stamp = stamp
         from lib.config import load_config
-        from lib.errors import ConfigError
         try:
             if stamp and not stamp[1]:
                 raise ConfigError(f"{self.config.path} is empty")
@@ -231,7 +229,6 @@ class Gateway:
 def _single_instance(home):
     """One gateway per home folder: a second would take the first one's work in progress."""
     import fcntl
-    from lib.errors import UserError
     home.mkdir(parents=True, exist_ok=True)
     maildir.make_private(home)
     f = open(home / "gateway.lock", "a+")

@@ -45,11 +45,10 @@ def _write_synced(path: Path, raw: bytes, new: int = os.O_TRUNC, mode: int = 0o6
 
 def stamp(path: Path) -> tuple | None:
     """What tells that a file changed: (mtime, size, inode); None when it is not there."""
-    try:
+    with suppress(OSError):
         st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+        return st.st_mtime_ns, st.st_size, st.st_ino
+    return None
 
 
 def make_private(folder: Path):
@@ -112,21 +111,19 @@ def sync(path: Path):
 
 def waiting(box: Path, prefix: str = "", folder: str = "new") -> list[str]:
     """Names in new/ (or another folder), oldest first."""
-    try:
+    with suppress(FileNotFoundError):
         return sorted(n for n in os.listdir(Path(box) / folder)
                       if n.startswith(prefix) and not n.startswith("."))
-    except FileNotFoundError:
-        return []
+    return []
 
 
 def claim(box: Path, name: str, as_name: str = "") -> Path | None:
     """new/NAME -> cur/NAME (or cur/AS_NAME). None when another thread or process took it first."""
     dest = Path(box) / "cur" / (as_name or name)
-    try:
+    with suppress(FileNotFoundError):
         os.rename(Path(box) / "new" / name, dest)
-    except FileNotFoundError:
-        return None
-    return dest
+        return dest
+    return None
 
 
 def finish(path: Path, final: str = "done") -> Path:

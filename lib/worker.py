@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,8 +33,7 @@ class Worker(Part):
 
     def __init__(self, config, agent):
         super().__init__()
-        self.config, self.agent = config, agent
-        self.home = config.home
+        self.config, self.agent, self.home = config, agent, config.home
         self.inbox, self.outbox = self.home / "inbox", self.home / "outbox"
         self._sessions: dict[str, Session] = {}
         self._last_chat = None
@@ -85,8 +85,8 @@ class Worker(Part):
         # Any other failure files it in failed/, not retried for ever.
         self.busy_since = time.monotonic()
         try:
-            room = self._backoff and os.statvfs(self.home)    # after a full disk: no paid
-            if room and room.f_bavail * room.f_frsize < 1 << 16:    # model call until there is room
+            # after a full disk: no paid model call until there is room
+            if self._backoff and shutil.disk_usage(self.home).free < 1 << 16:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.handle(path, recovered)
         except Exception as e:
@@ -132,8 +132,8 @@ class Worker(Part):
         if recovered and reply_exists(self.home, key):
             maildir.finish(path)            # the crash came after the reply was queued
             return
-        said = self.approvals.take(msg, recovered, self.agent)   # "yes 1234": that turn goes on
-        if said:                            # the answer's own reply: taken, or why not
+        if said := self.approvals.take(msg, recovered, self.agent):  # "yes 1234": that turn goes on
+            # the answer's own reply: taken, or why not
             post_outbox(self.home, *target(msg), said, reply_to=msg["id"], key=key)
         resume = recovered or path.name.startswith("approval-") and \
             msg.get("metadata", {}).get("resume") is True      # approvals.go_on posted it
