@@ -6,11 +6,8 @@ import sys
 import threading
 
 # name -> (code that turns it on, code that turns only it off), so styles can nest.
-CODES = {
-    "bold": (1, 22), "dim": (2, 22), "italic": (3, 23),
-    "red": (31, 39), "green": (32, 39), "yellow": (33, 39), "blue": (34, 39),
-    "magenta": (35, 39), "cyan": (36, 39),
-}
+CODES = {"bold": (1, 22), "dim": (2, 22), "italic": (3, 23), "red": (31, 39), "green": (32, 39),
+         "yellow": (33, 39), "blue": (34, 39), "magenta": (35, 39), "cyan": (36, 39)}
 
 
 def use_color(stream) -> bool:
@@ -135,7 +132,6 @@ class Spinner:
             self._thread = None
             self.stream.write("\r\033[K")  # back to column 0 and clear the line
             self.stream.flush()
-        return False
 
 
 def print_error(msg):

@@ -44,10 +44,6 @@ class Context:
     ask: Callable | None = None         # ask(question) -> bool at a terminal; None: park (SPEC §9)
     approved: dict | None = None        # the action the owner said yes to, used once
 
-    @property
-    def restrict(self) -> bool:
-        return self.config.tools.restrict_to_workspace
-
     def time_left(self, cap: float) -> float:
         """Seconds a tool may take: its own limit `cap`, or less when the turn ends sooner."""
         left = self.deadline - time.monotonic()
@@ -57,19 +53,17 @@ class Context:
 
 
 def schema(fn) -> dict:
-    doc = inspect.getdoc(fn) or ""
-    description, _, args_doc = doc.partition("\nArgs:")
+    description, _, args_doc = (inspect.getdoc(fn) or "").partition("\nArgs:")
     described = dict(re.findall(r"^\s*(\w+)(?: \([^)]*\))?:\s*(.+)$", args_doc, re.M))
     hints = typing.get_type_hints(fn)
     props, required = {}, []
     for name, p in list(inspect.signature(fn).parameters.items())[1:]:     # [0] is ctx
         typ = hints.get(name, str)
-        prop = {"type": _JSON_TYPES.get(typing.get_origin(typ) or typ, "string")}
+        props[name] = prop = {"type": _JSON_TYPES.get(typing.get_origin(typ) or typ, "string")}
         if typing.get_origin(typ) is list:
             prop["items"] = {"type": _JSON_TYPES.get(typing.get_args(typ)[0], "string")}
         if name in described:
             prop["description"] = described[name].strip()
-        props[name] = prop
         if p.default is inspect.Parameter.empty:
             required.append(name)
     return {"type": "function", "function": {
@@ -81,12 +75,10 @@ class Registry:
     def __init__(self, functions):
         self.tools = {fn.__name__: fn for fn in functions}
         self.more = None        # tools that come and go, named mcp_*: lib/mcp.py's Servers
-        self._schemas = None
+        self._schemas = [schema(fn) for fn in self.tools.values()]
 
     def schemas(self, deadline: float = float("inf")) -> list:
         """Ours, and the MCP servers' (waited for while they start, never past `deadline`)."""
-        if self._schemas is None:
-            self._schemas = [schema(fn) for fn in self.tools.values()]
         return self._schemas + (self.more.schemas(deadline) if self.more else [])
 
     def call(self, name: str, arguments, ctx: Context) -> str:
@@ -124,10 +116,10 @@ def _parse_args(fn, arguments: dict) -> dict:
     unknown = [k for k in arguments if k not in names]
     arguments = {k: v for k, v in arguments.items() if v is not None}    # null means "not given"
     missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in arguments]
-    if unknown or missing:
-        parts = ([f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []) + \
-                ([f"missing {', '.join(missing)}"] if missing else [])
-        raise ToolError(f"{fn.__name__}: {'; '.join(parts)}. Parameters: {', '.join(names)}")
+    problems = [f"{what} {', '.join(these)}" for what, these
+                in (("unknown parameter(s)", unknown), ("missing", missing)) if these]
+    if problems:
+        raise ToolError(f"{fn.__name__}: {'; '.join(problems)}. Parameters: {', '.join(names)}")
     hints = typing.get_type_hints(fn)
     return {k: _coerce(fn.__name__, k, v, hints.get(k, str)) for k, v in arguments.items()}
 

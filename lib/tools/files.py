@@ -31,11 +31,10 @@ def read_inside(path: Path, root: Path) -> bytes:
 
 def resolve(ctx, path: str) -> Path:
     """The real path a tool may touch, or ToolError when it lies outside a restricted workspace."""
-    p = Path(os.path.expandvars(path)).expanduser()
-    if not p.is_absolute():
-        p = ctx.workspace / p
-    real = p.resolve()          # follows every symlink, including ones not yet at the end
-    if ctx.restrict and not real.is_relative_to(ctx.workspace.resolve()):
+    # A relative path starts in the workspace (an absolute one replaces it); resolve() follows
+    # every symlink, including ones not yet at the end.
+    real = (ctx.workspace / Path(os.path.expandvars(path)).expanduser()).resolve()
+    if ctx.config.tools.restrict_to_workspace and not real.is_relative_to(ctx.workspace.resolve()):
         raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
                         "tools.restrict_to_workspace is on")
     return real
@@ -148,9 +147,8 @@ def list_dir(ctx, path: str) -> str:
         raise ToolError(f"{path} is a file; use read_file") from None
     except OSError as e:
         raise ToolError(f"cannot list {path}: {e.strerror}") from None
-    if not entries:
-        return f"{path} is empty"
-    return "\n".join(e.name + ("/" if e.is_dir() else "") for e in entries)
+    return ("\n".join(e.name + ("/" if e.is_dir() else "") for e in entries)
+            or f"{path} is empty")
 
 
 TOOLS = [read_file, write_file, edit_file, list_dir]

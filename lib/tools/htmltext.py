@@ -58,7 +58,10 @@ class TextExtractor(HTMLParser):
         elif not self.skip:
             self.parts.append(re.sub(r"\s+", " ", data))
 
-    def text(self) -> str:
+    def convert(self, html: str) -> tuple[str, str]:       # (title, text)
+        self.feed(html)
+        self.close()
         text = re.sub(r" ?\n[\n ]*", "\n", re.sub(r" +", " ", "".join(self.parts)))
         text = re.sub(r"[\s\x01]*\x01[\s\x01]*", "\n\n", text).strip()
-        return re.sub(r"\0(\d+)\0", lambda m: self.pres[int(m.group(1))].strip("\n"), text)
+        text = re.sub(r"\0(\d+)\0", lambda m: self.pres[int(m.group(1))].strip("\n"), text)
+        return " ".join(self.title.split()), text

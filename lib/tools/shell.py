@@ -29,8 +29,9 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
                             f"(matches deny pattern {pattern!r} in tools.exec.deny_patterns)")
     workspace = ctx.workspace.resolve()
     cwd = resolve(ctx, working_dir) if working_dir else workspace
-    boxed = sandbox.use_bwrap(settings, ctx.restrict)
-    if ctx.restrict and not boxed:
+    restrict = ctx.config.tools.restrict_to_workspace
+    boxed = sandbox.use_bwrap(settings, restrict)
+    if restrict and not boxed:
         sandbox.check_paths(command, lambda path: resolve(ctx, path))
     if approvals.risk(ctx, command, boxed):        # the owner's yes first (SPEC §9)
         approvals.ask(ctx, approvals.exec_binding(ctx, command, cwd),

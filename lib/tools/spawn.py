@@ -11,10 +11,9 @@ def spawn(ctx, task: str, label: str = "") -> str:
         task: the whole job, with every detail and the result expected
         label: a short name for the job, shown to the user
     """
-    service = ctx.services.spawn
-    if service is None:
+    if ctx.services.spawn is None:
         raise ToolError("background tasks need the gateway (python nanoclaw.py gateway)")
-    return service.spawn(task, label, ctx.channel, ctx.chat_id)
+    return ctx.services.spawn.spawn(task, label, ctx.channel, ctx.chat_id)
 
 
 TOOLS = [spawn]

@@ -43,10 +43,9 @@ def web_search(ctx, query: str, count: int = 0) -> str:
 
 
 def _search_error(r) -> str:
-    try:
-        status = f"HTTP {r.status_code}: {r.json()['error']['detail']}"
-    except Exception:
-        status = f"HTTP {r.status_code}"
+    status = f"HTTP {r.status_code}"
+    with suppress(Exception):
+        status += f": {r.json()['error']['detail']}"
     if r.status_code in (401, 403):
         return f"Brave Search refused the API key ({status}); check tools.web.search.api_key"
     if r.status_code == 429:
@@ -78,13 +77,10 @@ def web_fetch(ctx, url: str, max_chars: int = 0) -> str:
         text = r.body.decode("utf-8", errors="replace")
     if not mime and b"\0" in r.body[:1024]:
         raise ToolError(f"{r.url} looks like binary data; web_fetch only reads web pages and text")
-    parser = None
+    title = ""
     if mime in ("text/html", "application/xhtml+xml") or (not mime and "<html" in text[:1000].lower()):
         from lib.tools.htmltext import TextExtractor      # only when a page is fetched
-        parser = TextExtractor(r.url)
-        parser.feed(text)
-        parser.close()
-        text = parser.text()
+        title, text = TextExtractor(r.url).convert(text)
     elif mime == "application/json" or mime.endswith("+json"):
         with suppress(ValueError):      # not JSON after all: show it as it is
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
@@ -94,7 +90,6 @@ def web_fetch(ctx, url: str, max_chars: int = 0) -> str:
         text = f"{text[:limit]}\n\n[truncated: {len(text) - limit} more characters]"
     if r.cut:
         text += f"\n\n[the page is larger than {MAX_BODY // 2**20} MB; only the first part was read]"
-    title = " ".join(parser.title.split()) if parser else ""
     return f"URL: {r.url}\n" + (f"Title: {title}\n" if title else "") + f"\n{text}"
 
 
