@@ -287,9 +287,10 @@ def run(agent, record: dict, channel: str, chat_id: str) -> str:
     """The approved call, now, bound to what was approved (its tool checks that it still is)."""
     from lib.tools import Context
     d = agent.config.agents.defaults
+    group = (record["msg"].get("metadata") or {}).get("is_group") is True
     ctx = Context(agent.config, agent.config.workspace, channel, chat_id, agent.send,
                   agent.services, deadline=time.monotonic() + d.turn_timeout_s,
-                  approved=record["binding"])
+                  approved=record["binding"], memory=not group or d.memory_in_groups)
     log.info("approval %s: running %s", record["code"], record["call"]["name"])
     return agent.tools.call(record["call"]["name"], record["call"]["arguments"], ctx)
 

@@ -112,11 +112,15 @@ def environment(settings, workspace: Path, tz: str = "") -> dict:
             **{k: str(v) for k, v in settings.env.items()}}
 
 
-def bwrap_argv(config, workspace: Path, cwd: Path, command: str) -> list:
+def bwrap_argv(config, workspace: Path, cwd: Path, command: str, memory: bool = True) -> list:
     """bubblewrap's command line. It mounts in argv order, so a folder comes before what is in
-    it: the homes are hidden first, then an exposed path or the workspace inside them reappears."""
+    it: the homes are hidden first, then an exposed path or the workspace inside them reappears.
+    workspace/memory is read-only (SPEC §13: MEMORY.md changes through the tools, which keep a
+    version, and HISTORY.md only grows), and hidden when `memory` is false (a group chat)."""
     settings, homes, keys = config.tools.exec, _homes(config.home), Path(config.path).resolve()
     mounts = [("--tmpfs", p) for p in homes] + _exposed(settings.expose) + [("--bind", workspace)]
+    if (workspace / "memory").is_dir() and not (workspace / "memory").is_symlink():
+        mounts.append(("--ro-bind" if memory else "--tmpfs", workspace / "memory"))
     if keys.is_file() and not any(keys.is_relative_to(h) for h in homes):
         mounts.append(("hide", keys))       # a config kept elsewhere (--config /etc/…): empty
     argv = [shutil.which(BWRAP) or BWRAP, *BASE] + ([] if settings.network else ["--unshare-net"])

@@ -170,6 +170,29 @@ def test_images_go_to_the_model_inline_and_the_session_keeps_the_path(config, ll
     assert saved(home, "telegram_9")[1]["media"] == [str(img)]
 
 
+def test_a_file_sent_in_a_chat_can_be_read_then_and_later_and_the_skills_too(config, llm, home):
+    """Attachments are saved outside the workspace ($NANOCLAW_HOME/media) and bundled skills live
+    in the repo: with restrict_to_workspace (the default) the model still reads both."""
+    from lib.agent.skills import discover
+    media = home / "media" / "telegram"
+    media.mkdir(parents=True)
+    (media / "1-notes.txt").write_text("the meeting is at 10\n")
+    skill = str(next(s.path for s in discover(config.workspace) if s.name == "weather"))
+    read = [{"tool_calls": [{"name": "read_file", "arguments": {"path": str(media / "1-notes.txt")}},
+                            {"name": "read_file", "arguments": {"path": skill}}]}, "ok"]
+    llm.script(*read, *read)
+    agent = make_agent(config)
+    agent.respond(ask("summarise this", "telegram", "9", media=[str(media / "1-notes.txt")]))
+    agent.respond(ask("and again, the file from before", "telegram", "9"))
+    for request in (llm.chat_requests[1], llm.chat_requests[3]):
+        notes, weather = [m["content"] for m in request["messages"] if m["role"] == "tool"][-2:]
+        assert notes == "the meeting is at 10\n" and "weather" in weather.lower(), (notes, weather)
+    llm.script(read[0], "ok")
+    agent.respond(ask("read the other chat's file", "telegram", "10"))
+    notes = next(m["content"] for m in llm.chat_requests[-1]["messages"] if m["role"] == "tool")
+    assert "outside the workspace" in notes
+
+
 def test_message_tool_reaches_the_send_function_with_the_current_chat(config, llm):
     sent = []
     llm.script({"tool_calls": [{"name": "message", "arguments": {"content": "working on it"}}]}, "done")

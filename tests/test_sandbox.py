@@ -307,3 +307,31 @@ def test_a_config_kept_outside_the_homes_is_hidden_too(home, monkeypatch):
         assert SECRET not in out and "config.yaml" in out, out
     finally:
         shutil.rmtree(folder)
+
+
+# --- memory (SPEC §13): read-only to commands, hidden from group chats ---
+
+@needs_bwrap
+def test_commands_can_read_memory_but_not_rewrite_it(boxed):
+    memory = boxed.workspace / "memory"
+    memory.mkdir()
+    (memory / "MEMORY.md").write_text("- a fact\n")
+    (memory / "HISTORY.md").write_text("[2026-01-01] a summary\n\n")
+    out = run(boxed, "cat memory/MEMORY.md; sed -i /fact/d memory/MEMORY.md; rm -f memory/MEMORY.md;"
+                     " (echo x > memory/new.md); (: > memory/HISTORY.md); echo done")
+    assert out.startswith("- a fact\n") and "done" in out and "Read-only file system" in out
+    assert (memory / "MEMORY.md").read_text() == "- a fact\n"
+    assert (memory / "HISTORY.md").read_text() == "[2026-01-01] a summary\n\n"
+    assert not (memory / "new.md").exists()
+    assert run(boxed, "echo kept > notes.txt; cat notes.txt") == "kept\n[exit code 0]"
+
+
+@needs_bwrap
+def test_a_group_chats_commands_do_not_see_memory(boxed):
+    memory = boxed.workspace / "memory"
+    memory.mkdir()
+    (memory / "MEMORY.md").write_text("- the owner's PIN hint\n")
+    group = Context(boxed.config, boxed.workspace, ask=boxed.ask, memory=False)
+    out = run(group, "cat memory/MEMORY.md; ls -a memory; grep -rs PIN . /proc/self/root/$PWD")
+    assert "PIN" not in out, out
+    assert "PIN" in run(boxed, "cat memory/MEMORY.md")

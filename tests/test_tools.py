@@ -485,3 +485,44 @@ def test_message_may_send_files_outside_the_workspace_when_it_is_not_restricted(
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff")
     assert call(ctx, "message", content="look", media=[str(tmp_path / "photo.jpg")]).startswith("Sent")
     assert sent == [(("cli", "default", "look"), {"media": [str(tmp_path / "photo.jpg")]})]
+
+
+# --- what a restricted turn may read beyond the workspace, and memory in groups (SPEC §13) ---
+
+def test_the_bundled_skills_the_prompt_names_can_be_read(home):
+    from lib.agent.skills import discover
+    weather = next(s for s in discover(restricted(home).workspace) if s.name == "weather")
+    assert "weather" in call(restricted(home), "read_file", path=str(weather.path)).lower()
+    assert "SKILL.md" in call(restricted(home), "list_dir", path=str(weather.path.parent))
+    out = call(restricted(home), "write_file", path=str(weather.path), content="pwned")
+    assert refused(out) and "pwned" not in weather.path.read_text()
+
+
+def test_this_chats_attachments_can_be_read_and_no_other_file_beside_them(home):
+    media = home / "media" / "telegram"
+    media.mkdir(parents=True)
+    (media / "1-report.txt").write_text("quarterly numbers\n")
+    (media / "2-other-chat.txt").write_text("someone else's file\n")
+    ctx = make_ctx(home, readable=(str(media / "1-report.txt"),))
+    assert call(ctx, "read_file", path=str(media / "1-report.txt")) == "quarterly numbers\n"
+    assert refused(call(ctx, "read_file", path=str(media / "2-other-chat.txt")))
+    assert refused(call(ctx, "list_dir", path=str(media)))
+    assert refused(call(ctx, "write_file", path=str(media / "1-report.txt"), content="x"))
+
+
+def test_a_group_turn_cannot_reach_memory_by_any_path(home):
+    ctx = make_ctx(home, memory=False)
+    memory = ctx.workspace / "memory"
+    memory.mkdir(exist_ok=True)
+    (memory / "MEMORY.md").write_text("- the owner's PIN hint\n")
+    (ctx.workspace / "mem").symlink_to(memory, target_is_directory=True)
+    for tool, args in [("read_file", {"path": "memory/MEMORY.md"}),
+                       ("read_file", {"path": "mem/MEMORY.md"}),
+                       ("read_file", {"path": str(memory / "MEMORY.md")}),
+                       ("list_dir", {"path": "memory"}),
+                       ("write_file", {"path": "memory/MEMORY.md", "content": "x"}),
+                       ("edit_file", {"path": "memory/MEMORY.md", "old_text": "PIN", "new_text": "x"})]:
+        out = call(ctx, tool, **args)
+        assert out.startswith("Error:") and "memory_in_groups" in out, (tool, args, out)
+    assert (memory / "MEMORY.md").read_text() == "- the owner's PIN hint\n"
+    assert "PIN" in call(make_ctx(home), "read_file", path="memory/MEMORY.md")

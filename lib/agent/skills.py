@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib import maildir
-from lib.tools.files import read_inside
+from lib.tools.files import BUNDLED, read_inside  # BUNDLED: the skills in the repo
 
 log = logging.getLogger(__name__)
-BUNDLED = Path(__file__).resolve().parents[2] / "workspace_template" / "skills"
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
 
 

@@ -74,7 +74,9 @@ class Subagents(Part):
         for thread in threads:
             thread.join(timeout / max(1, len(threads)))
 
-    def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default") -> str:
+    def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default",
+              memory=True) -> str:
+        """Start a task; `memory`: it may see workspace/memory (false when a group chat asks)."""
         if not task.strip():
             raise ToolError("task is empty: describe the whole job, with everything it needs")
         with self._lock:
@@ -84,7 +86,8 @@ class Subagents(Part):
             task_id = uuid.uuid4().hex[:8]
             label = " ".join((label or task).split())[:40]
             job = {"id": task_id, "task": task, "label": label, "origin": {
-                "channel": origin_channel, "chat_id": str(origin_chat)}, "created_at": now_iso()}
+                "channel": origin_channel, "chat_id": str(origin_chat)}, "created_at": now_iso(),
+                   "memory": bool(memory)}
             self.save(job)
             self._launch(job)
         return (f"Started background task '{label}' (id {task_id}); "
@@ -130,7 +133,7 @@ class Subagents(Part):
         if not job.get("resumed"):
             session.append({"role": "user", "content": job["task"]})
         ctx = Context(self.config, ws, "subagent", job["id"], source="subagent",
-                      deadline=time.monotonic() + d.turn_timeout_s)
+                      deadline=time.monotonic() + d.turn_timeout_s, memory=job.get("memory", True))
         new = run_turn([{"role": "system", "content": prompt}, *session.history(10**6)], self,
                        self.tools, ctx, d.max_tool_iterations, session.append)
         session.sync()

@@ -43,6 +43,8 @@ class Context:
     source: str = "chat"                # who the turn is for, in the usage ledger (SPEC §10)
     ask: Callable | None = None         # ask(question) -> bool at a terminal; None: park (SPEC §9)
     approved: dict | None = None        # the action the owner said yes to, used once
+    memory: bool = True                 # workspace/memory is open (not in groups, SPEC §13)
+    readable: tuple = ()                # files outside the workspace it may read: attachments
 
     def time_left(self, cap: float) -> float:
         """Seconds a tool may take: its own limit `cap`, or less when the turn ends sooner."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from lib.errors import ToolError
 
 MAX_READ = 128 * 1024
+BUNDLED = Path(__file__).resolve().parents[2] / "workspace_template" / "skills"
 
 
 def open_inside(path: Path, root: Path, flags=os.O_RDONLY) -> int:
@@ -29,12 +30,20 @@ def read_inside(path: Path, root: Path) -> bytes:
         return f.read()
 
 
-def resolve(ctx, path: str) -> Path:
-    """The real path a tool may touch, or ToolError when it lies outside a restricted workspace."""
+def resolve(ctx, path: str, reading: bool = False) -> Path:
+    """The real path a tool may touch, or ToolError when it lies outside a restricted workspace
+    (`reading`: the bundled skills and this chat's attachments are open too), or in memory/
+    during a turn that may not see it (a group chat, SPEC §13)."""
     # A relative path starts in the workspace (an absolute one replaces it); resolve() follows
     # every symlink, including ones not yet at the end.
     real = (ctx.workspace / Path(os.path.expandvars(path)).expanduser()).resolve()
-    if ctx.config.tools.restrict_to_workspace and not real.is_relative_to(ctx.workspace.resolve()):
+    workspace = ctx.workspace.resolve()
+    if not ctx.memory and real.is_relative_to(workspace / "memory"):
+        raise ToolError(f"{path}: the assistant's memory is not open in group chats "
+                        "(agents.defaults.memory_in_groups)")
+    inside = real.is_relative_to(workspace) or reading and (
+        real.is_relative_to(BUNDLED) or real in {Path(p).resolve() for p in ctx.readable})
+    if ctx.config.tools.restrict_to_workspace and not inside:
         raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
                         "tools.restrict_to_workspace is on")
     return real
@@ -55,7 +64,7 @@ def read_file(ctx, path: str) -> str:
     Args:
         path: file path; relative paths are inside the workspace
     """
-    p = resolve(ctx, path)
+    p = resolve(ctx, path, reading=True)
     if p.is_dir():
         raise ToolError(f"{path} is a folder; use list_dir")
     try:
@@ -138,7 +147,7 @@ def list_dir(ctx, path: str) -> str:
     Args:
         path: folder path; relative paths are inside the workspace
     """
-    p = resolve(ctx, path)
+    p = resolve(ctx, path, reading=True)
     try:
         entries = sorted(p.iterdir(), key=lambda e: (not e.is_dir(), e.name.lower()))
     except FileNotFoundError:

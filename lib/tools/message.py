@@ -37,7 +37,7 @@ def _attachment(ctx, path) -> str:
     """The real path of a regular file to attach: checked like any tool path, and for size."""
     if not isinstance(path, str):
         raise ToolError(f"media must list file paths, got {path!r}")
-    p = resolve(ctx, path)
+    p = resolve(ctx, path, reading=True)
     if not p.is_file():
         raise ToolError(f"{path} is a folder; attach the files in it" if p.is_dir() else
                         f"{path} is not a regular file" if p.exists() else f"no such file: {path}")

@@ -36,7 +36,7 @@ def exec(ctx, command: str, working_dir: str = "") -> str:
     if approvals.risk(ctx, command, boxed):        # the owner's yes first (SPEC §9)
         approvals.ask(ctx, approvals.exec_binding(ctx, command, cwd),
                       approvals.question(ctx, command, cwd))
-    argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command) if boxed else \
+    argv = sandbox.bwrap_argv(ctx.config, workspace, cwd, command, ctx.memory) if boxed else \
         ["/bin/sh", "-c", command]
     timeout = ctx.time_left(settings.timeout)
     env = sandbox.environment(settings, workspace, ctx.config.agents.defaults.timezone)
