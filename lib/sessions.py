@@ -118,9 +118,10 @@ class Session:
             maildir.sync(self.path)
 
     def history(self, window: int) -> list[dict]:
-        """The last `window` unconsolidated messages as the API takes them: from a user message on,
-        our fields removed, a call left without its result (Ctrl+C) given one that says so."""
-        start = max(self.consolidated, len(self.messages) - max(window, 0))
+        """The last `window` messages (SPEC §13: consolidated or not) as the API takes them: from a
+        user message on, our fields removed, a call left without its result (Ctrl+C) given one
+        that says so."""
+        start = max(0, len(self.messages) - max(window, 0))
         while start < len(self.messages) and self.messages[start].get("role") != "user":
             start += 1
         if start > self.consolidated:   # SPEC §13: only while consolidation fails or lags behind

@@ -116,7 +116,9 @@ def test_consolidation_marker_survives_reload(home):
     s.mark("consolidated", upto=2)
     again = Session(home, "cli", "c")
     assert again.consolidated == 2
-    assert [m["content"] for m in again.history(50)] == ["2", "3"]
+    # consolidated lines still in the window stay in the prompt (SPEC §13: the last window)
+    assert [m["content"] for m in again.history(50)] == ["0", "1", "2", "3"]
+    assert [m["content"] for m in again.history(2)] == ["2", "3"]
 
 
 def test_archive_moves_the_file_and_starts_empty(home):
