@@ -222,11 +222,38 @@ def test_other_origins_may_not_change_anything(web):
 
 
 
-def test_other_methods_get_an_openai_shaped_error(web):
-    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+def test_other_methods_get_an_openai_shaped_error_after_the_token(web):
+    auth = {"Authorization": f"Bearer {web.token}"}
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):
         status, headers, body = web.raw(method, "/v1/chat/completions")
-        assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed", method
-        assert headers["Content-Type"].startswith("application/json")
+        assert status == 401 and headers["Content-Type"] == "application/json", method
+        status, headers, body = web.raw(method, "/v1/chat/completions", headers=auth)
+        assert status == 405 and headers["Content-Type"] == "application/json", method
+        if method != "HEAD":
+            assert json.loads(body)["error"]["code"] == "method_not_allowed", method
+
+
+def test_unknown_paths_need_the_token_before_they_are_not_found(web):
+    auth = {"Authorization": f"Bearer {web.token}"}
+    for method, path in (("GET", "/nope"), ("GET", "/v1/nope"), ("POST", "/ui/nope"),
+                         ("GET", "/static/other.js"), ("DELETE", "/")):
+        status, _, body = web.raw(method, path)
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key", path
+        status, _, body = web.raw(method, path, headers=auth)
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found", path
+
+
+def test_head_on_health_and_the_page_answers_like_get_without_a_body(web):
+    """Uptime monitors ask HEAD /health; the answer has GET's headers and no body at all."""
+    for path, ctype in (("/health", "application/json"), ("/", "text/html; charset=utf-8")):
+        get = web.raw("GET", path)
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
+            s.sendall(f"HEAD {path} HTTP/1.0\r\n\r\n".encode())
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 ") and body == b"", answer[:300]
+        assert f"Content-Type: {ctype}".encode() in head
+        assert f"Content-Length: {len(get[2])}".encode() in head and get[0] == 200
 
 def test_wrong_tokens_are_rate_limited(web):
     for _ in range(5):
@@ -272,9 +299,16 @@ def test_a_flood_of_connections_is_capped_and_the_server_recovers(web):
 
 
 def _refused(port) -> bool:
+    """True when the server answered 503, in the OpenAI error shape like its other errors."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-        return s.recv(100).startswith(b"HTTP/1.0 503")
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    if not answer.startswith(b"HTTP/1.0 503"):
+        return False
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head and b"Retry-After: 5" in head
+    assert json.loads(body)["error"]["type"] == "server_error", answer
+    return True
 
 
 # --- the page's actions, hostile input included ---

@@ -1,7 +1,8 @@
 """HTTP on gateway.host:gateway.port, a gateway part like any other (SPEC §11): /health
 (liveness only, no token), the page at / with its static files (no data, no token), and behind
-the token the page's data (/ui/…, lib/web/page.py) and the OpenAI-compatible API (/v1/…,
-lib/web/api.py).
+the token everything else: the page's data (/ui/…, lib/web/page.py), the OpenAI-compatible API
+(/v1/…, lib/web/api.py), and the 404 or 405 of a path or method not served. HEAD is GET without
+the body where GET needs no token.
 
 Plain threads: the standard library's ThreadingHTTPServer, with at most MAX_CONNECTIONS at once
 (more are told 503 and closed), so a flood cannot eat the Pi's threads. It waits on the listening
@@ -91,6 +92,15 @@ class WebServer(Part):
                     self.server.handle_request()
 
 
+def error_body(e: HttpError) -> bytes:
+    """The OpenAI error shape."""
+    kind = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
+            429: "rate_limit_error"}.get(e.status, "server_error" if e.status >= 500
+                                         else "invalid_request_error")
+    return json.dumps({"error": {"message": str(e), "type": kind, "param": None, "code": e.code}},
+                      ensure_ascii=False).encode()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -100,9 +110,12 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):      # full: no thread for this one
+            raw = error_body(HttpError(503, "too many connections; try again in a few seconds",
+                                       "overloaded"))
             try:
-                request.send(b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\n"
-                             b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                request.send(b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+                             b"\r\n%s" % (len(raw), raw))
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -133,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_other(self):         # 405 or 404 in the OpenAI error shape, not http.server's HTML 501
         self._route(self.command)
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_other
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_other
 
     def _route(self, method: str):
         url = urlsplit(self.path)
@@ -142,10 +155,12 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path == "/health":
                 ok = self.web.gateway.healthy(say=False)
                 return self.send_json({"ok": ok}, 200 if ok else 503)
-            if method == "GET" and url.path in FILES:
+            if method in ("GET", "HEAD") and url.path in FILES:
                 return self._static(FILES[url.path])
             if method == "POST" and url.path in ("/login", "/logout"):
                 return self._login(url.path == "/login")
+            changes = method not in ("GET", "HEAD")
+            self.web.guard.check(self.headers, self.client_address[0], changes)
             from lib.web import api, page
             routes = api.ROUTES if url.path.startswith("/v1/") else page.ROUTES
             found = routes.get((method, url.path))
@@ -154,7 +169,6 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HttpError(405 if allowed else 404, f"{method} {url.path} is not served here"
                                 + (f" (try {', '.join(allowed)})" if allowed else ""),
                                 "method_not_allowed" if allowed else "not_found")
-            self.web.guard.check(self.headers, self.client_address[0], method != "GET")
             found(self.web, self)
         except HttpError as e:
             self.send_error_json(e)
@@ -207,18 +221,15 @@ class _Handler(BaseHTTPRequestHandler):
                            **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(raw)
+        if self.command != "HEAD":      # HEAD: the headers GET would get, and no body
+            self.wfile.write(raw)
 
     def send_json(self, obj, status: int = 200, headers=None):
         self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json",
                         headers)
 
     def send_error_json(self, e: HttpError):
-        kind = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
-                429: "rate_limit_error"}.get(e.status, "server_error" if e.status >= 500
-                                             else "invalid_request_error")
-        self.send_json({"error": {"message": str(e), "type": kind, "param": None, "code": e.code}},
-                       e.status, e.headers)
+        self.send_bytes(e.status, error_body(e), "application/json", e.headers)
 
     def start_events(self):
         """Begin a Server-Sent Events answer; then event() each one."""
