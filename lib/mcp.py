@@ -3,8 +3,9 @@
 The official SDK (`mcp`) is asyncio: its clients run on one event loop in this part's thread, and a
 tool call is handed across and waited for, never past tool_timeout or the turn's deadline. Tools
 are listed once a server answered `initialize`, and again on notifications/tools/list_changed. A
-server that fails is logged with its last stderr lines and started again after 5 s, 10 s, … up
-to 5 min; a call meanwhile says why. The SDK is imported only when a server is started.
+server that fails is logged with its last stderr lines and started again 4 s after its failure
+was noticed, then 8 s, … up to 5 min; a call meanwhile says why. The SDK is imported only when a
+server is started.
 """
 import collections
 import contextlib
@@ -22,7 +23,7 @@ from lib.fields import setting
 from lib.part import Part
 
 log = logging.getLogger(__name__)
-FIRST_RETRY, MAX_RETRY = 5.0, 300.0     # seconds between restarts: doubling from the first
+FIRST_RETRY, MAX_RETRY = 4.0, 300.0     # seconds from a failure to the restart: doubling
 START_TIMEOUT = 60.0    # to connect and initialize, and for list or ping (npx may download first)
 PING_S = 60.0           # an idle server is pinged this often, so that a dead one is noticed
 MAX_TOOLS, MAX_PAGES, STDERR_LINES = 100, 10, 20        # per server
@@ -279,6 +280,7 @@ class Servers(Part):
                 await self._session(srv, conn)
             except Exception as e:
                 why = _reason(e)
+            failed = time.monotonic()
             if self.stopping.is_set():      # the SDK's clean-up may have turned stop()'s cancel
                 return                      # into an error of its own
             if srv.settings.command:    # its last words on stderr, before they are logged
@@ -293,7 +295,7 @@ class Servers(Part):
             self._set(srv, None, False, f"down: {why}; next try at {_clock(time.time() + delay)}")
             for task in conn.calls:     # no answer can come now
                 task.cancel()
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay - (time.monotonic() - failed))  # the wait for stderr too
             delay = min(delay * 2, MAX_RETRY)
 
     async def _session(self, srv: _Server, conn: _Conn):

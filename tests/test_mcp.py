@@ -239,6 +239,20 @@ def test_a_server_that_dies_is_restarted_and_its_tools_come_back(tools, fast_ret
     wait_for(new_pid, what="the restarted server")
 
 
+def test_a_dead_servers_first_retry_comes_within_5_s_of_its_death(tools, tmp_path):
+    """SPEC §12, with the real delays: each start of the server notes its time in a file."""
+    starts = tmp_path / "starts"
+    note = (f"import os, sys, time\nopen({str(starts)!r}, 'a').write(f'{{time.time()}}\\n')\n"
+            f"os.execv(sys.executable, [sys.executable, {str(FAKE)!r}, 'stdio'])")
+    registry, ctx = tools({"fake": {"command": sys.executable, "args": ["-c", note]}})
+    pid = int(registry.call("mcp_fake_pid", {}, ctx))
+    died = time.time()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len(starts.read_text().split()) == 2, timeout=10, what="the first retry")
+    after = float(starts.read_text().split()[1]) - died
+    assert after < 5, f"the first retry came {after:.2f} s after the death"
+
+
 def test_list_changed_refreshes_the_tools_without_a_restart(tools):
     registry, ctx = tools({"fake": stdio()})
     assert "mcp_fake_extra" not in mcp_names(registry)
