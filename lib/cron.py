@@ -26,7 +26,9 @@ MAX_SLEEP_S = 60        # the Pi has no RTC: look at the wall clock again after 
 FIELDS = (("minute", 0, 59, ""), ("hour", 0, 23, ""), ("day-of-month", 1, 31, ""),     # names
           ("month", 1, 12, "jan feb mar apr may jun jul aug sep oct nov dec"),   # count from lo
           ("day-of-week", 0, 7, "sun mon tue wed thu fri sat"))
-BAD_JOB = (ValueError, KeyError, TypeError, AttributeError)     # a job mangled by a hand edit
+MAX_EVERY_S = 10 * 365 * 86400     # an interval of at most 10 years
+BAD_JOB = (ValueError, KeyError, TypeError, AttributeError,     # a job mangled by a hand edit
+           OverflowError)                                       # (a date past the year 9999)
 
 
 class CronError(UserError, ValueError):
@@ -105,7 +107,13 @@ def parse_at(text: str, tz) -> datetime:
     except ValueError:
         raise CronError(f"at {text!r} is not an ISO 8601 time; expected e.g. "
                         "2025-06-03T09:00:00+02:00") from None
-    return when if when.tzinfo else _resolve(when, tz)
+    try:        # a year off the ends of the calendar in UTC, or in a zone a day away from it
+        when = when if when.tzinfo else _resolve(when, tz)
+        if 1 < when.astimezone(timezone.utc).year < 9999:
+            return when
+    except OverflowError:
+        pass
+    raise CronError(f"at {text!r} is out of range; expected a year from 2 to 9998")
 
 
 def next_time(schedule: dict, after: datetime, tz) -> datetime | None:
@@ -145,6 +153,9 @@ def make_schedule(every_s=None, expr=None, at=None, tz=None, names=("every_s", "
         return {"kind": "at", "at": parse_at(at, tz or zone()).isoformat()}
     if int(every_s) < 1:
         raise CronError(f"{names[0]} must be at least 1 second, got {every_s}")
+    if int(every_s) > MAX_EVERY_S:
+        raise CronError(f"{names[0]} must be at most {MAX_EVERY_S} seconds (10 years), "
+                        f"got {every_s}")
     return {"kind": "every", "every_s": int(every_s)}
 
 

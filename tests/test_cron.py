@@ -134,6 +134,15 @@ def test_next_time_every_and_at():
         next_time({"kind": "weekly"}, t, "UTC")
 
 
+def test_a_time_at_the_ends_of_the_calendar_is_a_cron_error_not_an_overflow():
+    """Years 1 and 9999 are where a time zone's offset pushes a date off the calendar."""
+    tokyo = cronlib.zone("Asia/Tokyo")
+    for text in ("0001-01-01T00:00", "9999-12-31T23:30", "9999-12-31T23:59:59-12:00"):
+        with pytest.raises(CronError, match=f"at '{text}' is out of range; expected a year from 2"):
+            make_schedule(at=text, tz=tokyo)
+    assert make_schedule(at="9998-12-31T23:30", tz=tokyo)["at"] == "9998-12-31T23:30:00+09:00"
+
+
 def test_make_schedule_checks_its_options():
     berlin = cronlib.zone("Europe/Berlin")
     assert make_schedule(every_s=60) == {"kind": "every", "every_s": 60}
@@ -467,6 +476,7 @@ def test_tool_errors_the_model_can_act_on(cfg, home):
              ({"action": "add", "message": "x", "cron_expr": "0 25 * * *"}, "hour 25 is outside"),
              ({"action": "add", "message": "x", "at": "2020-01-01T00:00:00Z"}, "in the past"),
              ({"action": "add", "message": "x", "every_seconds": -5}, "at least 1 second"),
+             ({"action": "add", "message": "x", "every_seconds": 10**12}, "at most 315360000"),
              ({"action": "remove"}, "remove needs job_id"),
              ({"action": "remove", "job_id": "nope"}, "no cron job with id 'nope'"),
              ({"action": "pause"}, "unknown action 'pause'; use add, list or remove")]
@@ -549,6 +559,10 @@ def test_cli_list_in_the_configured_time_zone(home):
     (["add", "--name", "x", "--message", "y"], "give exactly one schedule"),
     (["add", "--name", "x", "--message", "y", "--every", "0"], "--every must be at least 1 second"),
     (["add", "--name", "x", "--message", "y", "--at", "2020-01-01T00:00:00Z"], "in the past"),
+    (["add", "--name", "x", "--message", "y", "--every", "300000000000"],   # beyond year 9999
+     "--every must be at most 315360000 seconds (10 years), got 300000000000"),
+    (["add", "--name", "x", "--message", "y", "--at", "9999-12-31T23:59:59-12:00"],
+     "at '9999-12-31T23:59:59-12:00' is out of range; expected a year from 2 to 9998"),
 ])
 def test_cli_mistakes_are_one_line_and_exit_2(home, args, message):
     r = run_cli("cron", *args)
@@ -575,7 +589,8 @@ def test_a_reloaded_config_changes_the_time_zone(cfg):
     assert svc.local("2025-06-01T23:00:00Z") == "2025-06-02 08:00 JST"
 
 
-@pytest.mark.parametrize("schedule", [{"kind": "every", "every_s": "x"}, "garbage"])
+@pytest.mark.parametrize("schedule", [{"kind": "every", "every_s": "x"}, "garbage",
+                                      {"kind": "every", "every_s": 10**15}])   # overflows a date
 def test_enabling_a_job_with_a_mangled_schedule_is_one_line(home, schedule):
     write_jobs(home, [job(schedule=schedule, enabled=False)])
     r = run_cli("cron", "enable", "abc123")
