@@ -21,7 +21,7 @@ from lib.approvals import Approval
 from lib.mcp import McpServer
 from lib.providers.registry import PROVIDERS
 from lib.sandbox import DENY_PATTERNS, Exec  # noqa: F401 (DENY_PATTERNS: for readers)
-from lib.usage import Limits
+from lib.usage import Limits, check_config
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,18 @@ def load_config(explicit: str | None = None) -> Config:
     if lines.get("ignored"):
         log.warning("%s: %d setting(s) of the original project are not used by nanoclaw and were "
                     "ignored: %s", path, len(lines["ignored"]), ", ".join(lines["ignored"]))
-    return dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
+    cfg = dataclasses.replace(cfg, providers=_env_keys(cfg.providers), path=path, home=home_dir())
+    check_config(cfg, lambda at: _line(lines, at))     # SPEC §10's settings, checked together
+    return cfg
+
+
+def _line(lines, at: tuple) -> str:
+    """" (line N)" of the key path `at` (snake_case; the file may spell a key in camelCase)."""
+    for key, line in lines.items():
+        if isinstance(key, tuple) and len(key) == len(at) and \
+                all(k == a or snake(k) == a for k, a in zip(key, at)):
+            return f" (line {line})"
+    return ""
 
 
 def _read(path: Path):

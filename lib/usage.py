@@ -138,16 +138,25 @@ def over_limit(config, ledger: Ledger | None = None) -> str:
     return ""
 
 
-def quiet_until(config, now: datetime | None = None) -> datetime | None:
-    """When the quiet hours (heartbeat.quiet_hours) that `now` falls in end; None outside them."""
+def _hours(config, where=lambda at: "") -> tuple[int, int] | None:
+    """heartbeat.quiet_hours as (start, end) minutes of the day; None when it is not set."""
     text = config.heartbeat.quiet_hours.strip()
     if not text:
         return None
     m = _HOURS.fullmatch(text)
     start, end = (int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])) if m else (0, 0)
     if not m or start == end or max(start, end) >= 24 * 60 or int(m[2]) > 59 or int(m[4]) > 59:
-        raise ConfigError(f"{config.path}: heartbeat.quiet_hours must be HH:MM-HH:MM, such as "
-                          f"23:00-07:00, got {text!r}")
+        at = ("heartbeat", "quiet_hours")
+        raise ConfigError(f"{config.path}: {'.'.join(at)}{where(at)} must be HH:MM-HH:MM, such "
+                          f"as 23:00-07:00, got {text!r}")
+    return start, end
+
+
+def quiet_until(config, now: datetime | None = None) -> datetime | None:
+    """When the quiet hours (heartbeat.quiet_hours) that `now` falls in end; None outside them."""
+    if not (hours := _hours(config)):
+        return None
+    start, end = hours
     tz = _zone(config)
     local = (now or datetime.now(timezone.utc)).astimezone(tz)
     minute = local.hour * 60 + local.minute
@@ -169,21 +178,33 @@ def owner(config) -> tuple[str, str] | None:
         return None
 
 
-def check_config(config):
-    """ConfigError for settings that would make a limit leak or a schedule fail later."""
-    quiet_until(config)
+def check_config(config, where=lambda at: ""):
+    """ConfigError for settings that would make a limit leak, a schedule fail or proactive
+    messages go nowhere. load_config runs it; `where(key path)` is " (line N)" there."""
+    def fail(at: tuple, msg: str):
+        raise ConfigError(f"{config.path}: {'.'.join(at)}{where(at)} {msg}")
+
+    _hours(config, where)
     d = config.agents.defaults
     for model, price in d.prices.items():
         if len(price) != 2 or min(price) < 0:
-            raise ConfigError(f"{config.path}: agents.defaults.prices.{model} must be [USD per "
-                              f"million input tokens, per million output], got {price}")
+            fail(("agents", "defaults", "prices", model), "must be [USD per million input "
+                 f"tokens, per million output], got {price}")
     unpriced = [m for m in (d.model, *d.fallback_models) if m not in d.prices]
     if config.limits.daily_usd and unpriced:
-        raise ConfigError(f"{config.path}: limits.daily_usd is set, but {', '.join(unpriced)} "
-                          "has no price in agents.defaults.prices (give [0, 0] for a free one)")
-    if config.tools.approval.owner and ":" not in config.tools.approval.owner:
-        raise ConfigError(f"{config.path}: tools.approval.owner must be channel:chat_id, such as "
-                          f"telegram:123456789, got {config.tools.approval.owner!r}")
+        fail(("limits", "daily_usd"), f"is set, but {', '.join(unpriced)} has no price in "
+             "agents.defaults.prices (give [0, 0] for a free one)")
+    if owner := config.tools.approval.owner:
+        from lib.mail import CHANNELS       # only when it is set: an import less at start-up
+        channel, colon, chat_id = owner.partition(":")
+        names = [c for c in CHANNELS if c != "system"]      # a system chat's replies are logged
+        if not colon or not chat_id.strip():
+            fail(("tools", "approval", "owner"), "must be channel:chat_id, such as "
+                 f"telegram:123456789, got {owner!r}")
+        if channel not in names:
+            what = "channel system, whose replies are only logged" if channel == "system" \
+                else f"an unknown channel {channel!r}"
+            fail(("tools", "approval", "owner"), f"has {what}; expected one of {', '.join(names)}")
 
 
 def make_models(config) -> list:
@@ -206,12 +227,19 @@ class Metered:
     """A Provider that checks the limits, falls back, and writes the ledger (SPEC §10)."""
 
     def __init__(self, config, models: list | None = None):
-        check_config(config)
-        self.config, self.ledger = config, Ledger(config)
+        self.ledger = Ledger(config)        # it keeps the config: see `config`
         self.models = models if models is not None else make_models(config)
         self._fails: dict[str, list] = {        # model -> [failures in a row, skipped until]
             m: [FAILS_TO_SKIP, until] for m, until in skipped_models(config.home).items()}
         self.down_file = config.home / DOWN_FILE     # while no model answers (any process's)
+
+    @property
+    def config(self):
+        return self.ledger.config
+
+    @config.setter
+    def config(self, config):       # a reload: limits, prices, and the zone the ledger's day is in
+        self.ledger.config = config
 
     def complete(self, messages, tools=None, deadline=None, source="chat", session=""):
         why = over_limit(self.config, self.ledger)

@@ -39,7 +39,12 @@ class Worker(Part):
         self._last_chat = None
         self.busy_since: float | None = None    # monotonic start of the current step of work
         self._backoff, self._retry_at = 0.0, 0.0        # while the disk is full or the model down
-        self.approvals = Approvals(config)                # turns parked for the owner's yes
+
+    @property
+    def approvals(self) -> Approvals:
+        """The turns parked for the owner's yes, by the config as it is now (a reload changes
+        tools.approval.owner and timeout_s)."""
+        return Approvals(self.config)
 
     def start(self):
         maildir.ensure(self.inbox)

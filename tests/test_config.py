@@ -443,3 +443,41 @@ def test_a_config_that_nests_itself_or_explodes_is_one_line(home, text):
     r = run_cli("status", timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
     assert "config.yaml" in r.stderr
+
+
+# --- the settings of SPEC §10: checked at load, so every command and a reload refuse them ---
+
+MODEL = "anthropic/claude-opus-4-5"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("heartbeat:\n  quiet_hours: '23-7'", "heartbeat.quiet_hours (line 2) must be HH:MM-HH:MM"),
+    ("heartbeat: {quietHours: '25:00-07:00'}", "heartbeat.quiet_hours (line 1) must be HH:MM"),
+    ("agents:\n  defaults:\n    prices: {gpt-4.1: [3]}", "agents.defaults.prices.gpt-4.1 (line 3) "
+     "must be [USD"),
+    ("limits:\n  daily_usd: 2", f"limits.daily_usd (line 2) is set, but {MODEL} has no price"),
+    ("tools:\n  approval: {owner: '12345'}", "tools.approval.owner (line 2) must be channel:chat"),
+    ("tools:\n  approval: {owner: 'telegram:'}", "tools.approval.owner (line 2) must be channel:"),
+    ("tools:\n  approval: {owner: 'telgram:123'}",
+     "tools.approval.owner (line 2) has an unknown channel 'telgram'; expected one of telegram, "),
+    ("tools:\n  approval: {owner: 'system:cron'}", "has channel system, whose replies are only "
+     "logged; expected one of telegram, "),
+])
+def test_usage_settings_are_checked_at_load_naming_key_file_and_line(home, text, expected):
+    assert expected in config_error(home, text + "\n")
+
+
+def test_the_owner_may_be_any_chat_app_or_a_local_channel(home):
+    for owner in ("telegram:123", "email:me@example.com", "web:page", "local:me", "cli:owner"):
+        write_config(home, f"tools: {{approval: {{owner: '{owner}'}}}}\n")
+        assert load_config().tools.approval.owner == owner
+    msg = config_error(home, "tools: {approval: {owner: 'telgram:1'}}\n")
+    assert all(name in msg for name in ("slack", "email", "web", "local", "cli", "api"))
+
+
+@pytest.mark.parametrize("args", [["status"], ["usage"], ["cron", "list"]])
+def test_every_command_refuses_a_bad_usage_setting(home, args):
+    write_config(home, "heartbeat:\n  quiet_hours: '25:00-07:00'\n")
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "config.yaml: heartbeat.quiet_hours (line 2) must be HH:MM-HH:MM" in r.stderr

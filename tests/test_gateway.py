@@ -415,6 +415,57 @@ def test_a_new_heartbeat_interval_counts_at_once(gateway_config, llm, home):
         g.kill()
 
 
+def test_a_reload_refuses_bad_usage_settings_and_cron_goes_on(gateway, llm, home):
+    """SPEC §5: a bad value is refused at a reload as at start-up. Taken, a limits.daily_usd
+    without prices never applied, and bad quiet hours stopped every cron job until a restart."""
+    from lib.config import load_config
+    from lib.cron import CronService, make_schedule
+    base = (home / "config.yaml").read_text()
+    gateway.start()
+    CronService(load_config()).add("tick", "say tick", make_schedule(every_s=1))
+    fired = lambda: sum(m["chat_id"].startswith("cron:") for m in replies(home))  # noqa: E731
+    wait_for(fired, what="the job's first answer")
+    for bad, key in (("{enabled: false, quiet_hours: '25:00-07:00'}", "heartbeat.quiet_hours"),
+                     ("{enabled: false}\nlimits: {daily_usd: 5}", "limits.daily_usd")):
+        write_config(home, base.replace("heartbeat: {enabled: false}", "heartbeat: " + bad))
+        said = f"config not reloaded, the running one stays: {home / 'config.yaml'}: {key} (line "
+        wait_for(lambda: said in gateway.logs(), what=f"the reload refused for {key}")
+    seen = fired()
+    wait_for(lambda: fired() > seen, what="the job firing on")
+    assert "config reloaded" not in gateway.logs() and "Traceback" not in gateway.logs()
+
+
+def test_a_reload_reaches_the_approvals_and_the_usage_ledger(gateway_config, llm, home):
+    """tools.approval.owner and timeout_s, and the zone the ledger counts its days in, apply
+    after a reload like every other setting (they were read once, at start-up)."""
+    from lib.approvals import ApprovalNeeded
+    from lib.config import load_config
+    from lib.gateway import Gateway as InProcess
+    from lib.usage import read_day, today
+    base = (home / "config.yaml").read_text()
+
+    def settings(zone, owner, timeout_s):
+        write_config(home, base.replace("retry_backoff_s: 0.01", f"retry_backoff_s: 0.01, "
+                                        f"timezone: {zone}") +
+                     f"tools: {{approval: {{owner: '{owner}', timeout_s: {timeout_s}}}}}\n")
+        return load_config()
+
+    before = settings("Etc/GMT+12", "local:old", 600)        # UTC-12 and, below, UTC+14:
+    gw = InProcess(before)                                  # never the same day
+    gw.parts, gw._config_stamp = [gw.worker], None
+    after = settings("Etc/GMT-14", "local:new", 60)
+    gw._reload_config()
+    assert gw.config.tools.approval.owner == "local:new"
+    gw.agent.provider.complete([{"role": "user", "content": "hi"}])
+    assert read_day(home, today(after)) and not read_day(home, today(before))
+    msg = {"id": "m1", "channel": "local", "chat_id": "c", "text": "clean up"}
+    need = ApprovalNeeded({"tool": "exec"}, "Run x")
+    record = gw.worker.approvals.park(need, msg, ("local", "c"))
+    assert record["question"].endswith("(expires in 1 min)")
+    answer = {"channel": "local", "chat_id": "new", "text": f"yes {record['code']}"}
+    assert gw.worker.approvals.answer(answer) == (record, "yes")     # the new owner may answer
+
+
 def test_done_and_sent_are_pruned_after_retention_days_and_failed_is_kept(config, home):
     import dataclasses
     from lib.gateway import Gateway as Service

@@ -153,9 +153,8 @@ def test_at_the_token_cap_no_model_call_is_made_and_the_reply_names_the_key(home
 
 
 def test_the_usd_cap_holds_and_an_unpriced_model_under_it_is_a_config_error(home, llm):
-    cfg = setup(home, llm, extra="limits: {daily_usd: 1.5}\n")
     with pytest.raises(ConfigError, match=r"fake-model has no price in agents\.defaults\.prices"):
-        Metered(cfg)
+        setup(home, llm, extra="limits: {daily_usd: 1.5}\n")        # refused at load
     cfg = setup(home, llm, ", prices: {fake-model: [0, 0]}", "limits: {daily_usd: 1.5}\n")
     Metered(cfg)                                # a free model, said so: fine
     fill(home, cfg, 10, usd=1.5)
@@ -163,10 +162,10 @@ def test_the_usd_cap_holds_and_an_unpriced_model_under_it_is_a_config_error(home
 
 
 def test_a_bad_price_or_owner_is_one_line(home, llm):
-    with pytest.raises(ConfigError, match=r"prices\.fake-model must be \[USD"):
-        Metered(setup(home, llm, ", prices: {fake-model: [3]}"))
-    with pytest.raises(ConfigError, match="tools.approval.owner must be channel:chat_id"):
-        Metered(setup(home, llm, extra="tools: {approval: {owner: '12345'}}\n"))
+    with pytest.raises(ConfigError, match=r"prices\.fake-model \(line 4\) must be \[USD"):
+        setup(home, llm, ", prices: {fake-model: [3]}")
+    with pytest.raises(ConfigError, match=r"approval\.owner \(line 5\) must be channel:chat_id"):
+        setup(home, llm, extra="tools: {approval: {owner: '12345'}}\n")
 
 
 def test_the_owner_is_warned_once_a_day_at_80_percent(home, llm):
@@ -276,9 +275,8 @@ def test_quiet_hours_across_midnight_and_within_a_day(home, llm):
     cfg = setup(home, llm, ", timezone: UTC", "heartbeat: {quiet_hours: '12:00-13:30'}\n")
     assert quiet_until(cfg, at(12, 45)) == at(13, 30) and quiet_until(cfg, at(14)) is None
     for bad in ("23-7", "25:00-07:00", "07:00-07:00", "7:60-8:00"):
-        cfg = setup(home, llm, ", timezone: UTC", f"heartbeat: {{quiet_hours: '{bad}'}}\n")
-        with pytest.raises(ConfigError, match="quiet_hours must be HH:MM-HH:MM"):
-            quiet_until(cfg, at(1))
+        with pytest.raises(ConfigError, match=r"quiet_hours \(line 5\) must be HH:MM-HH:MM"):
+            setup(home, llm, ", timezone: UTC", f"heartbeat: {{quiet_hours: '{bad}'}}\n")
 
 
 def beats_over_a_day(cfg, start, template=None):
