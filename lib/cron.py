@@ -297,7 +297,9 @@ class CronService(Part):
         """Post the job into the inbox now, whatever its schedule; the inbox file's path."""
         with self._edit() as jobs:
             job = _find(jobs, job_id)
-            path = self.post(self._message(job, _now()), maildir.unique_name(f"cron-{job_id}-run-"))
+            msg = self._message(job, _now())
+            msg["metadata"]["by_hand"] = True       # not held in quiet hours
+            path = self.post(msg, maildir.unique_name(f"cron-{job_id}-run-"))
             job["last_run"], job["last_status"] = iso(_now()), "posted (run now)"
         return path
 

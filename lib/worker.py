@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from lib import maildir
@@ -19,7 +20,7 @@ from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import NO_REMOTE, post_outbox, read_message, reply_exists, target
 from lib.part import Part
 from lib.sessions import Session
-from lib.usage import outage, owner, source
+from lib.usage import outage, owner, quiet_until, source
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -64,10 +65,13 @@ class Worker(Part):
         # stays in cur/. While the disk is full, nothing is tried before the back-off ends.
         if time.monotonic() < self._retry_at:
             return
+        quiet = quiet_until(self.config)    # a scheduled job's message waits for the hours' end
         for folder in ("cur", "new"):
             for name in maildir.waiting(self.inbox, folder=folder):
                 if self.stopping.is_set():
                     return
+                if quiet and folder == "new" and self._scheduled(name):
+                    continue            # taken up at a rescan once the quiet hours end (SPEC §10)
                 # a name used before (a script's a1.json again) is taken under a name of its
                 # own: its id, its reply's name and the crash check must not meet the first's
                 again = folder == "new" and maildir.find(self.inbox, name, ("done", "failed"))
@@ -75,6 +79,15 @@ class Worker(Part):
                     self.inbox, name, again and maildir.unique_name(Path(name).stem + ".") + ".json")
                 if path and not self._take(path, recovered=folder == "cur"):
                     return
+
+    def _scheduled(self, name: str) -> bool:
+        """A message cron or the heartbeat posted on schedule (not a job run by hand)."""
+        with suppress(OSError, ValueError, AttributeError):
+            msg = read_message(self.inbox / "new" / name)
+            meta = msg.get("metadata") or {}
+            return msg["channel"] == "system" and meta.get("kind") in ("cron", "heartbeat") \
+                and not meta.get("by_hand")
+        return False
 
     def progressing(self) -> bool:
         """False when one message has held the worker well past the turn deadline (a hang the

@@ -74,6 +74,37 @@ def test_proactive_replies_have_no_reply_to(worker, llm, home, kind):
     assert reply["text"] == "Time to stretch!" and "reply_to" not in reply
 
 
+def test_a_scheduled_message_waits_out_quiet_hours_and_nothing_else_does(config, llm, home):
+    """SPEC §10: quiet hours hold proactive messages. Cron holds a due job itself; one already in
+    the inbox when they begin (queued behind a long turn, a model outage) waits there too. A job
+    run by hand and every chat message go on."""
+    import dataclasses
+    from datetime import datetime, timedelta, timezone
+    from lib.cron import CronService
+    now = datetime.now(timezone.utc)
+    hours = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=2):%H:%M}"
+    quiet = dataclasses.replace(config, heartbeat=dataclasses.replace(config.heartbeat,
+                                                                      quiet_hours=hours))
+    quiet = dataclasses.replace(quiet, agents=dataclasses.replace(quiet.agents, defaults=dataclasses
+                                .replace(quiet.agents.defaults, timezone="UTC")))
+    maildir.ensure(home / "inbox")
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+    worker = Worker(quiet, make_agent(quiet))
+    for kind in ("cron", "heartbeat"):
+        maildir.deliver(home / "inbox", {"channel": "system", "chat_id": f"{kind}:1", "text": "go",
+                                         "metadata": {"kind": kind}}, f"a-{kind}")
+    maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "c", "text": "hi"}, "b-chat")
+    cron = CronService(quiet)
+    cron.run_now(cron.add("j", "by hand", {"kind": "every", "every_s": 3600})["id"])
+    llm.script("chat answer", "job run by hand")
+    worker.drain()
+    assert sorted(r["text"] for r in sent(home)) == ["chat answer", "job run by hand"]
+    assert sorted(maildir.waiting(home / "inbox")) == ["a-cron.json", "a-heartbeat.json"]
+    llm.script("cron answer", "heartbeat answer")
+    Worker(config, make_agent(config)).drain()          # the hours are over
+    assert maildir.waiting(home / "inbox") == [] and len(llm.chat_requests) == 4
+
+
 def test_a_script_on_the_system_channel_still_gets_reply_to(worker, llm, home):
     llm.script("ok")
     maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "s", "text": "hi"}, "m")
