@@ -25,6 +25,7 @@ from lib.fields import setting, settings
 log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
 MAX_RECORD = 4 * 1024 * 1024     # a parked turn holds its inbox message (at most 1 MiB)
+MAX_BOUND_FILES = 50            # the files of a command an approval is bound to, at most
 OWNER_CHANNELS = ("cli", "web")      # written by the owner's own terminal or the token-guarded page
 # Risky when tools.approval.mode is `risky` (SPEC §9); a courtesy list, the sandbox is the boundary.
 PATTERNS = [
@@ -73,19 +74,31 @@ def risk(ctx, command: str, boxed: bool) -> str:
 
 
 def exec_binding(ctx, command: str, cwd: Path) -> dict:
-    """The command, its folder, and the hash of every workspace file it names (a script)."""
+    """The command, its folder, and the hash of every workspace file it names (a script): a
+    word's file is looked for in the folder and in each folder the command cds to, and the
+    words of an inline script (bash -c '…') count too. Hashing reads a file in pieces."""
     import hashlib
-    import shlex
     workspace, files = ctx.workspace.resolve(), {}
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    for word in words:
-        path = (cwd / word).resolve() if word and not word.startswith("-") else None
-        if path and path.is_relative_to(workspace) and path.is_file():
-            files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    words = _words(command)
+    words += [w for word in words if " " in word for w in _words(word)]
+    folders = [cwd, *((cwd / w).resolve() for cd, w in zip(words, words[1:]) if cd == "cd")]
+    for path in sorted({(folder / word).resolve() for folder in folders for word in words
+                        if word and not word.startswith("-")}):
+        if path.is_relative_to(workspace) and path.is_file() and len(files) < MAX_BOUND_FILES:
+            with open(path, "rb") as f:
+                files[str(path)] = hashlib.file_digest(f, "sha256").hexdigest()
     return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
+
+
+def _words(command: str) -> list[str]:
+    """The shell's words, with ; | && < and the like as words of their own (sh<x.sh)."""
+    import shlex
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError:              # an unclosed quote: the shell refuses it anyway
+        return command.split()
 
 
 def ask_write(ctx, path: Path, change: str):

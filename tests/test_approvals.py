@@ -182,6 +182,20 @@ def test_an_approved_script_that_changed_meanwhile_is_not_run(home, llm):
     assert ctx.approved is None                  # used up either way
 
 
+@pytest.mark.parametrize("command, script", [
+    ("cd sub && ./x.sh", "sub/x.sh"), ("cd sub;sh x.sh", "sub/x.sh"), ("sh<x.sh", "x.sh"),
+    ("bash -c 'sh x.sh'", "x.sh"), ("cat x.sh|sh", "x.sh")])
+def test_the_script_a_command_runs_is_bound_however_the_command_names_it(home, command, script):
+    from lib.approvals import exec_binding
+    write_config(home, "")
+    cfg = load_config()
+    (cfg.workspace / "sub").mkdir(parents=True)
+    for name in ("x.sh", "sub/x.sh"):
+        (cfg.workspace / name).write_text(f"echo {name}\n")
+    files = exec_binding(Context(cfg, cfg.workspace), command, cfg.workspace.resolve())["files"]
+    assert str((cfg.workspace / script).resolve()) in files, files
+
+
 def test_a_parked_turn_survives_kill_9(gateway, home, llm):
     gateway.start()
     _, code = ask_and_get_code(home)
