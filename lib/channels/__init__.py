@@ -155,7 +155,7 @@ CHANNELS = {
     "qq": Spec(QQ, "lib.channels.qq", "QQChannel", ("app_id", "secret")),
     "mochat": Spec(Mochat, "lib.channels.mochat", "MochatChannel", ("claw_token",)),
     "email": Spec(Email, "lib.channels.email", "EmailChannel",
-                  ("consent_granted", "imap_host", "imap_username", "imap_password", "smtp_host")),
+                  ("imap_host", "imap_username", "imap_password", "smtp_host")),    # consent: below
 }
 # said once at start-up and by `status` while channels.email.authserv_id is empty (SPEC §8)
 EMAIL_FORGEABLE = ("channels.email.authserv_id is not set: anyone who knows an allowed address can "

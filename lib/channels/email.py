@@ -47,7 +47,8 @@ class EmailChannel(Channel):
     def listen(self):
         s = self.settings
         if not s.consent_granted:
-            log.error("email: channels.email.consent_granted is false; the mailbox is not touched")
+            log.warning("email: channels.email.consent_granted is false, so email is off: the "
+                        "mailbox is not touched and no mail is sent")
             self.stopping.wait()
             return
         if not (s.smtp_use_ssl or s.smtp_use_tls):
