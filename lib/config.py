@@ -157,6 +157,8 @@ def config_path(explicit: str | None = None) -> Path:
     if given := explicit or os.environ.get("NANOCLAW_CONFIG"):
         return Path(given).expanduser()
     yaml_path, json_path = home_dir() / "config.yaml", home_dir() / "config.json"
+    if yaml_path.exists() and json_path.exists():      # the original project's docs say .json
+        log.warning("%s is not read: %s is (move what you need into it)", json_path, yaml_path)
     return json_path if not yaml_path.exists() and json_path.exists() else yaml_path
 
 

@@ -141,11 +141,13 @@ def test_config_json_in_the_original_format_is_read(home):
     assert cfg.gateway.host == "0.0.0.0"
 
 
-def test_config_yaml_wins_over_config_json(home):
+def test_config_yaml_wins_over_config_json_and_says_so(home):
     (home / "config.json").write_text(json.dumps({"agents": {"defaults": {"model": "from-json"}}}))
     write_config(home, "agents: {defaults: {model: from-yaml}}\n")
     cfg = load_config()
     assert cfg.path == home / "config.yaml" and cfg.agents.defaults.model == "from-yaml"
+    status = run_cli("status")      # the original project's docs send people to config.json
+    assert f"{home / 'config.json'} is not read: {home / 'config.yaml'} is" in status.stderr
 
 
 def test_errors_in_config_json_name_that_file_and_line(home):
