@@ -187,7 +187,7 @@ def cmd_status(args):
     from lib.providers.registry import PROVIDERS, resolve, usable
     cfg = _config(args)
     yes, no = term.style("✓", "green"), term.style("·", "dim")
-    print(f"config     {cfg.path}{'' if cfg.path.exists() else '  (missing: run onboard)'}")
+    print(f"config     {cfg.path}{_config_state(cfg.path)}")
     print(f"home       {cfg.home}")
     print(f"workspace  {cfg.workspace}{'' if cfg.workspace.exists() else '  (missing: run onboard)'}")
     print(f"model      {_model_state(cfg)}")
@@ -220,6 +220,17 @@ def cmd_status(args):
         print("\nmcp servers")
         for up, line in describe(cfg):
             print(f"  {yes if up else term.style('✗', 'red') if up is False else no} {line}")
+
+
+def _config_state(path: Path) -> str:
+    """Missing, or readable by others (it holds the keys): what to do about it."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return "  (missing: run onboard)"
+    return "" if not mode & 0o077 else "  " + term.style(
+        f"warning: other users can read it (mode {mode:o}; its keys are secrets): chmod 600 {path}",
+        "yellow")
 
 
 def _gateway_state(home: Path) -> str:

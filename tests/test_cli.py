@@ -101,6 +101,17 @@ def test_status_lists_providers_and_channels(home, llm):
     assert "telegram   enabled   allow_from: 123" in r.stdout
 
 
+def test_status_warns_when_other_users_can_read_the_config(home, llm):
+    """A config.json from the original project is often 0644: its keys readable by all."""
+    fake_config(home, llm, "")
+    config = home / "config.yaml"
+    config.chmod(0o600)                 # as onboard writes it
+    assert "other users can read it" not in run_cli("status").stdout
+    config.chmod(0o644)
+    r = run_cli("status")
+    assert r.returncode == 0 and f"(mode 644; its keys are secrets): chmod 600 {config}" in r.stdout
+
+
 def test_status_says_when_email_senders_are_forgeable(home, llm):
     email = ("channels:\n  email: {enabled: true, consent_granted: true, imap_host: h, "
              "imap_username: u, imap_password: p, smtp_host: h, allow_from: [Me@Example.com]")
