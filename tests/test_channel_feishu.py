@@ -355,4 +355,5 @@ def test_an_event_kept_before_a_crash_knows_who_the_bot_is(channel, feishu, home
     feishu.say("and you?", chat_id="oc_group", chat_type="group", mention_bot=True)
     msgs = wait_for(lambda: inbox(home), what="the message that mentions the bot")
     assert [m["text"] for m in msgs] == ["and you?"]
-    assert not list(kept.glob("*.json"))
+    wait_for(lambda: not list(kept.glob("*.json")), what="the kept files gone (each goes just "
+             "after its message is in the inbox)")
