@@ -1,5 +1,6 @@
 """The tool registry, the file tools and message, on real temp dirs through Registry.call."""
 import json
+import os
 
 import pytest
 
@@ -526,3 +527,74 @@ def test_a_group_turn_cannot_reach_memory_by_any_path(home):
         assert out.startswith("Error:") and "memory_in_groups" in out, (tool, args, out)
     assert (memory / "MEMORY.md").read_text() == "- the owner's PIN hint\n"
     assert "PIN" in call(make_ctx(home), "read_file", path="memory/MEMORY.md")
+
+
+@pytest.mark.parametrize("target", ["memory", "home"])
+def test_a_link_swapped_in_while_a_tool_runs_gains_nothing(home, target):
+    """A command running meanwhile (a sub-agent's) turns a folder into a link to memory (in a
+    group) or to the home with the keys (restricted), over and over: the check is made again on
+    the file the tool really opened, so no read returns what is behind the link, and no write
+    lands there."""
+    import threading
+    ctx = make_ctx(home, memory=target != "memory")
+    secret = ctx.workspace / "memory" if target == "memory" else home
+    secret.mkdir(exist_ok=True)
+    (secret / "s.txt").write_text("SECRET\n")
+    swap, stop = ctx.workspace / "a", threading.Event()
+    real, link = ctx.workspace / "a.real", ctx.workspace / "a.link"
+    swap.mkdir()
+    (swap / "s.txt").write_text("plain\n")
+    link.symlink_to(secret, target_is_directory=True)
+
+    def swapper():              # a: a real folder, then a link to the secret, and again
+        while not stop.is_set():
+            os.rename(swap, real)
+            os.rename(link, swap)
+            os.rename(swap, link)
+            os.rename(real, swap)
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        outs = [call(ctx, "read_file", path="a/s.txt") for _ in range(1500)]
+        writes = [call(ctx, "write_file", path="a/s.txt", content="pwned\n") for _ in range(300)]
+    finally:
+        stop.set()
+        thread.join()
+    assert not any("SECRET" in out for out in outs), "a read got through"
+    assert (secret / "s.txt").read_text() == "SECRET\n", "a write got through"
+    assert "plain\n" in outs and any(not w.startswith("Error") for w in writes)    # it raced
+
+
+def test_a_fifo_is_refused_without_blocking(home):
+    import threading
+    ctx = make_ctx(home)
+    os.mkfifo(ctx.workspace / "pipe")
+    out = []
+    thread = threading.Thread(target=lambda: out.append(call(ctx, "read_file", path="pipe")),
+                              daemon=True)
+    thread.start()
+    thread.join(5)
+    assert out and "not a regular file" in out[0], "read_file blocked on a FIFO"
+
+
+def test_only_files_the_channels_saved_count_as_sent(home):
+    """A path a message names as its media is readable only under $NANOCLAW_HOME/media: a
+    bridge or a script cannot name the config and have it read. A bad path breaks nothing."""
+    (home / "media").mkdir()
+    (home / "media" / "ok.txt").write_text("sent\n")
+    (home / "config.yaml").write_text("api_key: sk-SECRET\n")
+    ctx = make_ctx(home, readable=(str(home / "config.yaml"), "bad\0path", str(home / "media" / "ok.txt")))
+    assert refused(call(ctx, "read_file", path=str(home / "config.yaml")))
+    assert call(ctx, "read_file", path=str(home / "media" / "ok.txt")) == "sent\n"
+    loose = make_ctx(home, "tools: {restrict_to_workspace: false}\n", readable=("bad\0path",))
+    assert call(loose, "read_file", path=str(home / "media" / "ok.txt")) == "sent\n"
+
+
+def test_a_memory_folder_that_is_a_link_is_closed_to_groups_too(home, tmp_path):
+    ctx = make_ctx(home, "tools: {restrict_to_workspace: false}\n", memory=False)
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    (real / "MEMORY.md").write_text("- PIN hint\n")
+    (ctx.workspace / "memory").symlink_to(real, target_is_directory=True)
+    for path in ("memory/MEMORY.md", str(real / "MEMORY.md")):
+        assert "memory_in_groups" in call(ctx, "read_file", path=path)

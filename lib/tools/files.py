@@ -3,6 +3,7 @@ tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` 
 import errno
 import os
 import stat
+from contextlib import suppress
 from pathlib import Path
 
 from lib.errors import ToolError
@@ -31,22 +32,53 @@ def read_inside(path: Path, root: Path) -> bytes:
 
 
 def resolve(ctx, path: str, reading: bool = False) -> Path:
-    """The real path a tool may touch, or ToolError when it lies outside a restricted workspace
-    (`reading`: the bundled skills and this chat's attachments are open too), or in memory/
-    during a turn that may not see it (a group chat, SPEC §13)."""
-    # A relative path starts in the workspace (an absolute one replaces it); resolve() follows
-    # every symlink, including ones not yet at the end.
+    """The real path a tool may touch, or ToolError: see _check. A relative path starts in the
+    workspace (an absolute one replaces it); every symlink is followed, even one not at the end."""
     real = (ctx.workspace / Path(os.path.expandvars(path)).expanduser()).resolve()
+    _check(ctx, real, path, reading)
+    return real
+
+
+def _check(ctx, real: Path, path: str, reading: bool):
+    """ToolError when `real` is in memory/ during a turn that may not see it (a group chat, SPEC
+    §13), or outside a restricted workspace (`reading`: the bundled skills and the files sent in
+    this chat are open too)."""
     workspace = ctx.workspace.resolve()
-    if not ctx.memory and real.is_relative_to(workspace / "memory"):
+    if not ctx.memory and any(real.is_relative_to(m) for m in _memory(workspace)):
         raise ToolError(f"{path}: the assistant's memory is not open in group chats "
                         "(agents.defaults.memory_in_groups)")
     inside = real.is_relative_to(workspace) or reading and (
-        real.is_relative_to(BUNDLED) or real in {Path(p).resolve() for p in ctx.readable})
+        real.is_relative_to(BUNDLED) or _sent(ctx, real))
     if ctx.config.tools.restrict_to_workspace and not inside:
         raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
                         "tools.restrict_to_workspace is on")
-    return real
+
+
+def _memory(workspace: Path) -> set:
+    return {workspace / "memory", (workspace / "memory").resolve()}    # it may be a link
+
+
+def _sent(ctx, real: Path) -> bool:
+    """A file sent in this chat: one the channels saved under $NANOCLAW_HOME/media."""
+    media = (ctx.config.home / "media").resolve()
+    for p in ctx.readable:
+        with suppress(ValueError, OSError):          # a NUL in a path a message named
+            if Path(p).resolve() == real and real.is_relative_to(media):
+                return True
+    return False
+
+
+def _open(ctx, path: str, flags: int, reading: bool = False) -> tuple[int, Path]:
+    """An fd for `path`, and the real path: checked again where the open file really is, so a
+    link swapped in meanwhile (by a command running in a sub-agent) gains nothing."""
+    real = resolve(ctx, path, reading)
+    fd = os.open(real, flags | os.O_CLOEXEC | os.O_NONBLOCK)       # a FIFO must not block
+    try:
+        _check(ctx, Path(os.readlink(f"/proc/self/fd/{fd}")), path, reading)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real
 
 
 def _writable(ctx, path: str, change: str) -> Path:
@@ -64,21 +96,24 @@ def read_file(ctx, path: str) -> str:
     Args:
         path: file path; relative paths are inside the workspace
     """
-    p = resolve(ctx, path, reading=True)
-    if p.is_dir():
-        raise ToolError(f"{path} is a folder; use list_dir")
     try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_READ + 1)
+        fd, _ = _open(ctx, path, os.O_RDONLY, reading=True)
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
     except OSError as e:
         raise ToolError(f"cannot read {path}: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
+                        else f"{path} is not a regular file")
+    with open(fd, "rb") as f:
+        data = f.read(MAX_READ + 1)
     if b"\0" in data[:8192]:
-        raise ToolError(f"{path} is a binary file ({p.stat().st_size} bytes)")
+        raise ToolError(f"{path} is a binary file ({info.st_size} bytes)")
     text = data[:MAX_READ].decode("utf-8", errors="replace")
     if len(data) > MAX_READ:
-        text += f"\n[truncated: the file is {p.stat().st_size} bytes; read it in parts with exec]"
+        text += f"\n[truncated: the file is {info.st_size} bytes; read it in parts with exec]"
     return text
 
 
@@ -113,7 +148,14 @@ def _save(ctx, p: Path, text: str):
             raise ToolError("memory/MEMORY.md cannot be read as text, so it was left as it is")
         return
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text, encoding="utf-8")
+    folder, _ = _open(ctx, str(p.parent), os.O_RDONLY | os.O_DIRECTORY)    # where it really is
+    try:
+        fd = os.open(p.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666, dir_fd=folder)
+    finally:
+        os.close(folder)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
@@ -126,7 +168,8 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
     """
     p = _writable(ctx, path, f"{len(old_text)}:{old_text}{new_text}")
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(_open(ctx, str(p), os.O_RDONLY)[0], encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -147,17 +190,21 @@ def list_dir(ctx, path: str) -> str:
     Args:
         path: folder path; relative paths are inside the workspace
     """
-    p = resolve(ctx, path, reading=True)
     try:
-        entries = sorted(p.iterdir(), key=lambda e: (not e.is_dir(), e.name.lower()))
+        fd, _ = _open(ctx, path, os.O_RDONLY | os.O_DIRECTORY, reading=True)
     except FileNotFoundError:
         raise ToolError(f"no such folder: {path}") from None
     except NotADirectoryError:
         raise ToolError(f"{path} is a file; use read_file") from None
     except OSError as e:
         raise ToolError(f"cannot list {path}: {e.strerror}") from None
-    return ("\n".join(e.name + ("/" if e.is_dir() else "") for e in entries)
-            or f"{path} is empty")
+    try:
+        with os.scandir(fd) as found:
+            entries = sorted((not e.is_dir(), e.name.lower(), e.name) for e in found)
+    finally:
+        os.close(fd)
+    return "\n".join(name + ("" if not_dir else "/") for not_dir, _, name in entries) \
+        or f"{path} is empty"
 
 
 TOOLS = [read_file, write_file, edit_file, list_dir]
