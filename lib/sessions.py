@@ -66,6 +66,7 @@ class Session:
         self.consolidation_failures = 0     # in a row, since the last success
         self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
         self._size = 0                  # the file's size as this object last saw it
+        self.group = False              # a group chat's (SPEC §13): kept across /new
         with suppress(FileNotFoundError), open(self.path, "rb") as f:
             self._size = os.fstat(f.fileno()).st_size
             for n, raw in enumerate(f, 1):
@@ -84,6 +85,7 @@ class Session:
         """Write one message now, flushed (it survives a kill -9), None fields left out."""
         msg = {"timestamp": now_iso(), **{k: v for k, v in msg.items() if v is not None or k == "content"}}
         self.messages.append(msg)
+        self.group = self.group or msg.get("group") is True
         self._write(msg)
 
     def mark(self, kind: str, **fields):
@@ -92,6 +94,7 @@ class Session:
         self._write({"_type": kind, **fields, "at": now_iso()})
 
     def _apply(self, marker: dict):
+        self.group = self.group or marker.get("group") is True     # a message's, or metadata's
         if marker.get("_type") == "consolidated":
             self.consolidated = int(marker.get("upto", 0))
             self.consolidation_failures, self.retry_consolidation_at = 0, 0.0
@@ -99,17 +102,19 @@ class Session:
             self.consolidation_failures += 1
             self.retry_consolidation_at = float(marker.get("retry_at", 0))
 
-    def _write(self, obj: dict):
+    def _write(self, obj: dict | None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab+") as f:
             if f.tell() == 0:           # append mode starts at the end: a new or empty file
-                meta = {"_type": "metadata", "key": self.key, "created_at": now_iso()}
+                meta = {"_type": "metadata", "key": self.key, "created_at": now_iso(),
+                        **({"group": True} if self.group else {})}
                 f.write(json.dumps(meta).encode() + b"\n")
             else:                       # a torn last line must not swallow this one
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     f.write(b"\n")
-            f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+            if obj is not None:
+                f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
             f.flush()
             self._size = f.tell()
 
@@ -150,7 +155,11 @@ class Session:
             dest = self.path.parent / "archive" / (maildir.unique_name(f"{self.path.stem}.") + ".jsonl")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
+        group = self.group
         self._load()                    # no file now: the state of a new session
+        if group:                       # of the same chat: its first line says so
+            self.group = True
+            self._write(None)
 
 
 def interrupted(call: dict) -> dict:

@@ -310,6 +310,20 @@ def test_a_cron_job_or_heartbeat_in_a_group_chat_does_not_see_memory_either(cfg,
     assert "Likes green tea" in make_agent(config, ScriptedProvider()).memory.read()
 
 
+def test_a_group_stays_a_group_after_new(cfg, home):
+    """/new starts the session file afresh; a cron job or the heartbeat speaking in that group
+    afterwards (their messages carry no is_group) still does not get MEMORY.md."""
+    config = cfg()
+    model = ScriptedProvider("ok", saving(), "ok")
+    agent = make_agent(config, model)
+    s = Session(home, "telegram", "-100")
+    agent.respond(telegram("hello all", group=True), s)
+    agent.respond(telegram("/new", group=True), s)
+    cron = ask("remind", channel="telegram", chat_id="-100", metadata={"kind": "cron"})
+    agent.respond(cron, Session(home, "telegram", "-100"))
+    assert "Likes green tea" not in model.requests[-1]["messages"][0]["content"]
+
+
 def test_a_group_chat_cannot_have_memory_read_out_through_a_tool(cfg, home):
     """The prompt leaves MEMORY.md out in a group; a member asking the model to read the file
     (or to look at it sideways, through HISTORY.md or a listing) gets nothing from it either."""

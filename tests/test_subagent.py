@@ -80,6 +80,26 @@ def test_the_spawn_tool_runs_a_background_turn_and_posts_its_result(config, llm,
     assert [r["role"] for r in rows[1:]] == ["user", "assistant", "tool", "assistant"]
 
 
+def test_a_task_from_a_group_keeps_its_privacy_and_may_read_what_was_sent(config, llm, home,
+                                                                         parts):
+    """A sub-agent started in a group does not see memory/; one asked to look at a file sent
+    in the chat may read it (it lives in $NANOCLAW_HOME/media, outside the workspace)."""
+    (config.workspace / "memory").mkdir(exist_ok=True)
+    (config.workspace / "memory" / "MEMORY.md").write_text("- the owner's PIN hint\n")
+    (home / "media" / "telegram").mkdir(parents=True)
+    sent = home / "media" / "telegram" / "1-report.txt"
+    sent.write_text("quarterly numbers\n")
+    llm.script({"tool_calls": [{"name": "read_file", "arguments": {"path": "memory/MEMORY.md"}},
+                               {"name": "read_file", "arguments": {"path": str(sent)}}]}, "done")
+    parts.append(subs := make(config))
+    ctx = Context(config, config.workspace, "telegram", "-100", services=Services(spawn=subs),
+                  memory=False, readable=(str(sent),))
+    tid = task_id(default_registry().call("spawn", {"task": "summarise the report"}, ctx))
+    wait_for(lambda: posted(config, tid))
+    memory, report = [m["content"] for m in llm.chat_requests[1]["messages"] if m["role"] == "tool"]
+    assert "memory_in_groups" in memory and report == "quarterly numbers\n"
+
+
 def test_the_spawn_tool_without_the_gateway_says_so(config):
     ctx = Context(config, config.workspace)
     assert default_registry().call("spawn", {"task": "x"}, ctx) == \

@@ -75,8 +75,9 @@ class Subagents(Part):
             thread.join(timeout / max(1, len(threads)))
 
     def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default",
-              memory=True) -> str:
-        """Start a task; `memory`: it may see workspace/memory (false when a group chat asks)."""
+              memory=True, readable=()) -> str:
+        """Start a task; `memory`: it may see workspace/memory (false when a group chat asks);
+        `readable`: the files sent in that chat, which it may read too."""
         if not task.strip():
             raise ToolError("task is empty: describe the whole job, with everything it needs")
         with self._lock:
@@ -87,7 +88,7 @@ class Subagents(Part):
             label = " ".join((label or task).split())[:40]
             job = {"id": task_id, "task": task, "label": label, "origin": {
                 "channel": origin_channel, "chat_id": str(origin_chat)}, "created_at": now_iso(),
-                   "memory": bool(memory)}
+                   "memory": bool(memory), "readable": list(readable)}
             self.save(job)
             self._launch(job)
         return (f"Started background task '{label}' (id {task_id}); "
@@ -133,7 +134,8 @@ class Subagents(Part):
         if not job.get("resumed"):
             session.append({"role": "user", "content": job["task"]})
         ctx = Context(self.config, ws, "subagent", job["id"], source="subagent",
-                      deadline=time.monotonic() + d.turn_timeout_s, memory=job.get("memory", True))
+                      deadline=time.monotonic() + d.turn_timeout_s, memory=job.get("memory", True),
+                      readable=tuple(job.get("readable") or ()))
         new = run_turn([{"role": "system", "content": prompt}, *session.history(10**6)], self,
                        self.tools, ctx, d.max_tool_iterations, session.append)
         session.sync()

@@ -13,7 +13,8 @@ def spawn(ctx, task: str, label: str = "") -> str:
     """
     if ctx.services.spawn is None:
         raise ToolError("background tasks need the gateway (python nanoclaw.py gateway)")
-    return ctx.services.spawn.spawn(task, label, ctx.channel, ctx.chat_id, ctx.memory)
+    return ctx.services.spawn.spawn(task, label, ctx.channel, ctx.chat_id, ctx.memory,
+                                   ctx.readable)
 
 
 TOOLS = [spawn]
