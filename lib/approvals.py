@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
 MAX_RECORD = 4 * 1024 * 1024     # a parked turn holds its inbox message (at most 1 MiB)
 MAX_BOUND_FILES = 50            # the files of a command an approval is bound to, at most
+MAX_LOOKUPS = 20_000            # words x folders looked through for them
 OWNER_CHANNELS = ("cli", "web")      # written by the owner's own terminal or the token-guarded page
 # Risky when tools.approval.mode is `risky` (SPEC §9); a courtesy list, the sandbox is the boundary.
 PATTERNS = [
@@ -47,9 +48,10 @@ PATTERNS = [
 class ApprovalNeeded(NanoclawError):
     """A risky action waits for the owner's yes: the turn is parked, not failed."""
 
-    def __init__(self, binding: dict, question: str):
+    def __init__(self, binding: dict, question: str, memory: bool = True):
         super().__init__(question)
         self.binding, self.question, self.call = binding, question, None
+        self.memory = memory        # the turn may see workspace/memory; so may its approved call
 
 
 @settings
@@ -76,15 +78,24 @@ def risk(ctx, command: str, boxed: bool) -> str:
 def exec_binding(ctx, command: str, cwd: Path) -> dict:
     """The command, its folder, and the hash of every workspace file it names (a script): a
     word's file is looked for in the folder and in each folder the command cds to, and the
-    words of an inline script (bash -c '…') count too. Hashing reads a file in pieces."""
+    words of an inline script (bash -c '…') count too. Hashing reads a file in pieces. A
+    command naming more than MAX_BOUND_FILES files, or too long to look through, is refused:
+    an approval must not leave its script unbound."""
     import hashlib
-    workspace, files = ctx.workspace.resolve(), {}
+    workspace, files, folders = ctx.workspace.resolve(), {}, [cwd]
     words = _words(command)
     words += [w for word in words if " " in word for w in _words(word)]
-    folders = [cwd, *((cwd / w).resolve() for cd, w in zip(words, words[1:]) if cd == "cd")]
+    for cd, word in zip(words, words[1:]):
+        if cd == "cd" and (folder := (folders[-1] / word).resolve()) not in folders:
+            folders.append(folder)      # each cd goes on from where the one before led
+    if len(words) * len(folders) > MAX_LOOKUPS:
+        raise ToolError("this command is too long to ask the owner about; split it up")
     for path in sorted({(folder / word).resolve() for folder in folders for word in words
                         if word and not word.startswith("-")}):
-        if path.is_relative_to(workspace) and path.is_file() and len(files) < MAX_BOUND_FILES:
+        if path.is_relative_to(workspace) and path.is_file():
+            if len(files) == MAX_BOUND_FILES:
+                raise ToolError(f"this command names more than {MAX_BOUND_FILES} workspace "
+                                "files; an approval cannot be bound to them all: split it up")
             with open(path, "rb") as f:
                 files[str(path)] = hashlib.file_digest(f, "sha256").hexdigest()
     return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
@@ -119,7 +130,7 @@ def ask(ctx, binding: dict, question: str):
         raise ToolError("this is not what the owner approved (the command, its folder or a "
                         "script it runs changed); it needs a new approval")
     if ctx.ask is None:
-        raise ApprovalNeeded(binding, question)
+        raise ApprovalNeeded(binding, question, ctx.memory)
     if not ctx.ask(question):
         raise ToolError("the owner declined")
 
@@ -154,6 +165,7 @@ class Approvals:
         code = next(c for c in (f"{secrets.randbelow(10000):04d}" for _ in range(1000)) if c not in taken)
         minutes = max(1, round(self.config.tools.approval.timeout_s / 60))
         record = {"code": code, "binding": need.binding, "call": need.call, "msg": msg,
+                  "memory": need.memory,
                   "channel": to[0], "chat_id": to[1], "asked_at": time.time(),
                   "expires_at": time.time() + self.config.tools.approval.timeout_s,
                   "question": f'{need.question} — reply "yes {code}" or "no {code}" '
@@ -194,7 +206,8 @@ class Approvals:
             return self.resume_task(agent.services.spawn, record, verdict)
         channel, chat_id = target(msg)          # its conversation, as the worker chose it
         self.settle(record, verdict, agent, Session(self.config.home, channel, chat_id), channel, chat_id)
-        post_inbox(self.config.home, dict(msg, metadata=dict(msg.get("metadata") or {}, resume=True)),
+        meta = dict(msg.get("metadata") or {}, resume=True, verdict=verdict)
+        post_inbox(self.config.home, dict(msg, metadata=meta),
                    f"approval-{record['code']}-{int(record.get('asked_at', 0))}")
 
     def answer(self, msg: dict, again: bool = False) -> tuple[dict | None, str]:
@@ -300,10 +313,11 @@ def run(agent, record: dict, channel: str, chat_id: str) -> str:
     """The approved call, now, bound to what was approved (its tool checks that it still is)."""
     from lib.tools import Context
     d = agent.config.agents.defaults
-    group = (record["msg"].get("metadata") or {}).get("is_group") is True
+    group = (record["msg"].get("metadata") or {}).get("is_group") is True     # an older record
     ctx = Context(agent.config, agent.config.workspace, channel, chat_id, agent.send,
                   agent.services, deadline=time.monotonic() + d.turn_timeout_s,
-                  approved=record["binding"], memory=not group or d.memory_in_groups)
+                  approved=record["binding"],
+                  memory=record.get("memory", not group or d.memory_in_groups))
     log.info("approval %s: running %s", record["code"], record["call"]["name"])
     return agent.tools.call(record["call"]["name"], record["call"]["arguments"], ctx)
 

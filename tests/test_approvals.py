@@ -7,6 +7,7 @@ import pytest
 
 from lib.approvals import Approvals, risk
 from lib.config import load_config
+from lib.errors import ToolError
 from lib.tools import Context
 from tests.conftest import replies, run_cli, wait_for, write_config
 from tests.test_gateway import drop, session_rows
@@ -184,16 +185,34 @@ def test_an_approved_script_that_changed_meanwhile_is_not_run(home, llm):
 
 @pytest.mark.parametrize("command, script", [
     ("cd sub && ./x.sh", "sub/x.sh"), ("cd sub;sh x.sh", "sub/x.sh"), ("sh<x.sh", "x.sh"),
-    ("bash -c 'sh x.sh'", "x.sh"), ("cat x.sh|sh", "x.sh")])
+    ("bash -c 'sh x.sh'", "x.sh"), ("cat x.sh|sh", "x.sh"), ("cd sub && cd in && sh x.sh", "sub/in/x.sh")])
 def test_the_script_a_command_runs_is_bound_however_the_command_names_it(home, command, script):
     from lib.approvals import exec_binding
     write_config(home, "")
     cfg = load_config()
-    (cfg.workspace / "sub").mkdir(parents=True)
-    for name in ("x.sh", "sub/x.sh"):
+    (cfg.workspace / "sub" / "in").mkdir(parents=True)
+    for name in ("x.sh", "sub/x.sh", "sub/in/x.sh"):
         (cfg.workspace / name).write_text(f"echo {name}\n")
     files = exec_binding(Context(cfg, cfg.workspace), command, cfg.workspace.resolve())["files"]
     assert str((cfg.workspace / script).resolve()) in files, files
+
+
+def test_a_command_an_approval_cannot_be_bound_to_is_refused_not_left_unbound(home):
+    """More files than can be bound (decoys that sort first), or a command too long to look
+    through (800 cds: it took 30 s of the worker's time), is refused at once."""
+    from lib.approvals import MAX_BOUND_FILES, exec_binding
+    write_config(home, "")
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True)
+    for i in range(MAX_BOUND_FILES):
+        (cfg.workspace / f"a{i:02}.txt").write_text("decoy\n")
+    (cfg.workspace / "z.sh").write_text("echo hi\n")
+    ctx = Context(cfg, cfg.workspace)
+    decoys = " ".join(f"a{i:02}.txt" for i in range(MAX_BOUND_FILES))
+    with pytest.raises(ToolError, match="more than 50 workspace files"):
+        exec_binding(ctx, f"cat {decoys}; sh z.sh", cfg.workspace)
+    with pytest.raises(ToolError, match="too long"):
+        exec_binding(ctx, " ".join(f"cd d{i} &&" for i in range(800)) + " sh z.sh", cfg.workspace)
 
 
 def test_a_parked_turn_survives_kill_9(gateway, home, llm):

@@ -335,3 +335,28 @@ def test_a_group_chats_commands_do_not_see_memory(boxed):
     out = run(group, "cat memory/MEMORY.md; ls -a memory; grep -rs PIN . /proc/self/root/$PWD")
     assert "PIN" not in out, out
     assert "PIN" in run(boxed, "cat memory/MEMORY.md")
+
+
+@needs_bwrap
+def test_an_approved_command_from_a_group_still_does_not_see_memory(home):
+    """The yes comes later, from the owner, through approvals.run: the call it runs keeps the
+    privacy of the turn that asked (a cron job or a sub-agent in a group has no is_group)."""
+    from lib.approvals import ApprovalNeeded, Approvals, run
+    from tests.conftest import make_agent
+    from tests.fakes.scripted import ScriptedProvider
+    write_config(home, yaml.safe_dump({"tools": {"exec": {"sandbox": "bwrap"},
+                                                 "approval": {"mode": "always"}}}))
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True, exist_ok=True)
+    boxed = Context(cfg, cfg.workspace)
+    (boxed.workspace / "memory").mkdir()
+    (boxed.workspace / "memory" / "MEMORY.md").write_text("- the owner's PIN hint\n")
+    group = Context(boxed.config, boxed.workspace, "telegram", "-100", memory=False)
+    with pytest.raises(ApprovalNeeded) as need:
+        call(group, "exec", command="cat memory/MEMORY.md")
+    need.value.call = {"id": "c1", "name": "exec",
+                       "arguments": '{"command": "cat memory/MEMORY.md"}'}
+    msg = {"id": "m", "channel": "system", "chat_id": "cron:1", "text": "x", "metadata": {}}
+    record = Approvals(boxed.config).park(need.value, msg, ("telegram", "42"))
+    out = run(make_agent(boxed.config, ScriptedProvider()), record, "telegram", "-100")
+    assert "PIN" not in out and "exit code 1" in out, out
