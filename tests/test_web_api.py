@@ -243,12 +243,16 @@ def test_unknown_paths_need_the_token_before_they_are_not_found(web):
         assert status == 404 and json.loads(body)["error"]["code"] == "not_found", path
 
 
-def test_head_on_health_and_the_page_answers_like_get_without_a_body(web):
-    """Uptime monitors ask HEAD /health; the answer has GET's headers and no body at all."""
-    for path, ctype in (("/health", "application/json"), ("/", "text/html; charset=utf-8")):
-        get = web.raw("GET", path)
+def test_head_answers_like_get_without_a_body(web):
+    """Uptime monitors ask HEAD /health; the answer has GET's headers and no body at all. Behind
+    the token too."""
+    auth = f"Authorization: Bearer {web.token}\r\n"
+    for path, ctype, extra in (("/health", "application/json", ""),
+                               ("/", "text/html; charset=utf-8", ""),
+                               ("/v1/models", "application/json", auth)):
+        get = web.raw("GET", path, headers={"Authorization": f"Bearer {web.token}"})
         with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
-            s.sendall(f"HEAD {path} HTTP/1.0\r\n\r\n".encode())
+            s.sendall(f"HEAD {path} HTTP/1.0\r\n{extra}\r\n".encode())
             answer = b"".join(iter(lambda: s.recv(65536), b""))
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 200 ") and body == b"", answer[:300]

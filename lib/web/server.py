@@ -2,7 +2,7 @@
 (liveness only, no token), the page at / with its static files (no data, no token), and behind
 the token everything else: the page's data (/ui/…, lib/web/page.py), the OpenAI-compatible API
 (/v1/…, lib/web/api.py), and the 404 or 405 of a path or method not served. HEAD is GET without
-the body where GET needs no token.
+the body.
 
 Plain threads: the standard library's ThreadingHTTPServer, with at most MAX_CONNECTIONS at once
 (more are told 503 and closed), so a flood cannot eat the Pi's threads. It waits on the listening
@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.web.guard.check(self.headers, self.client_address[0], changes)
             from lib.web import api, page
             routes = api.ROUTES if url.path.startswith("/v1/") else page.ROUTES
-            found = routes.get((method, url.path))
+            found = routes.get(("GET" if method == "HEAD" else method, url.path))
             if found is None:
                 allowed = [m for m, p in routes if p == url.path]
                 raise HttpError(405 if allowed else 404, f"{method} {url.path} is not served here"
