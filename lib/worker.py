@@ -81,12 +81,14 @@ class Worker(Part):
                     return
 
     def _scheduled(self, name: str) -> bool:
-        """A message cron or the heartbeat posted on schedule (not a job run by hand)."""
+        """A message cron or the heartbeat posted on schedule (not a job run by hand, nor one of
+        their turns going on after the owner answered: they are awake)."""
         with suppress(OSError, ValueError, AttributeError):
             msg = read_message(self.inbox / "new" / name)
             meta = msg.get("metadata") or {}
+            answered = meta.get("resume") and meta.get("verdict") in ("yes", "no")
             return msg["channel"] == "system" and meta.get("kind") in ("cron", "heartbeat") \
-                and not meta.get("by_hand")
+                and not meta.get("by_hand") and not answered
         return False
 
     def progressing(self) -> bool:

@@ -93,16 +93,21 @@ def test_a_scheduled_message_waits_out_quiet_hours_and_nothing_else_does(config,
     for kind in ("cron", "heartbeat"):
         maildir.deliver(home / "inbox", {"channel": "system", "chat_id": f"{kind}:1", "text": "go",
                                          "metadata": {"kind": kind}}, f"a-{kind}")
+    for code, verdict in (("1", "yes"), ("2", "timeout")):     # the owner answered; nobody did
+        maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "cron:2", "text": "go",
+                                         "metadata": {"kind": "cron", "resume": True,
+                                                      "verdict": verdict}}, f"approval-{code}-1")
     maildir.deliver(home / "inbox", {"channel": "local", "chat_id": "c", "text": "hi"}, "b-chat")
     cron = CronService(quiet)
     cron.run_now(cron.add("j", "by hand", {"kind": "every", "every_s": 3600})["id"])
-    llm.script("chat answer", "job run by hand")
+    llm.script("answered", "chat answer", "job run by hand")
     worker.drain()
-    assert sorted(r["text"] for r in sent(home)) == ["chat answer", "job run by hand"]
-    assert sorted(maildir.waiting(home / "inbox")) == ["a-cron.json", "a-heartbeat.json"]
-    llm.script("cron answer", "heartbeat answer")
+    assert sorted(r["text"] for r in sent(home)) == ["answered", "chat answer", "job run by hand"]
+    assert maildir.waiting(home / "inbox") == ["a-cron.json", "a-heartbeat.json",
+                                               "approval-2-1.json"]
+    llm.script("cron answer", "heartbeat answer", "expired")
     Worker(config, make_agent(config)).drain()          # the hours are over
-    assert maildir.waiting(home / "inbox") == [] and len(llm.chat_requests) == 4
+    assert maildir.waiting(home / "inbox") == [] and len(llm.chat_requests) == 6
 
 
 def test_a_script_on_the_system_channel_still_gets_reply_to(worker, llm, home):
