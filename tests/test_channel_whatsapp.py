@@ -155,6 +155,10 @@ def test_voice_notes_are_transcribed_and_files_passed_on(gateway, llm, bridge, h
     assert f"[attached: {voice}]" in asked[0]
     assert asked[1].startswith("what is in this?") and f"[attached: {doc}]" in asked[1]
     assert any(r["path"] == "/v1/audio/transcriptions" for r in llm.requests)
+    (home / "config.yaml").chmod(0o600)
+    bridge.say("and this?", kind="document", media=[home / "config.yaml"])     # not the bridge's
+    answered(bridge, 3)
+    assert "config.yaml" not in llm.chat_requests[-1]["messages"][-1]["content"]
 
 
 # --- in-process: the channel object ---

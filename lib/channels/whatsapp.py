@@ -206,15 +206,14 @@ class WhatsAppChannel(Channel):
         number = jid.split("@")[0].split(":")[0]
         sender, *aliases = dict.fromkeys(x for x in (phone, number, jid) if x) or [""]
         text, group = f.get("text") or "", bool(f.get("isGroup"))
-        media = [p for p in f.get("media") or () if Path(p).is_file()]
+        mine = (self.home / "media" / self.name).resolve()     # where the bridge saves files:
+        media = [p for p in f.get("media") or () if _within(p, mine)]   # no other path is taken
         meta = {"message_id": f.get("id"), "sender": jid, "phone": phone, "is_group": group,
                 "name": f.get("name") or "", "sender_aliases": aliases}
         addressed = not group or f.get("mentioned")     # in groups: what @mentions or answers us
         if not (addressed and self.admits(sender, meta)):
-            mine = (self.home / "media" / self.name).resolve()
             for p in media:                     # files not for us, or from strangers: not kept
-                if Path(p).resolve().is_relative_to(mine):
-                    Path(p).unlink(missing_ok=True)
+                Path(p).unlink(missing_ok=True)
             if not addressed:
                 return
             if group:                           # no "this assistant is private" in groups
@@ -281,3 +280,13 @@ class WhatsAppChannel(Channel):
             ws.send(json.dumps(frame, ensure_ascii=False))
         except Exception as e:
             raise SendError(f"cannot write to the bridge: {e}") from None
+
+
+def _within(path, folder: Path) -> bool:
+    """A regular file the bridge saved in `folder` (its real path): a frame naming any other
+    file (a bridge not ours on the port) gets nothing read or sent to the model."""
+    try:
+        return isinstance(path, str) and Path(path).resolve().is_relative_to(folder) \
+            and Path(path).is_file()
+    except (OSError, ValueError):
+        return False
