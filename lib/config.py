@@ -177,12 +177,10 @@ def load_config(explicit: str | None = None) -> Config:
 
 
 def _line(lines, at: tuple) -> str:
-    """" (line N)" of the key path `at` (snake_case; the file may spell a key in camelCase)."""
-    for key, line in lines.items():
-        if isinstance(key, tuple) and len(key) == len(at) and \
-                all(k == a or snake(k) == a for k, a in zip(key, at)):
-            return f" (line {line})"
-    return ""
+    """" (line N)" of the key path `at`, however the file spells its keys (camelCase too)."""
+    line = next((n for k, n in lines.items() if isinstance(k, tuple)
+                 and tuple(map(snake, k)) == tuple(map(snake, at))), None)
+    return f" (line {line})" if line else ""
 
 
 def _read(path: Path):

@@ -14,12 +14,14 @@ import functools
 import json
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, time as dtime, timedelta, timezone
 
-from lib import maildir
+from lib import heartbeat, maildir
 from lib.errors import ConfigError, UserError
+from lib.mail import post_inbox
 from lib.part import Part
+from lib.usage import over_limit, owner, quiet_until
 
 log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60        # the Pi has no RTC: look at the wall clock again after NTP moves it
@@ -107,12 +109,11 @@ def parse_at(text: str, tz) -> datetime:
     except ValueError:
         raise CronError(f"at {text!r} is not an ISO 8601 time; expected e.g. "
                         "2025-06-03T09:00:00+02:00") from None
-    try:        # a year off the ends of the calendar in UTC, or in a zone a day away from it
+    # OverflowError: a year off the ends of the calendar in UTC, or in a zone a day away from it
+    with suppress(OverflowError):
         when = when if when.tzinfo else _resolve(when, tz)
         if 1 < when.astimezone(timezone.utc).year < 9999:
             return when
-    except OverflowError:
-        pass
     raise CronError(f"at {text!r} is out of range; expected a year from 2 to 9998")
 
 
@@ -203,7 +204,6 @@ class CronService(Part):
     tool and the gateway never lose each other's edits; a file that cannot be read is left alone."""
 
     def __init__(self, config, post=None, clock=_now):
-        from lib.mail import post_inbox
         self.config = config
         self.path = config.home / "cron" / "jobs.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)     # the file watcher needs it
@@ -311,7 +311,6 @@ class CronService(Part):
         text = (f"[A scheduled job fired: {job.get('name')!r} (cron job {job['id']}, due "
                 f"{due.astimezone(self.tz):%Y-%m-%d %H:%M %Z}). Do what it says now.]\n"
                 f"{job.get('message', '')}\n")
-        from lib.usage import owner
         meta = {"kind": "cron", "job_id": job["id"]}
         chat = job.get("deliver") and job.get("channel") and job.get("to") and (
             job["channel"], str(job["to"]))
@@ -327,7 +326,6 @@ class CronService(Part):
 
     def tick(self) -> float:
         """Reload jobs.json if it changed, post what is due, beat; the seconds until the next."""
-        from lib.usage import quiet_until
         now, stamp, retry = self.clock(), maildir.stamp(self.path), False
         quiet = quiet_until(self.config, now)       # due jobs wait for the end of quiet hours
         if stamp != self._stamp or not quiet and any(_due(job, now) for job in self._jobs):
@@ -355,8 +353,6 @@ class CronService(Part):
         """Beat when an interval has passed since the last beat, enabled or not (a reload may
         turn it on; the gateway wakes this part then, so a new interval counts at once). When
         the next beat is due."""
-        from lib import heartbeat
-        from lib.usage import over_limit
         self._beat = min(self._beat, now)       # the clock was set back (NTP on a Pi)
         if now - self._beat >= self._interval:
             self._beat = now
@@ -384,7 +380,6 @@ class CronService(Part):
     def _fire(self, jobs, now) -> bool:
         """Post every due job, then move it on; True when the inbox could not be written. At a
         daily limit (SPEC §10) a due job is skipped: no post, and it moves on."""
-        from lib.usage import over_limit
         retry, capped = False, over_limit(self.config)
         for job, due in [(j, when) for j in jobs if (when := _due(j, now))]:
             name = f"cron-{job['id']}-{int(due.timestamp())}"

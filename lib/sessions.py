@@ -60,13 +60,13 @@ class Session:
         except FileNotFoundError:
             return self._size != 0
 
-    def _load(self):                    # from the file, or empty when there is none
+    def _load(self, group=False):       # from the file, or empty when there is none
         self.messages: list[dict] = []
         self.consolidated = 0           # messages before this index are in memory already
         self.consolidation_failures = 0     # in a row, since the last success
         self.retry_consolidation_at = 0.0   # epoch seconds: no new try before (back-off)
         self._size = 0                  # the file's size as this object last saw it
-        self.group = False              # a group chat's (SPEC §13): kept across /new
+        self.group = group              # a group chat's (SPEC §13): kept across /new
         with suppress(FileNotFoundError), open(self.path, "rb") as f:
             self._size = os.fstat(f.fileno()).st_size
             for n, raw in enumerate(f, 1):
@@ -155,10 +155,8 @@ class Session:
             dest = self.path.parent / "archive" / (maildir.unique_name(f"{self.path.stem}.") + ".jsonl")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
-        group = self.group
-        self._load()                    # no file now: the state of a new session
-        if group:                       # of the same chat: its first line says so
-            self.group = True
+        self._load(self.group)          # no file now: the state of a new session of the same
+        if self.group:                  # chat, whose first line says it is a group's
             self._write(None)
 
 

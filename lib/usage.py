@@ -8,7 +8,9 @@ import logging
 import os
 import re
 import time
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from lib.errors import ConfigError, LimitReached, ProviderDown, ProviderError
 from lib.fields import setting, settings
@@ -164,6 +166,26 @@ def quiet_until(config, now: datetime | None = None) -> datetime | None:
         return None
     day = local.date() + timedelta(days=1 if start > end and minute >= start else 0)
     return datetime(day.year, day.month, day.day, end // 60, end % 60, tzinfo=tz)
+
+
+def quiet_held(config, inbox: Path) -> set[str]:
+    """The names in inbox/new/ that wait for the end of the quiet hours: what cron or the
+    heartbeat posted on schedule; not a job run by hand, nor one of their turns going on after
+    the owner answered (they are awake). Empty outside quiet hours."""
+    if not quiet_until(config):
+        return set()
+    from lib import maildir
+    from lib.mail import read_message
+    held = set()
+    for name in maildir.waiting(inbox):
+        with suppress(OSError, ValueError, AttributeError):
+            msg = read_message(inbox / "new" / name)
+            meta = msg.get("metadata") or {}
+            answered = meta.get("resume") and meta.get("verdict") in ("yes", "no")
+            if msg["channel"] == "system" and meta.get("kind") in ("cron", "heartbeat") \
+                    and not meta.get("by_hand") and not answered:
+                held.add(name)
+    return held
 
 
 def owner(config) -> tuple[str, str] | None:

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import suppress
 from pathlib import Path
 
 from lib import maildir
@@ -20,7 +19,7 @@ from lib.errors import LimitReached, ProviderDown, ProviderError
 from lib.mail import NO_REMOTE, post_outbox, read_message, reply_exists, target
 from lib.part import Part
 from lib.sessions import Session
-from lib.usage import outage, owner, quiet_until, source
+from lib.usage import outage, owner, quiet_held, source
 
 log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -43,8 +42,7 @@ class Worker(Part):
 
     @property
     def approvals(self) -> Approvals:
-        """The turns parked for the owner's yes, by the config as it is now (a reload changes
-        tools.approval.owner and timeout_s)."""
+        """The turns parked for the owner's yes, by the config as it is now (after a reload)."""
         return Approvals(self.config)
 
     def start(self):
@@ -65,13 +63,13 @@ class Worker(Part):
         # stays in cur/. While the disk is full, nothing is tried before the back-off ends.
         if time.monotonic() < self._retry_at:
             return
-        quiet = quiet_until(self.config)    # a scheduled job's message waits for the hours' end
+        held = quiet_held(self.config, self.inbox)      # scheduled, in quiet hours (SPEC §10)
         for folder in ("cur", "new"):
             for name in maildir.waiting(self.inbox, folder=folder):
                 if self.stopping.is_set():
                     return
-                if quiet and folder == "new" and self._scheduled(name):
-                    continue            # taken up at a rescan once the quiet hours end (SPEC §10)
+                if folder == "new" and name in held:
+                    continue            # taken up at a rescan once the quiet hours end
                 # a name used before (a script's a1.json again) is taken under a name of its
                 # own: its id, its reply's name and the crash check must not meet the first's
                 again = folder == "new" and maildir.find(self.inbox, name, ("done", "failed"))
@@ -79,17 +77,6 @@ class Worker(Part):
                     self.inbox, name, again and maildir.unique_name(Path(name).stem + ".") + ".json")
                 if path and not self._take(path, recovered=folder == "cur"):
                     return
-
-    def _scheduled(self, name: str) -> bool:
-        """A message cron or the heartbeat posted on schedule (not a job run by hand, nor one of
-        their turns going on after the owner answered: they are awake)."""
-        with suppress(OSError, ValueError, AttributeError):
-            msg = read_message(self.inbox / "new" / name)
-            meta = msg.get("metadata") or {}
-            answered = meta.get("resume") and meta.get("verdict") in ("yes", "no")
-            return msg["channel"] == "system" and meta.get("kind") in ("cron", "heartbeat") \
-                and not meta.get("by_hand") and not answered
-        return False
 
     def progressing(self) -> bool:
         """False when one message has held the worker well past the turn deadline (a hang the

@@ -89,8 +89,8 @@ class Agent:
         media, msg_id = msg.get("media") or (), msg.get("id")
         session = session or Session(self.config.home, channel, chat_id)
         d, command = self.config.agents.defaults, text.strip().lower()
-        meta = msg.get("metadata") or {}
-        group = meta.get("is_group") is True or session.group    # a cron job's in a group too
+        # a group chat's message, or one to a chat that is a group's (a cron job's in a group too)
+        group = (msg.get("metadata") or {}).get("is_group") is True or session.group
         show = not group or d.memory_in_groups          # MEMORY.md in this chat (SPEC §13)
         if command == "/help":
             return HELP

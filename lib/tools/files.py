@@ -3,7 +3,7 @@ tools.restrict_to_workspace, nothing outside it is reachable (symlinks and `..` 
 import errno
 import os
 import stat
-from contextlib import suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from lib.errors import ToolError
@@ -44,7 +44,8 @@ def _check(ctx, real: Path, path: str, reading: bool):
     §13), or outside a restricted workspace (`reading`: the bundled skills and the files sent in
     this chat are open too)."""
     workspace = ctx.workspace.resolve()
-    if not ctx.memory and any(real.is_relative_to(m) for m in _memory(workspace)):
+    memory = workspace / "memory"                   # or where it leads, when it is a link
+    if not ctx.memory and (real.is_relative_to(memory) or real.is_relative_to(memory.resolve())):
         raise ToolError(f"{path}: the assistant's memory is not open in group chats "
                         "(agents.defaults.memory_in_groups)")
     inside = real.is_relative_to(workspace) or reading and (
@@ -54,31 +55,22 @@ def _check(ctx, real: Path, path: str, reading: bool):
                         "tools.restrict_to_workspace is on")
 
 
-def _memory(workspace: Path) -> set:
-    return {workspace / "memory", (workspace / "memory").resolve()}    # it may be a link
-
-
 def _sent(ctx, real: Path) -> bool:
     """A file sent in this chat: one the channels saved under $NANOCLAW_HOME/media."""
-    media = (ctx.config.home / "media").resolve()
-    for p in ctx.readable:
-        with suppress(ValueError, OSError):          # a NUL in a path a message named
-            if Path(p).resolve() == real and real.is_relative_to(media):
-                return True
-    return False
+    sent = {Path(p).resolve() for p in ctx.readable if "\0" not in p}
+    return real in sent and real.is_relative_to((ctx.config.home / "media").resolve())
 
 
-def _open(ctx, path: str, flags: int, reading: bool = False) -> tuple[int, Path]:
-    """An fd for `path`, and the real path: checked again where the open file really is, so a
-    link swapped in meanwhile (by a command running in a sub-agent) gains nothing."""
-    real = resolve(ctx, path, reading)
-    fd = os.open(real, flags | os.O_CLOEXEC | os.O_NONBLOCK)       # a FIFO must not block
+@contextmanager
+def _opened(ctx, path: str, flags: int, reading: bool = False):
+    """An fd for `path`, checked again where the open file really is, so a link swapped in
+    meanwhile (by a command running in a sub-agent) gains nothing; closed afterwards."""
+    fd = os.open(resolve(ctx, path, reading), flags | os.O_CLOEXEC | os.O_NONBLOCK)  # FIFO: no wait
     try:
         _check(ctx, Path(os.readlink(f"/proc/self/fd/{fd}")), path, reading)
-    except BaseException:
+        yield fd
+    finally:
         os.close(fd)
-        raise
-    return fd, real
 
 
 def _writable(ctx, path: str, change: str) -> Path:
@@ -97,18 +89,16 @@ def read_file(ctx, path: str) -> str:
         path: file path; relative paths are inside the workspace
     """
     try:
-        fd, _ = _open(ctx, path, os.O_RDONLY, reading=True)
+        with _opened(ctx, path, os.O_RDONLY, reading=True) as fd:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
+                                else f"{path} is not a regular file")
+            data = open(fd, "rb", closefd=False).read(MAX_READ + 1)
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
     except OSError as e:
         raise ToolError(f"cannot read {path}: {e.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
-                        else f"{path} is not a regular file")
-    with open(fd, "rb") as f:
-        data = f.read(MAX_READ + 1)
     if b"\0" in data[:8192]:
         raise ToolError(f"{path} is a binary file ({info.st_size} bytes)")
     text = data[:MAX_READ].decode("utf-8", errors="replace")
@@ -148,12 +138,9 @@ def _save(ctx, p: Path, text: str):
             raise ToolError("memory/MEMORY.md cannot be read as text, so it was left as it is")
         return
     p.parent.mkdir(parents=True, exist_ok=True)
-    folder, _ = _open(ctx, str(p.parent), os.O_RDONLY | os.O_DIRECTORY)    # where it really is
-    try:
+    with _opened(ctx, str(p.parent), os.O_RDONLY | os.O_DIRECTORY) as folder:    # where it is
         fd = os.open(p.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o666, dir_fd=folder)
-    finally:
-        os.close(folder)
     with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -168,8 +155,8 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
     """
     p = _writable(ctx, path, f"{len(old_text)}:{old_text}{new_text}")
     try:
-        with open(_open(ctx, str(p), os.O_RDONLY)[0], encoding="utf-8") as f:
-            text = f.read()
+        with _opened(ctx, str(p), os.O_RDONLY) as fd:
+            text = open(fd, encoding="utf-8", closefd=False).read()
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -191,18 +178,15 @@ def list_dir(ctx, path: str) -> str:
         path: folder path; relative paths are inside the workspace
     """
     try:
-        fd, _ = _open(ctx, path, os.O_RDONLY | os.O_DIRECTORY, reading=True)
+        with _opened(ctx, path, os.O_RDONLY | os.O_DIRECTORY, reading=True) as fd, \
+                os.scandir(fd) as found:
+            entries = sorted((not e.is_dir(), e.name.lower(), e.name) for e in found)
     except FileNotFoundError:
         raise ToolError(f"no such folder: {path}") from None
     except NotADirectoryError:
         raise ToolError(f"{path} is a file; use read_file") from None
     except OSError as e:
         raise ToolError(f"cannot list {path}: {e.strerror}") from None
-    try:
-        with os.scandir(fd) as found:
-            entries = sorted((not e.is_dir(), e.name.lower(), e.name) for e in found)
-    finally:
-        os.close(fd)
     return "\n".join(name + ("" if not_dir else "/") for not_dir, _, name in entries) \
         or f"{path} is empty"
 
