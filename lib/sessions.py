@@ -1,6 +1,5 @@
 """Conversations as append-only JSONL (SPEC §4): a metadata line, then one chat message or marker
 per line, flushed as soon as it exists and never rewritten; a torn or corrupt line is skipped."""
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ def session_path(home: Path, channel: str, chat_id: str, hashed: bool = True) ->
     raw = f"{channel}_{chat_id}"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
     if hashed and (name != raw or len(name) > MAX_NAME):
+        import hashlib                  # OpenSSL: 2 MB that `status` and `cron list` do without
         key = f"{channel}:{chat_id}".encode("utf-8", "surrogatepass")
         name = name[:MAX_NAME] + "-" + hashlib.sha256(key).hexdigest()[:8]
     return Path(home) / "sessions" / f"{name}.jsonl"
