@@ -9,6 +9,8 @@ sent), and the turn goes on with the tool's result, or with `Error: the owner de
 yes is bound to the exact action: the command and folder, and the content of every workspace
 file the command names (a script it runs); anything else needs an approval of its own.
 """
+import glob
+import itertools
 import json
 import logging
 import os
@@ -77,28 +79,49 @@ def risk(ctx, command: str, boxed: bool) -> str:
 
 def exec_binding(ctx, command: str, cwd: Path) -> dict:
     """The command, its folder, and the hash of every workspace file it names (a script): a
-    word's file is looked for in the folder and in each folder the command cds to, and the
-    words of an inline script (bash -c '…') count too. Hashing reads a file in pieces. A
-    command naming more than MAX_BOUND_FILES files, or too long to look through, is refused:
+    word's file is looked for in the folder and in each folder the command cds to; the words
+    of an inline script (bash -c '…') count too; ~ and $HOME are the workspace (the command's
+    HOME) and a glob is expanded. A word the shell makes up as it runs ($f, $(…), `…`) could
+    name any file there, so every file in those folders is bound. A command whose files cannot
+    all be bound (over MAX_BOUND_FILES, unreadable, or too long to look through) is refused:
     an approval must not leave its script unbound."""
-    import hashlib
-    workspace, files, folders = ctx.workspace.resolve(), {}, [cwd]
+    workspace, folders = ctx.workspace.resolve(), [cwd]
     words = _words(command)
     words += [w for word in words if " " in word for w in _words(word)]
-    for cd, word in zip(words, words[1:]):
-        if cd == "cd" and (folder := (folders[-1] / word).resolve()) not in folders:
-            folders.append(folder)      # each cd goes on from where the one before led
-    if len(words) * len(folders) > MAX_LOOKUPS:
-        raise ToolError("this command is too long to ask the owner about; split it up")
-    for path in sorted({(folder / word).resolve() for folder in folders for word in words
-                        if word and not word.startswith("-")}):
-        if path.is_relative_to(workspace) and path.is_file():
-            if len(files) == MAX_BOUND_FILES:
-                raise ToolError(f"this command names more than {MAX_BOUND_FILES} workspace "
-                                "files; an approval cannot be bound to them all: split it up")
-            with open(path, "rb") as f:
-                files[str(path)] = hashlib.file_digest(f, "sha256").hexdigest()
+    words = [re.sub(r"^(~|\$HOME|\$\{HOME\})(?=/|$)", str(workspace), w) for w in words]
+    try:
+        for cd, word in zip(words, words[1:]):
+            if cd == "cd" and (folder := (folders[-1] / word).resolve()) not in folders:
+                folders.append(folder)      # each cd goes on from where the one before led
+        if len(words) * len(folders) > MAX_LOOKUPS:
+            raise ToolError("this command is too long to ask the owner about; split it up")
+        named = set()
+        for folder in folders:
+            for word in (w for w in words if w and not w.startswith("-")):
+                found = glob.iglob(str(folder / word)) if re.search(r"[*?[]", word) else \
+                    [folder / word]
+                named.update(Path(p).resolve() for p in itertools.islice(found, MAX_LOOKUPS))
+            if any("$" in w or "`" in w for w in words) and folder.is_dir():
+                named.update(p.resolve() for p in itertools.islice(folder.iterdir(), MAX_LOOKUPS))
+        bound = [p for p in sorted(named) if p.is_relative_to(workspace) and p.is_file()]
+        if len(bound) > MAX_BOUND_FILES:
+            raise ToolError(f"this command may run more than {MAX_BOUND_FILES} workspace files; "
+                            "an approval cannot be bound to them all: split it up, or name the "
+                            "script it runs")
+        files = dict(map(_digest, bound))
+    except (OSError, RuntimeError, ValueError) as e:        # unreadable, a symlink loop, a NUL
+        raise ToolError(f"cannot tell which files this command runs ({e}); an approval needs "
+                        "that") from None
     return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
+
+
+def _digest(path: Path) -> tuple[str, str]:
+    """(path, sha256) of a regular file, read in pieces; a FIFO or device is not waited on."""
+    import hashlib
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return str(path), hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _words(command: str) -> list[str]:
@@ -112,11 +135,14 @@ def _words(command: str) -> list[str]:
         return command.split()
 
 
-def ask_write(ctx, path: Path, change: str):
-    """A file write or edit outside the workspace (SPEC §9), bound to the file and the change."""
-    import hashlib
-    digest = hashlib.sha256(change.encode("utf-8", "surrogatepass")).hexdigest()
-    ask(ctx, {"tool": "write", "path": str(path), "change": digest}, f"Change {path}")
+def ask_write(ctx, path: Path, change: str) -> Path:
+    """`path` (real) once it may be written: outside the workspace only with the owner's yes
+    (SPEC §9), bound to the file and the change."""
+    if not path.is_relative_to(ctx.workspace.resolve()):
+        import hashlib
+        digest = hashlib.sha256(change.encode("utf-8", "surrogatepass")).hexdigest()
+        ask(ctx, {"tool": "write", "path": str(path), "change": digest}, f"Change {path}")
+    return path
 
 
 def ask(ctx, binding: dict, question: str):

@@ -185,7 +185,9 @@ def test_an_approved_script_that_changed_meanwhile_is_not_run(home, llm):
 
 @pytest.mark.parametrize("command, script", [
     ("cd sub && ./x.sh", "sub/x.sh"), ("cd sub;sh x.sh", "sub/x.sh"), ("sh<x.sh", "x.sh"),
-    ("bash -c 'sh x.sh'", "x.sh"), ("cat x.sh|sh", "x.sh"), ("cd sub && cd in && sh x.sh", "sub/in/x.sh")])
+    ("bash -c 'sh x.sh'", "x.sh"), ("cat x.sh|sh", "x.sh"), ("cd sub && cd in && sh x.sh", "sub/in/x.sh"),
+    ("sh ~/x.sh", "x.sh"), ("sh $HOME/sub/x.sh", "sub/x.sh"), ("sh ${HOME}/x.sh", "x.sh"),
+    ("sh sub/?.sh", "sub/x.sh"), ("f=x.sh; sh $f", "x.sh"), ("sh $(ls *.sh)", "x.sh"), ("sh `echo x.sh`", "x.sh")])
 def test_the_script_a_command_runs_is_bound_however_the_command_names_it(home, command, script):
     from lib.approvals import exec_binding
     write_config(home, "")

@@ -598,3 +598,41 @@ def test_a_memory_folder_that_is_a_link_is_closed_to_groups_too(home, tmp_path):
     (ctx.workspace / "memory").symlink_to(real, target_is_directory=True)
     for path in ("memory/MEMORY.md", str(real / "MEMORY.md")):
         assert "memory_in_groups" in call(ctx, "read_file", path=path)
+
+
+def test_no_file_tool_waits_on_a_fifo_or_reads_a_huge_file_whole(home):
+    """A command (in a group, say) can make a FIFO or a sparse 20 GB file: write_file must not
+    block the only worker on the FIFO (past any deadline), and edit_file must not read the file
+    whole into the gateway that holds the keys."""
+    import threading
+    ctx = make_ctx(home)
+    os.mkfifo(ctx.workspace / "notes.txt")
+    with open(ctx.workspace / "big.txt", "wb") as f:
+        f.truncate(20 << 30)
+    outs = []
+    calls = [("write_file", {"path": "notes.txt", "content": "x"}),
+             ("edit_file", {"path": "notes.txt", "old_text": "a", "new_text": "b"}),
+             ("edit_file", {"path": "big.txt", "old_text": "a", "new_text": "b"})]
+    thread = threading.Thread(target=lambda: outs.extend(call(ctx, t, **a) for t, a in calls),
+                              daemon=True)
+    thread.start()
+    thread.join(10)
+    assert len(outs) == 3, f"a tool blocked: {outs}"
+    assert all(out.startswith("Error: ") and "failed" not in out for out in outs), outs
+    assert "up to 8 MB" in outs[2]
+
+
+@pytest.mark.parametrize("case", ["loop", "nul", "surrogate"])
+def test_odd_paths_and_text_are_one_clear_error_and_change_nothing(home, case):
+    ctx = make_ctx(home)
+    (ctx.workspace / "keep.txt").write_text("kept\n")
+    if case == "loop":
+        (ctx.workspace / "loop").symlink_to("loop")
+    path, content = {"loop": ("loop/x", "x"), "nul": ("a\0b", "x"),
+                     "surrogate": ("keep.txt", "bad \ud800")}[case]
+    tools = [("write_file", {"path": path, "content": content})] + (
+        [] if case == "surrogate" else [("read_file", {"path": path}), ("list_dir", {"path": path})])
+    for tool, args in tools:
+        out = call(ctx, tool, **args)
+        assert out.startswith("Error: ") and "failed" not in out, (tool, out)
+    assert (ctx.workspace / "keep.txt").read_text() == "kept\n"

@@ -6,9 +6,11 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
+from lib.approvals import ask_write
 from lib.errors import ToolError
 
 MAX_READ = 128 * 1024
+MAX_EDIT = 8 << 20              # edit_file reads a file whole
 BUNDLED = Path(__file__).resolve().parents[2] / "workspace_template" / "skills"
 
 
@@ -34,7 +36,10 @@ def read_inside(path: Path, root: Path) -> bytes:
 def resolve(ctx, path: str, reading: bool = False) -> Path:
     """The real path a tool may touch, or ToolError: see _check. A relative path starts in the
     workspace (an absolute one replaces it); every symlink is followed, even one not at the end."""
-    real = (ctx.workspace / Path(os.path.expandvars(path)).expanduser()).resolve()
+    try:
+        real = (ctx.workspace / Path(os.path.expandvars(path)).expanduser()).resolve()
+    except (RuntimeError, ValueError) as e:          # a symlink loop; a NUL
+        raise ToolError(f"cannot use {path}: {e}") from None
     _check(ctx, real, path, reading)
     return real
 
@@ -48,17 +53,23 @@ def _check(ctx, real: Path, path: str, reading: bool):
     if not ctx.memory and (real.is_relative_to(memory) or real.is_relative_to(memory.resolve())):
         raise ToolError(f"{path}: the assistant's memory is not open in group chats "
                         "(agents.defaults.memory_in_groups)")
-    inside = real.is_relative_to(workspace) or reading and (
-        real.is_relative_to(BUNDLED) or _sent(ctx, real))
+    sent = {Path(p).resolve() for p in ctx.readable if "\0" not in p}   # in this chat, saved
+    inside = real.is_relative_to(workspace) or reading and (real.is_relative_to(BUNDLED) or (
+        real in sent and real.is_relative_to((ctx.config.home / "media").resolve())))
     if ctx.config.tools.restrict_to_workspace and not inside:
         raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
                         "tools.restrict_to_workspace is on")
 
 
-def _sent(ctx, real: Path) -> bool:
-    """A file sent in this chat: one the channels saved under $NANOCLAW_HOME/media."""
-    sent = {Path(p).resolve() for p in ctx.readable if "\0" not in p}
-    return real in sent and real.is_relative_to((ctx.config.home / "media").resolve())
+def _regular(fd: int, path: str, limit: int = 1 << 62) -> os.stat_result:
+    """The open file's stat; ToolError unless it is a regular file of at most `limit` bytes."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
+                        else f"{path} is not a regular file")
+    if info.st_size > limit:
+        raise ToolError(f"{path} is {info.st_size} bytes; this tool takes up to {limit >> 20} MB")
+    return info
 
 
 @contextmanager
@@ -73,15 +84,6 @@ def _opened(ctx, path: str, flags: int, reading: bool = False):
         os.close(fd)
 
 
-def _writable(ctx, path: str, change: str) -> Path:
-    """resolve(), and for a file outside the workspace the owner's yes first (SPEC §9)."""
-    p = resolve(ctx, path)
-    if not p.is_relative_to(ctx.workspace.resolve()):
-        from lib.approvals import ask_write
-        ask_write(ctx, p, change)
-    return p
-
-
 def read_file(ctx, path: str) -> str:
     """Read a text file and return its contents.
 
@@ -90,10 +92,7 @@ def read_file(ctx, path: str) -> str:
     """
     try:
         with _opened(ctx, path, os.O_RDONLY, reading=True) as fd:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
-                                else f"{path} is not a regular file")
+            info = _regular(fd, path)
             data = open(fd, "rb", closefd=False).read(MAX_READ + 1)
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
@@ -114,11 +113,11 @@ def write_file(ctx, path: str, content: str) -> str:
         path: file path; relative paths are inside the workspace
         content: the complete new content of the file
     """
-    p = _writable(ctx, path, content)
+    p = ask_write(ctx, resolve(ctx, path), content)   # outside: the owner's yes
     try:
         _save(ctx, p, content)
-    except OSError as e:
-        raise ToolError(f"cannot write {path}: {e.strerror}") from None
+    except (OSError, UnicodeError) as e:            # UnicodeError: a lone surrogate
+        raise ToolError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
     return f"Wrote {len(content.encode())} bytes to {p}"
 
 
@@ -137,12 +136,15 @@ def _save(ctx, p: Path, text: str):
         if not Memory(ctx.workspace).write(text):
             raise ToolError("memory/MEMORY.md cannot be read as text, so it was left as it is")
         return
+    data = text.encode("utf-8")                     # before the file is touched
     p.parent.mkdir(parents=True, exist_ok=True)
     with _opened(ctx, str(p.parent), os.O_RDONLY | os.O_DIRECTORY) as folder:    # where it is
-        fd = os.open(p.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o666, dir_fd=folder)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO
+        fd = os.open(p.name, flags, 0o666, dir_fd=folder)          # must not hold the worker
+    with open(fd, "wb") as f:
+        _regular(fd, str(p))
+        os.ftruncate(fd, 0)
+        f.write(data)
 
 
 def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
@@ -153,21 +155,22 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
         old_text: the exact text to find; it must occur exactly once
         new_text: the text to put in its place
     """
-    p = _writable(ctx, path, f"{len(old_text)}:{old_text}{new_text}")
+    p = ask_write(ctx, resolve(ctx, path), f"{len(old_text)}:{old_text}{new_text}")
     try:
         with _opened(ctx, str(p), os.O_RDONLY) as fd:
+            _regular(fd, path, MAX_EDIT)            # read whole into the gateway: bounded
             text = open(fd, encoding="utf-8", closefd=False).read()
+        count = text.count(old_text) if old_text else 0
+        if count == 0:
+            raise ToolError(f"old_text was not found in {path}; read the file and copy the text exactly")
+        if count > 1:
+            raise ToolError(f"old_text occurs {count} times in {path}; include more surrounding "
+                            "lines so it matches exactly once")
+        _save(ctx, p, text.replace(old_text, new_text, 1))
     except FileNotFoundError:
         raise ToolError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ToolError(f"cannot edit {path}: {e}") from None
-    count = text.count(old_text) if old_text else 0
-    if count == 0:
-        raise ToolError(f"old_text was not found in {path}; read the file and copy the text exactly")
-    if count > 1:
-        raise ToolError(f"old_text occurs {count} times in {path}; include more surrounding "
-                        "lines so it matches exactly once")
-    _save(ctx, p, text.replace(old_text, new_text, 1))
+    except (OSError, UnicodeError) as e:
+        raise ToolError(f"cannot edit {path}: {getattr(e, 'strerror', None) or e}") from None
     return f"Edited {path}"
 
 
