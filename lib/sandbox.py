@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import field
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,8 +120,10 @@ def bwrap_argv(config, workspace: Path, cwd: Path, command: str, memory: bool = 
     version, and HISTORY.md only grows), and hidden when `memory` is false (a group chat)."""
     settings, homes, keys = config.tools.exec, _homes(config.home), Path(config.path).resolve()
     mounts = [("--tmpfs", p) for p in homes] + _exposed(settings.expose) + [("--bind", workspace)]
-    if (workspace / "memory").is_dir() and not (workspace / "memory").is_symlink():
-        mounts.append(("--ro-bind" if memory else "--tmpfs", workspace / "memory"))
+    with suppress(FileExistsError):         # made now, or a command could make it unguarded
+        (workspace / "memory").mkdir()
+    if (target := (workspace / "memory").resolve()).is_dir() or not memory:    # a link: its target
+        mounts.append(("--ro-bind" if memory else "--tmpfs", target))
     if keys.is_file() and not any(keys.is_relative_to(h) for h in homes):
         mounts.append(("hide", keys))       # a config kept elsewhere (--config /etc/…): empty
     argv = [shutil.which(BWRAP) or BWRAP, *BASE] + ([] if settings.network else ["--unshare-net"])

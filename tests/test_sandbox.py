@@ -360,3 +360,22 @@ def test_an_approved_command_from_a_group_still_does_not_see_memory(home):
     record = Approvals(boxed.config).park(need.value, msg, ("telegram", "42"))
     out = run(make_agent(boxed.config, ScriptedProvider()), record, "telegram", "-100")
     assert "PIN" not in out and "exit code 1" in out, out
+
+
+@needs_bwrap
+@pytest.mark.parametrize("shape", ["missing", "link"])
+def test_memory_is_guarded_when_it_is_missing_or_a_link(boxed, tmp_path, shape):
+    """A workspace without memory/ (a group command would make one, and plant a MEMORY.md the
+    owner's prompt then carries), or with memory/ a link elsewhere: guarded all the same."""
+    memory = boxed.workspace / "memory"
+    if shape == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "MEMORY.md").write_text("- the owner's PIN hint\n")
+        memory.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    group = Context(boxed.config, boxed.workspace, ask=boxed.ask, memory=False)
+    out = run(group, "cat memory/MEMORY.md; mkdir -p memory; echo planted > memory/MEMORY.md")
+    assert "PIN" not in out
+    out = run(boxed, "cat memory/MEMORY.md; echo rewritten > memory/MEMORY.md")
+    assert "planted" not in out and "Read-only file system" in out, out
+    real = memory.resolve() / "MEMORY.md"
+    assert (real.read_text() if real.exists() else "") in ("", "- the owner's PIN hint\n")
