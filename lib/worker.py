@@ -146,8 +146,8 @@ class Worker(Part):
             msg.get("metadata", {}).get("resume") is True      # approvals.go_on posted it
         session = None if said else self._turn(msg, key, path.stat().st_mtime, resume)
         maildir.finish(path)
-        if msg["channel"] not in NO_REMOTE:
-            self._remember_chat(msg["channel"], msg["chat_id"])
+        if msg["channel"] not in NO_REMOTE and not msg.get("metadata", {}).get("is_group"):
+            self._remember_chat(msg["channel"], msg["chat_id"])     # no group: it is not the owner
         self.busy_since = time.monotonic()     # memory upkeep has a deadline of its own
         try:
             if session:
@@ -208,7 +208,7 @@ class Worker(Part):
         return session
 
     def _remember_chat(self, channel, chat_id):
-        """The owner's last active chat: where the heartbeat speaks."""
+        """The owner's last active private chat: where proactive messages and their questions go."""
         data = {"channel": channel, "chat_id": chat_id}
         if data != self._last_chat:         # written (and fsynced) only when it changes
             maildir.atomic_write(self.home / "state" / "last_chat.json", json.dumps(data))

@@ -110,6 +110,26 @@ def test_a_scheduled_message_waits_out_quiet_hours_and_nothing_else_does(config,
     assert maildir.waiting(home / "inbox") == [] and len(llm.chat_requests) == 6
 
 
+def test_a_group_chat_never_becomes_the_owners_last_chat(llm, home):
+    """Proactive messages, and the approvals of cron jobs and background tasks, go to the last
+    active chat when tools.approval.owner is empty: never a group, whose members may answer."""
+    from lib.config import load_config
+    conftest.write_config(home, conftest.model_yaml(llm) + "channels: {telegram: {allow_from: [42]}}\n")
+    config = load_config()
+    maildir.ensure(home / "inbox")
+    maildir.ensure(home / "outbox", ("sent", "failed"))
+    worker, last = Worker(config, make_agent(config)), home / "state" / "last_chat.json"
+    llm.script("hi all", "hi you")
+    maildir.deliver(home / "inbox", {"channel": "telegram", "chat_id": "-100", "sender_id": "42",
+                                     "text": "hello", "metadata": {"is_group": True}}, "g")
+    worker.drain()
+    assert not last.exists()
+    maildir.deliver(home / "inbox", {"channel": "telegram", "chat_id": "42", "sender_id": "42",
+                                     "text": "hello"}, "d")
+    worker.drain()
+    assert json.loads(last.read_text()) == {"channel": "telegram", "chat_id": "42"}
+
+
 def test_a_script_on_the_system_channel_still_gets_reply_to(worker, llm, home):
     llm.script("ok")
     maildir.deliver(home / "inbox", {"channel": "system", "chat_id": "s", "text": "hi"}, "m")
