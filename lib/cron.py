@@ -29,8 +29,7 @@ FIELDS = (("minute", 0, 59, ""), ("hour", 0, 23, ""), ("day-of-month", 1, 31, ""
           ("month", 1, 12, "jan feb mar apr may jun jul aug sep oct nov dec"),   # count from lo
           ("day-of-week", 0, 7, "sun mon tue wed thu fri sat"))
 MAX_EVERY_S = 10 * 365 * 86400     # an interval of at most 10 years
-BAD_JOB = (ValueError, KeyError, TypeError, AttributeError,     # a job mangled by a hand edit
-           OverflowError)                                       # (a date past the year 9999)
+BAD_JOB = (ValueError, KeyError, TypeError, AttributeError, OverflowError)   # a hand-edited job
 
 
 class CronError(UserError, ValueError):
@@ -152,11 +151,9 @@ def make_schedule(every_s=None, expr=None, at=None, tz=None, names=("every_s", "
         return {"kind": "cron", "expr": " ".join(expr.split())}
     if at:
         return {"kind": "at", "at": parse_at(at, tz or zone()).isoformat()}
-    if int(every_s) < 1:
-        raise CronError(f"{names[0]} must be at least 1 second, got {every_s}")
-    if int(every_s) > MAX_EVERY_S:
-        raise CronError(f"{names[0]} must be at most {MAX_EVERY_S} seconds (10 years), "
-                        f"got {every_s}")
+    if not 1 <= int(every_s) <= MAX_EVERY_S:
+        raise CronError(f"{names[0]} must be at least 1 second and at most {MAX_EVERY_S} "
+                        f"seconds (10 years), got {every_s}")
     return {"kind": "every", "every_s": int(every_s)}
 
 

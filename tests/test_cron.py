@@ -560,7 +560,7 @@ def test_cli_list_in_the_configured_time_zone(home):
     (["add", "--name", "x", "--message", "y", "--every", "0"], "--every must be at least 1 second"),
     (["add", "--name", "x", "--message", "y", "--at", "2020-01-01T00:00:00Z"], "in the past"),
     (["add", "--name", "x", "--message", "y", "--every", "300000000000"],   # beyond year 9999
-     "--every must be at most 315360000 seconds (10 years), got 300000000000"),
+     "--every must be at least 1 second and at most 315360000 seconds (10 years), got 300000000000"),
     (["add", "--name", "x", "--message", "y", "--at", "9999-12-31T23:59:59-12:00"],
      "at '9999-12-31T23:59:59-12:00' is out of range; expected a year from 2 to 9998"),
 ])

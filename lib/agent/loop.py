@@ -108,11 +108,11 @@ class Agent:
             return done
         user = {"role": "user", "content": text + "".join(f"\n[attached: {p}]" for p in media)}
         first = [] if mine else [dict(user, media=list(media) or None, group=group or None)]
-        sent = [*media, *(p for m in session.messages for p in m.get("media") or ())]
         ctx = Context(self.config, self.config.workspace, channel, chat_id, self.send, self.services,
                       deadline=time.monotonic() + d.turn_timeout_s, ask=self.ask,
                       source=msg.get("source") or source(msg),     # the worker's, or ours
-                      memory=show, readable=tuple(sent))      # this chat's attachments
+                      memory=show, readable=(*media, *(p for m in session.messages  # files sent
+                                                       for p in m.get("media") or ())))
         self.maintain(session, ctx.deadline)    # what would leave the prompt is saved first
         messages = [{"role": "system", "content": system_prompt(self.config, channel, chat_id, show)},
                     *session.history(d.memory_window - len(first)), *[user][:len(first)]]

@@ -76,8 +76,7 @@ class Subagents(Part):
 
     def spawn(self, task: str, label="", origin_channel="cli", origin_chat="default",
               memory=True, readable=()) -> str:
-        """Start a task; `memory`: it may see workspace/memory (false when a group chat asks);
-        `readable`: the files sent in that chat, which it may read too."""
+        """Start a task with the privacy of the turn that asks (Context.memory, .readable)."""
         if not task.strip():
             raise ToolError("task is empty: describe the whole job, with everything it needs")
         with self._lock:

@@ -13,8 +13,7 @@ def spawn(ctx, task: str, label: str = "") -> str:
     """
     if ctx.services.spawn is None:
         raise ToolError("background tasks need the gateway (python nanoclaw.py gateway)")
-    return ctx.services.spawn.spawn(task, label, ctx.channel, ctx.chat_id, ctx.memory,
-                                   ctx.readable)
+    return ctx.services.spawn.spawn(task, label, ctx.channel, ctx.chat_id, ctx.memory, ctx.readable)
 
 
 TOOLS = [spawn]
