@@ -123,9 +123,8 @@ class Session:
             maildir.sync(self.path)
 
     def history(self, window: int) -> list[dict]:
-        """The last `window` messages (SPEC §13: consolidated or not) as the API takes them: from a
-        user message on, our fields removed, a call left without its result (Ctrl+C) given one
-        that says so."""
+        """The last `window` messages, consolidated or not (SPEC §13), as the API takes them: from
+        a user message on, our fields removed, a call left without its result given one."""
         start = max(0, len(self.messages) - max(window, 0))
         while start < len(self.messages) and self.messages[start].get("role") != "user":
             start += 1

@@ -46,29 +46,31 @@ def resolve(ctx, path: str, reading: bool = False) -> Path:
 
 def _check(ctx, real: Path, path: str, reading: bool):
     """ToolError when `real` is in memory/ during a turn that may not see it (a group chat, SPEC
-    §13), or outside a restricted workspace (`reading`: the bundled skills and the files sent in
-    this chat are open too)."""
+    §13), or outside a restricted workspace (`reading`: what _readable opens is fine too)."""
     workspace = ctx.workspace.resolve()
     memory = workspace / "memory"                   # or where it leads, when it is a link
     if not ctx.memory and (real.is_relative_to(memory) or real.is_relative_to(memory.resolve())):
         raise ToolError(f"{path}: the assistant's memory is not open in group chats "
                         "(agents.defaults.memory_in_groups)")
-    sent = {Path(p).resolve() for p in ctx.readable if "\0" not in p}   # in this chat, saved
-    inside = real.is_relative_to(workspace) or reading and (real.is_relative_to(BUNDLED) or (
-        real in sent and real.is_relative_to((ctx.config.home / "media").resolve())))
-    if ctx.config.tools.restrict_to_workspace and not inside:
+    if ctx.config.tools.restrict_to_workspace and not (
+            real.is_relative_to(workspace) or reading and _readable(ctx, real)):
         raise ToolError(f"{path} is outside the workspace ({ctx.workspace}); "
                         "tools.restrict_to_workspace is on")
 
 
-def _regular(fd: int, path: str, limit: int = 1 << 62) -> os.stat_result:
-    """The open file's stat; ToolError unless it is a regular file of at most `limit` bytes."""
+def _readable(ctx, real: Path) -> bool:
+    """Outside the workspace, to read: a bundled skill, or a file saved for this chat (media/)."""
+    return real.is_relative_to(BUNDLED) or real.is_relative_to(
+        (ctx.config.home / "media").resolve()) and real in {
+            Path(p).resolve() for p in ctx.readable if "\0" not in p}
+
+
+def _regular(fd: int, path: str) -> os.stat_result:
+    """The open file's stat; ToolError unless it is a regular file (a FIFO is never waited on)."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise ToolError(f"{path} is a folder; use list_dir" if stat.S_ISDIR(info.st_mode)
                         else f"{path} is not a regular file")
-    if info.st_size > limit:
-        raise ToolError(f"{path} is {info.st_size} bytes; this tool takes up to {limit >> 20} MB")
     return info
 
 
@@ -158,7 +160,8 @@ def edit_file(ctx, path: str, old_text: str, new_text: str) -> str:
     p = ask_write(ctx, resolve(ctx, path), f"{len(old_text)}:{old_text}{new_text}")
     try:
         with _opened(ctx, str(p), os.O_RDONLY) as fd:
-            _regular(fd, path, MAX_EDIT)            # read whole into the gateway: bounded
+            if (size := _regular(fd, path).st_size) > MAX_EDIT:     # it is read whole
+                raise ToolError(f"{path} is {size} bytes; edit_file takes up to 8 MB (use exec)")
             text = open(fd, encoding="utf-8", closefd=False).read()
         count = text.count(old_text) if old_text else 0
         if count == 0:
