@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 ANSWER = re.compile(r"\s*(yes|no|y|n)\s+(\d{4})\s*[.!]?\s*", re.I)
 MAX_RECORD = 4 * 1024 * 1024     # a parked turn holds its inbox message (at most 1 MiB)
 MAX_BOUND_FILES = 50            # the files of a command an approval is bound to, at most
-MAX_LOOKUPS = 20_000            # words x folders looked through for them
+MAX_LOOKUPS = 20_000            # paths looked at for them: past it, the command is refused
+MAX_FOLDERS = 64                # folders it cds to
 OWNER_CHANNELS = ("cli", "web")      # written by the owner's own terminal or the token-guarded page
 # Risky when tools.approval.mode is `risky` (SPEC §9); a courtesy list, the sandbox is the boundary.
 PATTERNS = [
@@ -89,21 +90,18 @@ def exec_binding(ctx, command: str, cwd: Path) -> dict:
     words = _words(command)
     words += [w for word in words if " " in word for w in _words(word)]
     words = [re.sub(r"^(~|\$HOME|\$\{HOME\})(?=/|$)", str(workspace), w) for w in words]
+    too_long = ToolError("this command is too long to ask the owner about; split it up")
     try:
         for cd, word in zip(words, words[1:]):
             if cd == "cd" and (folder := (folders[-1] / word).resolve()) not in folders:
                 folders.append(folder)      # each cd goes on from where the one before led
-        if len(words) * len(folders) > MAX_LOOKUPS:
-            raise ToolError("this command is too long to ask the owner about; split it up")
-        named = set()
-        for folder in folders:
-            for word in (w for w in words if w and not w.startswith("-")):
-                found = glob.iglob(str(folder / word)) if re.search(r"[*?[]", word) else \
-                    [folder / word]
-                named.update(Path(p).resolve() for p in itertools.islice(found, MAX_LOOKUPS))
-            if any("$" in w or "`" in w for w in words) and folder.is_dir():
-                named.update(p.resolve() for p in itertools.islice(folder.iterdir(), MAX_LOOKUPS))
-        bound = [p for p in sorted(named) if p.is_relative_to(workspace) and p.is_file()]
+                if len(folders) > MAX_FOLDERS:
+                    raise too_long
+        found = list(itertools.islice(_named(folders, words), MAX_LOOKUPS + 1))
+        if len(found) > MAX_LOOKUPS:        # never a part of them: that would leave one unbound
+            raise too_long
+        bound = [p for p in sorted({Path(p).resolve() for p in found})
+                 if p.is_relative_to(workspace) and p.is_file()]
         if len(bound) > MAX_BOUND_FILES:
             raise ToolError(f"this command may run more than {MAX_BOUND_FILES} workspace files; "
                             "an approval cannot be bound to them all: split it up, or name the "
@@ -113,6 +111,18 @@ def exec_binding(ctx, command: str, cwd: Path) -> dict:
         raise ToolError(f"cannot tell which files this command runs ({e}); an approval needs "
                         "that") from None
     return {"tool": "exec", "command": command, "cwd": str(cwd), "files": files}
+
+
+def _named(folders: list, words: list):
+    """Every path the words may name in each folder: a glob expanded; with $ or ` (words the
+    shell makes up as it runs) every entry of the folder."""
+    dynamic = any("$" in w or "`" in w for w in words)
+    for folder in folders:
+        for word in (w for w in words if w and not w.startswith("-")):
+            glob_ = re.search(r"[*?[]", word)
+            yield from glob.iglob(str(folder / word)) if glob_ else [folder / word]
+        if dynamic and folder.is_dir():
+            yield from folder.iterdir()
 
 
 def _digest(path: Path) -> tuple[str, str]:

@@ -349,3 +349,17 @@ def test_a_fifo_or_link_among_the_approvals_is_skipped_without_opening_it(home, 
     t.start()
     t.join(5)
     assert found == [[]]
+
+
+def test_a_glob_too_wide_to_look_through_is_refused_not_bound_in_part(home, monkeypatch):
+    """Past the bound on paths looked at, the command is refused: binding only the first ones
+    would leave the script the glob also names free to change after the owner's yes."""
+    from lib import approvals
+    write_config(home, "")
+    cfg = load_config()
+    cfg.workspace.mkdir(parents=True)
+    for i in range(30):
+        (cfg.workspace / f"a{i:02}.txt").write_text("decoy\n")
+    monkeypatch.setattr(approvals, "MAX_LOOKUPS", 20)
+    with pytest.raises(ToolError, match="too long"):
+        approvals.exec_binding(Context(cfg, cfg.workspace), "cat *.txt", cfg.workspace)
